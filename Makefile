@@ -1,0 +1,37 @@
+# Two entry points: `make run` (serve on the embedded default) and `make test`.
+# Both create .venv on first use and install the project from pyproject.toml.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ./data
+
+.PHONY: run test lint pytest bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/davserver init --data-dir $(DATA_DIR)
+	@echo "The WebDAV server (davserver serve) arrives with the WebDAV face; the data folder is ready."
+
+lint: $(STAMP)
+	$(BIN)/ruff check storage davserver sync_ext tests bench
+	$(BIN)/mypy storage davserver sync_ext
+	$(BIN)/lint-imports
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.storage_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

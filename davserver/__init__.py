@@ -1,0 +1,1 @@
+"""davserver: the WebDAV face, the app assembly and the command line."""

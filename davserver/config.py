@@ -1,0 +1,155 @@
+"""The one configuration loader: defaults < config file (TOML) < environment < flags.
+
+No other module reads ``os.environ``. Environment overrides (documented in the
+README): ``DAVSERVER_DATA_DIR``, ``DAVSERVER_CONFIG``, ``DAVSERVER_DATABASE_URL``,
+``DAVSERVER_BLOCKS_URL``, ``DAVSERVER_REDIS_URL``, ``DAVSERVER_ARCHIVE_URL``,
+``DAVSERVER_MASTER_KEY_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from storage.config import PasswordHashing, StorageConfig
+from storage.keys import MasterKey
+
+CONFIG_NAME = "davserver.toml"
+MASTER_KEY_NAME = "master.key"
+
+_ENV = {
+    "DAVSERVER_DATABASE_URL": "database_url",
+    "DAVSERVER_BLOCKS_URL": "blocks_url",
+    "DAVSERVER_REDIS_URL": "redis_url",
+    "DAVSERVER_ARCHIVE_URL": "archive_url",
+    "DAVSERVER_MASTER_KEY_FILE": "master_key_file",
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    database_url: str
+    blocks_url: str
+    master_key_file: Path
+    redis_url: str | None = None
+    archive_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 32
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    durable: bool = True
+    zstd_level: int = 1
+    max_file_size: int = 10 << 30
+    gc_grace_seconds: float = 6 * 3600
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def storage_config(
+        self, *, password_hashing: PasswordHashing | None = None, auto_migrate: bool | None = None
+    ) -> StorageConfig:
+        if not self.master_key_file.exists():
+            raise ConfigError(f"master key file {self.master_key_file} does not exist (run 'davserver init')")
+        return StorageConfig(
+            database_url=self.database_url,
+            blocks_url=self.blocks_url,
+            master_key=MasterKey.load(self.master_key_file),
+            durable=self.durable,
+            zstd_level=self.zstd_level,
+            max_file_size=self.max_file_size,
+            gc_grace_seconds=self.gc_grace_seconds,
+            db_pool_size=max(5, self.threads + 4),
+            auto_migrate=self.database_url.startswith("sqlite") if auto_migrate is None else auto_migrate,
+            password_hashing=password_hashing or PasswordHashing(),
+        )
+
+
+def parse_size(text: str | int) -> int:
+    """``"10G"``, ``"500 MiB"``, ``"1.5T"`` or a plain byte count -> bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 500M, 10G, 1.5T)")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    return int(number * (1 << (10 * " kmgtp".index(unit or " "))))
+
+
+def load(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    env = os.environ if env is None else env
+    root = Path(data_dir or env.get("DAVSERVER_DATA_DIR") or "./data").resolve()
+    file_values: dict[str, Any] = {}
+    path = config_file or env.get("DAVSERVER_CONFIG")
+    candidate = Path(path) if path else root / CONFIG_NAME
+    if path and not candidate.exists():
+        raise ConfigError(f"config file {candidate} does not exist")
+    if candidate.exists():
+        try:
+            file_values = tomllib.loads(candidate.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{candidate}: {exc}") from None
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{root / 'meta.db'}",
+        "blocks_url": f"file://{root / 'blocks'}",
+        "master_key_file": root / MASTER_KEY_NAME,
+    }
+    values.update(_flatten(file_values))
+    values.update({key: env[name] for name, key in _ENV.items() if env.get(name)})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(root, values)
+
+
+def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept both flat keys and the sections of conf/davserver.example.toml."""
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
+    known = {f for f in ServerConfig.__dataclass_fields__ if f not in ("data_dir", "extra")}
+    extra = {k: v for k, v in values.items() if k not in known}
+    kwargs = {k: v for k, v in values.items() if k in known}
+    for key in ("master_key_file", "certfile", "keyfile"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = Path(kwargs[key])
+    if "max_file_size" in kwargs:
+        kwargs["max_file_size"] = parse_size(kwargs["max_file_size"])
+    for key in ("port", "threads", "zstd_level"):
+        if key in kwargs:
+            kwargs[key] = int(kwargs[key])
+    if "durable" in kwargs and isinstance(kwargs["durable"], str):
+        kwargs["durable"] = kwargs["durable"].lower() not in ("0", "false", "no", "off")
+    try:
+        cfg = ServerConfig(data_dir=root, extra=extra, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    if not 1 <= cfg.zstd_level <= 22:
+        raise ConfigError("zstd_level must be 1..22")
+    if (cfg.certfile is None) != (cfg.keyfile is None):
+        raise ConfigError("certfile and keyfile go together")
+    return cfg
+
+
+def with_overrides(cfg: ServerConfig, **changes: Any) -> ServerConfig:
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,54 @@
+"""Settings of the storage engine: plain values, built by the caller.
+
+Nothing here reads the environment or files; ``davserver.config`` (the one
+config loader) does that and hands a :class:`StorageConfig` to
+:meth:`storage.engine.Engine.open`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from storage.chunker import ChunkerParams
+from storage.keys import MasterKey
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class PasswordHashing:
+    """argon2id cost; tests pass weak values instead of flipping a global switch."""
+
+    time_cost: int = 3
+    memory_cost_kib: int = 64 * 1024
+    parallelism: int = 2
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    database_url: str
+    blocks_url: str
+    master_key: MasterKey
+    #: fsync blocks and commit with synchronous=FULL before a write returns.
+    durable: bool = True
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    zstd_level: int = 1
+    max_file_size: int = 10 * GiB
+    #: threads hashing, compressing, encrypting and storing blocks (shared by all writes).
+    workers: int = 3
+    #: blocks in flight per write; bounds memory at depth * max block size.
+    pipeline_depth: int = 6
+    #: pin blocks of a long write in the database every this many bytes.
+    pin_every_bytes: int = 64 << 20
+    #: unreferenced blocks younger than this are never collected.
+    gc_grace_seconds: float = 6 * 3600
+    #: a streaming write's lease; refreshed while data arrives.
+    write_lease_seconds: float = 3600
+    #: pool size for the metadata database (follows the server's thread count).
+    db_pool_size: int = 10
+    #: migrate the schema on open (the embedded default) instead of refusing.
+    auto_migrate: bool = True
+    password_hashing: PasswordHashing = field(default_factory=PasswordHashing)
+    clock: Callable[[], float] = time.time

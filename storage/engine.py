@@ -1,0 +1,124 @@
+"""The storage engine: built once from a :class:`StorageConfig`, shared by every face.
+
+It owns the database, the block backend, the worker pool and the account
+service, hands out :class:`Volume` objects (one account's tree), runs
+maintenance (gc, fsck, stats, key rotation) and tells subscribers about each
+commit *after* it is durable, so notifications never announce uncommitted state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from storage import gc as gc_mod
+from storage.accounts import Accounts
+from storage.backends.base import Backend
+from storage.backends.url import open_backend
+from storage.blockstore import BlockStore
+from storage.codec import Codec
+from storage.config import StorageConfig
+from storage.keys import MasterKey
+from storage.metadata.db import Database
+from storage.metadata.migrate import ensure_schema, upgrade
+from storage.model import FsckReport, GcReport, Stats
+from storage.volume import Services, Volume
+
+Listener = Callable[[int, int], None]
+
+
+class Engine:
+    def __init__(self, config: StorageConfig, db: Database, backend: Backend) -> None:
+        self.config = config
+        self.db = db
+        self.backend = backend
+        self.codec = Codec(level=config.zstd_level, max_block_size=config.chunker.max_size)
+        self.blocks = BlockStore(backend, self.codec)
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="davserver-blocks")
+        self.accounts = Accounts(db, config.master_key, config.password_hashing, config.chunker, config.clock)
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
+        self._services = Services(config, db, self.blocks, self.executor, self._notify)
+
+    @classmethod
+    def open(cls, config: StorageConfig) -> Engine:
+        db = Database(config.database_url, durable=config.durable, pool_size=config.db_pool_size)
+        try:
+            ensure_schema(db, auto_migrate=config.auto_migrate)
+            backend = open_backend(config.blocks_url, durable=config.durable)
+        except BaseException:
+            db.dispose()
+            raise
+        return cls(config, db, backend)
+
+    @staticmethod
+    def migrate(config: StorageConfig) -> None:
+        db = Database(config.database_url, durable=config.durable, pool_size=1)
+        try:
+            upgrade(db)
+        finally:
+            db.dispose()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.backend.close()
+        self.db.dispose()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- volumes and notifications ---------------------------------------------------
+
+    def volume(self, account: str | int) -> Volume:
+        ctx = (
+            self.accounts.context(account)
+            if isinstance(account, int)
+            else self.accounts.context_by_name(account)
+        )
+        return Volume(ctx, self._services)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(account_id, change_seq)`` after every commit; returns an unsubscribe."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, account_id: int, seq: int) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(account_id, seq)
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def delete_account(self, name: str) -> None:
+        """Delete an account, its metadata and every stored object of it."""
+        account_id = self.accounts.delete(name)
+        for info in self.backend.list(f"{account_id}/"):
+            self.backend.delete(info.name)
+
+    def gc(self, *, now: float | None = None, grace_seconds: float | None = None) -> GcReport:
+        return gc_mod.collect(
+            self.db,
+            self.backend,
+            now=self.config.clock() if now is None else now,
+            grace=self.config.gc_grace_seconds if grace_seconds is None else grace_seconds,
+        )
+
+    def fsck(self, *, deep: bool = False) -> FsckReport:
+        return gc_mod.check(self.db, self.blocks, self.accounts, deep=deep)
+
+    def stats(self) -> Stats:
+        return gc_mod.stats(self.db)
+
+    def rotate_master_key(self, new_key: MasterKey) -> int:
+        return self.accounts.rotate_master_key(new_key)

@@ -1,0 +1,1 @@
+"""Metadata in SQL: schema, engine set-up and migrations."""

@@ -1,0 +1,545 @@
+"""One account's file tree: the facade both faces use.
+
+Every mutation is one transaction (:class:`storage.tree.Change`) that also
+appends to the change journal and bumps the account's change sequence; the
+engine's listeners hear of it only after the commit. Writes stream into blocks
+first (:mod:`storage.writer`) and become visible in that final transaction
+only, so a failed or killed upload leaves the previous version untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+
+from storage import paths, tree
+from storage.accounts import AccountContext
+from storage.blockstore import BlockStore
+from storage.chunker import Readable
+from storage.codec import is_precompressed
+from storage.config import StorageConfig
+from storage.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    Conflict,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+    TooLarge,
+)
+from storage.metadata import schema as t
+from storage.metadata.db import Database
+from storage.model import Change, Entry, Quota, Revision
+from storage.reader import BlockLocation, VersionReader
+from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
+
+n = t.nodes.c
+v = t.versions.c
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every volume of an engine shares."""
+
+    config: StorageConfig
+    db: Database
+    blocks: BlockStore
+    executor: ThreadPoolExecutor
+    notify: Callable[[int, int], None]
+
+
+class Volume:
+    def __init__(self, ctx: AccountContext, services: Services) -> None:
+        self.account = ctx
+        self._s = services
+        self._db = services.db
+        self._clock = services.config.clock
+
+    # -- reading the tree ------------------------------------------------------------
+
+    def stat(self, path: str) -> Entry:
+        path = paths.normalize_path(path)
+        with self._db.read() as conn:
+            row = tree.live_node(conn, self.account.id, path)
+        if row is None:
+            raise NotFound(f"{path or '/'!r} does not exist")
+        return tree.to_entry(row)
+
+    def listdir(self, path: str) -> list[Entry]:
+        """The live children of a folder, in one query."""
+        path = paths.normalize_path(path)
+        with self._db.read() as conn:
+            folder = tree.live_node(conn, self.account.id, path)
+            if folder is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            if folder.kind != t.KIND_DIR:
+                raise Conflict(f"{path!r} is not a folder")
+            rows = conn.execute(
+                tree.select_nodes().where(n.parent_id == folder.id, n.deleted_at.is_(None)).order_by(n.name)
+            ).all()
+        return [tree.to_entry(r) for r in rows]
+
+    def walk(self, path: str) -> list[Entry]:
+        """Every live node below ``path`` (not itself), parents before children."""
+        path = paths.normalize_path(path)
+        with self._db.read() as conn:
+            if tree.live_node(conn, self.account.id, path) is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            rows = conn.execute(
+                tree.select_nodes()
+                .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(path))
+                .order_by(n.path)
+            ).all()
+        return [tree.to_entry(r) for r in rows]
+
+    def quota(self) -> Quota:
+        a = t.accounts.c
+        with self._db.read() as conn:
+            row = conn.execute(select(a.used_bytes, a.quota_bytes).where(a.id == self.account.id)).one()
+        return Quota(int(row.used_bytes), row.quota_bytes)
+
+    def journal(self, after: int = 0, limit: int = 1000) -> list[Change]:
+        """Journal entries with ``seq > after`` in commit order."""
+        j = t.journal.c
+        with self._db.read() as conn:
+            rows = conn.execute(
+                select(t.journal)
+                .where(j.account_id == self.account.id, j.seq > after)
+                .order_by(j.seq)
+                .limit(limit)
+            ).all()
+        return [
+            Change(
+                r.seq, r.op, r.node_id, r.kind == t.KIND_DIR, r.path, r.old_path, r.version_id, r.size, r.at
+            )
+            for r in rows
+        ]
+
+    # -- changing the tree -----------------------------------------------------------
+
+    def mkdir(self, path: str, *, mtime: float | None = None) -> Entry:
+        path = paths.normalize_path(path)
+        if path == "":
+            raise AlreadyExists("the root folder exists")
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            parent = tree.live_folder(conn, self.account.id, paths.parent_of(path))
+            if tree.live_node(conn, self.account.id, path) is not None:
+                raise AlreadyExists(f"{path!r} exists")
+            node_id = tree.insert_node(
+                change,
+                parent_id=parent.id,
+                path=path,
+                name=paths.name_of(path),
+                kind=t.KIND_DIR,
+                mtime=change.now if mtime is None else mtime,
+            )
+            change.journal("create", node_id, t.KIND_DIR, path)
+            seq = change.finish()
+            entry = tree.to_entry(tree.live_node(conn, self.account.id, path))  # type: ignore[arg-type]
+        self._s.notify(self.account.id, seq)
+        return entry
+
+    def write(
+        self,
+        path: str,
+        stream: Readable,
+        *,
+        size_hint: int | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+        mtime: float | None = None,
+        device: str | None = None,
+    ) -> Entry:
+        """Store ``stream`` as the new current version of the file at ``path``.
+
+        ``if_match`` / ``if_none_match`` take an entity tag or ``"*"`` and are
+        checked before any data is read and again inside the commit, so a
+        concurrent writer cannot slip between the check and the commit.
+        """
+        path = paths.normalize_path(path)
+        if path == "":
+            raise Conflict("cannot write to the root folder")
+        cfg = self._s.config
+        if size_hint is not None and size_hint > cfg.max_file_size:
+            raise TooLarge(f"files are limited to {cfg.max_file_size} bytes")
+        room = self._precheck(path, if_match, if_none_match, size_hint)
+        writer = BlockWriter(
+            self.account,
+            self._db,
+            self._s.blocks,
+            self._s.executor,
+            compress=not is_precompressed(paths.name_of(path)),
+            depth=cfg.pipeline_depth,
+            pin_every_bytes=cfg.pin_every_bytes,
+            lease_seconds=cfg.write_lease_seconds,
+            clock=self._clock,
+        )
+        try:
+            writer.consume(LimitedReader(stream, cfg.max_file_size, room))
+            entry, seq = self._commit(path, writer, if_match, if_none_match, mtime, device)
+        except BaseException:
+            writer.abort()
+            raise
+        self._s.notify(self.account.id, seq)
+        return entry
+
+    def _precheck(
+        self, path: str, if_match: str | None, if_none_match: str | None, size_hint: int | None
+    ) -> int | None:
+        """Fail fast before reading a body; returns the room left under the quota."""
+        with self._db.read() as conn:
+            tree.live_folder(conn, self.account.id, paths.parent_of(path))
+            node = tree.live_node(conn, self.account.id, path)
+            _check_target(node, if_match, if_none_match)
+            q = conn.execute(
+                select(t.accounts.c.used_bytes, t.accounts.c.quota_bytes).where(
+                    t.accounts.c.id == self.account.id
+                )
+            ).one()
+        if q.quota_bytes is None:
+            return None
+        room = int(q.quota_bytes) - int(q.used_bytes) + (int(node.size) if node is not None else 0)
+        if size_hint is not None and size_hint > room:
+            raise QuotaExceeded("the account's quota has no room for this file")
+        return max(room, 0)
+
+    def _commit(
+        self,
+        path: str,
+        writer: BlockWriter,
+        if_match: str | None,
+        if_none_match: str | None,
+        mtime: float | None,
+        device: str | None,
+    ) -> tuple[Entry, int]:
+        for _ in range(4):
+            try:
+                with self._db.write() as conn:
+                    result = self._commit_in(conn, path, writer, if_match, if_none_match, mtime, device)
+            except (VanishedBlocks, DBIntegrityError) as exc:
+                writer.retry_after(exc)
+                continue
+            writer.committed()
+            return result
+        raise BackendUnavailable("the commit kept conflicting with concurrent changes; retry")
+
+    def _commit_in(
+        self,
+        conn: Connection,
+        path: str,
+        writer: BlockWriter,
+        if_match: str | None,
+        if_none_match: str | None,
+        mtime: float | None,
+        device: str | None,
+    ) -> tuple[Entry, int]:
+        change = tree.Change(conn, self.account.id, self._clock())
+        writer.finish_in(conn)
+        node = tree.live_node(conn, self.account.id, path, lock=True)
+        _check_target(node, if_match, if_none_match)
+        mtime = change.now if mtime is None else mtime
+        if node is None:
+            parent = tree.live_folder(conn, self.account.id, paths.parent_of(path))
+            node_id = tree.insert_node(
+                change,
+                parent_id=parent.id,
+                path=path,
+                name=paths.name_of(path),
+                kind=t.KIND_FILE,
+                mtime=mtime,
+            )
+            op, old_size = "create", 0
+        else:
+            node_id, op, old_size = node.id, "modify", int(node.size)
+        change.grow(writer.size - old_size)
+        version_id = int(
+            conn.execute(
+                insert(t.versions)
+                .values(
+                    node_id=node_id,
+                    account_id=self.account.id,
+                    size=writer.size,
+                    sha256=writer.sha256,
+                    mtime=mtime,
+                    created_at=change.now,
+                    device=device,
+                    chunker_id=self.account.chunker_id,
+                    block_count=len(writer.refs),
+                )
+                .returning(v.id)
+            ).scalar_one()
+        )
+        if writer.refs:
+            conn.execute(
+                insert(t.version_blocks),
+                [
+                    {"version_id": version_id, "idx": i, "block_id": r.block_id, "offset": r.offset}
+                    for i, r in enumerate(writer.refs)
+                ],
+            )
+        conn.execute(
+            update(t.nodes)
+            .where(n.id == node_id)
+            .values(version_id=version_id, size=writer.size, mtime=mtime)
+        )
+        change.journal(op, node_id, t.KIND_FILE, path, version_id=version_id, size=writer.size)
+        seq = change.finish()
+        row = tree.live_node(conn, self.account.id, path)
+        assert row is not None
+        return tree.to_entry(row), seq
+
+    def delete(self, path: str) -> None:
+        """Move a file or folder (with everything below it) to the trash."""
+        path = paths.normalize_path(path)
+        if path == "":
+            raise Conflict("the root folder cannot be deleted")
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            node = tree.live_node(conn, self.account.id, path, lock=True)
+            if node is None:
+                raise NotFound(f"{path!r} does not exist")
+            tree.trash(change, node)
+            seq = change.finish()
+        self._s.notify(self.account.id, seq)
+
+    def purge_trash(self, *, deleted_before: float | None = None) -> int:
+        """Delete trashed nodes for good (with their versions); returns how many went.
+
+        Their blocks become unreferenced and are reclaimed by garbage collection.
+        """
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            cond = [n.account_id == self.account.id, n.deleted_at.is_not(None)]
+            if deleted_before is not None:
+                cond.append(n.deleted_at < deleted_before)
+            count = conn.execute(delete(t.nodes).where(*cond)).rowcount
+            seq = change.finish()
+        self._s.notify(self.account.id, seq)
+        return int(count)
+
+    def move(self, src: str, dst: str, *, overwrite: bool = False) -> Entry:
+        """Rename or move; the node keeps its id, so revisions and properties follow."""
+        src, dst = paths.normalize_path(src), paths.normalize_path(dst)
+        self._check_transfer(src, dst)
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            node = self._transfer_source(conn, src)
+            parent = self._prepare_destination(change, dst, overwrite)
+            conn.execute(
+                update(t.nodes)
+                .where(n.id == node.id)
+                .values(parent_id=parent.id, name=paths.name_of(dst), path=dst)
+            )
+            if node.kind == t.KIND_DIR:
+                conn.execute(
+                    update(t.nodes)
+                    .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(src))
+                    .values(path=literal(dst) + func.substr(n.path, len(src) + 1))
+                )
+            change.journal(
+                "move", node.id, node.kind, dst, old_path=src, version_id=node.version_id, size=node.size
+            )
+            seq = change.finish()
+            entry = tree.to_entry(tree.live_node(conn, self.account.id, dst))  # type: ignore[arg-type]
+        self._s.notify(self.account.id, seq)
+        return entry
+
+    def copy(self, src: str, dst: str, *, overwrite: bool = False, recursive: bool = True) -> Entry:
+        """Copy block lists and properties, never bytes. ``recursive=False`` copies a folder alone."""
+        src, dst = paths.normalize_path(src), paths.normalize_path(dst)
+        self._check_transfer(src, dst)
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            node = self._transfer_source(conn, src)
+            parent = self._prepare_destination(change, dst, overwrite)
+            new_ids = {node.parent_id: parent.id}
+            subtree: list[Row[Any]] = [node]
+            if node.kind == t.KIND_DIR and recursive:
+                subtree += conn.execute(
+                    tree.select_nodes()
+                    .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(src))
+                    .order_by(n.path)
+                ).all()
+            for row in subtree:
+                new_path = dst + row.path[len(src) :]
+                new_id = tree.insert_node(
+                    change,
+                    parent_id=new_ids[row.parent_id],
+                    path=new_path,
+                    name=paths.name_of(new_path),
+                    kind=row.kind,
+                    mtime=row.mtime,
+                )
+                new_ids[row.id] = new_id
+                version_id = None
+                if row.kind == t.KIND_FILE and row.version_id is not None:
+                    version_id = tree.copy_version(change, row.version_id, new_id)
+                    conn.execute(
+                        update(t.nodes).where(n.id == new_id).values(version_id=version_id, size=row.size)
+                    )
+                    change.grow(int(row.size))
+                tree.copy_properties(conn, row.id, new_id)
+                change.journal("create", new_id, row.kind, new_path, version_id=version_id, size=row.size)
+            seq = change.finish()
+            entry = tree.to_entry(tree.live_node(conn, self.account.id, dst))  # type: ignore[arg-type]
+        self._s.notify(self.account.id, seq)
+        return entry
+
+    @staticmethod
+    def _check_transfer(src: str, dst: str) -> None:
+        if src == "" or dst == "":
+            raise Conflict("the root folder cannot be moved, copied or replaced")
+        if src == dst:
+            raise Conflict("source and destination are the same")
+        if paths.is_within(dst, src):
+            raise Conflict("cannot move or copy a folder into itself")
+
+    def _transfer_source(self, conn: Connection, src: str) -> Row[Any]:
+        node = tree.live_node(conn, self.account.id, src, lock=True)
+        if node is None:
+            raise NotFound(f"{src!r} does not exist")
+        return node
+
+    def _prepare_destination(self, change: tree.Change, dst: str, overwrite: bool) -> Row[Any]:
+        parent = tree.live_folder(change.conn, self.account.id, paths.parent_of(dst))
+        existing = tree.live_node(change.conn, self.account.id, dst, lock=True)
+        if existing is not None:
+            if not overwrite:
+                raise AlreadyExists(f"{dst!r} exists")
+            tree.trash(change, existing)
+        return parent
+
+    def set_mtime(self, path: str, mtime: float) -> Entry:
+        path = paths.normalize_path(path)
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            node = tree.live_node(conn, self.account.id, path, lock=True)
+            if node is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            conn.execute(update(t.nodes).where(n.id == node.id).values(mtime=mtime))
+            if node.kind == t.KIND_FILE:
+                change.journal("modify", node.id, node.kind, path, version_id=node.version_id, size=node.size)
+            seq = change.finish()
+            entry = tree.to_entry(tree.live_node(conn, self.account.id, path))  # type: ignore[arg-type]
+        self._s.notify(self.account.id, seq)
+        return entry
+
+    # -- dead properties ---------------------------------------------------------------
+
+    def get_properties(self, path: str) -> dict[str, str]:
+        path = paths.normalize_path(path)
+        p = t.properties.c
+        with self._db.read() as conn:
+            node = tree.live_node(conn, self.account.id, path)
+            if node is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            rows = conn.execute(select(p.name, p.value).where(p.node_id == node.id)).all()
+        return {r.name: r.value for r in rows}
+
+    def set_properties(self, path: str, set_: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+        """Set and remove dead properties atomically (all or nothing)."""
+        path = paths.normalize_path(path)
+        p = t.properties.c
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            node = tree.live_node(conn, self.account.id, path, lock=True)
+            if node is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            names = set(set_) | set(remove)
+            if names:
+                conn.execute(delete(t.properties).where(p.node_id == node.id, p.name.in_(names)))
+            if set_:
+                conn.execute(
+                    insert(t.properties),
+                    [{"node_id": node.id, "name": k, "value": val} for k, val in set_.items()],
+                )
+            seq = change.finish()
+        self._s.notify(self.account.id, seq)
+
+    # -- revisions and content -----------------------------------------------------------
+
+    def revisions(self, path: str) -> list[Revision]:
+        path = paths.normalize_path(path)
+        with self._db.read() as conn:
+            node = tree.live_node(conn, self.account.id, path)
+            if node is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            rows = conn.execute(
+                select(v.id, v.size, v.sha256, v.mtime, v.created_at, v.device, v.pinned)
+                .where(v.node_id == node.id, v.account_id == self.account.id)
+                .order_by(v.id.desc())
+            ).all()
+        return [
+            Revision(
+                r.id,
+                r.size,
+                bytes(r.sha256),
+                r.mtime,
+                r.created_at,
+                r.device,
+                bool(r.pinned),
+                r.id == node.version_id,
+            )
+            for r in rows
+        ]
+
+    def open(self, path: str, *, version_id: int | None = None) -> VersionReader:
+        """A seekable reader of the current (or a given) version of a file."""
+        path = paths.normalize_path(path)
+        with self._db.read() as conn:
+            node = tree.live_node(conn, self.account.id, path)
+            if node is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            if node.kind == t.KIND_DIR:
+                raise Conflict(f"{path or '/'!r} is a folder")
+            entry = tree.to_entry(node)
+            if version_id is not None and version_id != node.version_id:
+                ver = conn.execute(
+                    select(v.size, v.sha256, v.mtime).where(
+                        v.id == version_id, v.node_id == node.id, v.account_id == self.account.id
+                    )
+                ).first()
+                if ver is None:
+                    raise NotFound(f"{path!r} has no revision {version_id}")
+                entry = Entry(
+                    entry.node_id,
+                    entry.path,
+                    entry.name,
+                    False,
+                    ver.size,
+                    ver.mtime,
+                    entry.created_at,
+                    version_id,
+                    bytes(ver.sha256),
+                )
+            blocks = _block_locations(conn, entry.version_id)
+        return VersionReader(entry, blocks, self._s.blocks, self.account.keys, self._s.executor)
+
+
+def _block_locations(conn: Connection, version_id: int | None) -> list[BlockLocation]:
+    if version_id is None:
+        return []
+    vb, b = t.version_blocks.c, t.blocks.c
+    rows = conn.execute(
+        select(vb.offset, b.size, b.name, b.sha256)
+        .join(t.blocks, b.id == vb.block_id)
+        .where(vb.version_id == version_id)
+        .order_by(vb.idx)
+    ).all()
+    return [BlockLocation(r.offset, r.size, r.name, bytes(r.sha256)) for r in rows]
+
+
+def _check_target(node: Row[Any] | None, if_match: str | None, if_none_match: str | None) -> None:
+    if node is not None and node.kind == t.KIND_DIR:
+        raise Conflict(f"{node.path!r} is a folder")
+    etag = tree.to_entry(node).etag if node is not None else None
+    if if_match is not None and (etag is None or (if_match != "*" and if_match != etag)):
+        raise PreconditionFailed("If-Match does not hold")
+    if if_none_match is not None and etag is not None and if_none_match in ("*", etag):
+        raise PreconditionFailed("If-None-Match does not hold")

@@ -1,0 +1,300 @@
+"""Stream -> blocks: the write pipeline.
+
+The caller's thread reads the stream and cuts it into content-defined blocks;
+a small shared thread pool hashes, looks up, compresses, seals and stores each
+block (hashlib, zstd and AES-GCM release the GIL, so network reads, CPU work and
+disk writes overlap on two cores). At most ``pipeline_depth`` blocks are in
+flight per write, so memory stays flat whatever the file size.
+
+Nothing here makes a block visible. Blocks become part of a file only when
+:meth:`storage.volume.Volume.write` commits one transaction; until then they are
+*pinned* to an upload row (``uploads`` / ``upload_blocks``) every
+``pin_every_bytes``, so garbage collection leaves them alone however long the
+upload takes, and a crash leaves only pins that expire with their lease.
+
+A dedup hit keeps its data in memory until the block is pinned: if garbage
+collection deleted the block between the lookup and the pin (the database's
+foreign key tells us), the data is stored again instead of being lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+
+from storage.accounts import AccountContext
+from storage.blockstore import BlockStore, StoredBlock
+from storage.chunker import Chunker, Readable
+from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
+from storage.metadata import schema as t
+from storage.metadata.db import Database
+
+
+@dataclass(slots=True)
+class BlockRef:
+    """One block of the file being written, in order."""
+
+    sha256: bytes
+    size: int
+    offset: int
+    stored: StoredBlock | None  # set when this write stored the block itself
+    data: bytes | None  # kept for dedup hits until pinned
+    block_id: int | None = None
+
+
+class VanishedBlocks(Exception):
+    """Blocks found by dedup were collected before they could be pinned."""
+
+
+class LimitedReader:
+    """Counts bytes, enforces the size limit and the account's remaining room."""
+
+    def __init__(self, stream: Readable, max_size: int, room: int | None) -> None:
+        self._stream = stream
+        self._max_size = max_size
+        self._room = room
+        self.count = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._stream.read(n)
+        self.count += len(data)
+        if self.count > self._max_size:
+            raise TooLarge(f"files are limited to {self._max_size} bytes")
+        if self._room is not None and self.count > self._room:
+            raise QuotaExceeded("the account's quota has no room for this file")
+        return data
+
+
+class BlockWriter:
+    """Collects the blocks of one write; :meth:`commit_blocks` records them in a transaction."""
+
+    def __init__(
+        self,
+        ctx: AccountContext,
+        db: Database,
+        store: BlockStore,
+        executor: ThreadPoolExecutor,
+        *,
+        compress: bool,
+        depth: int,
+        pin_every_bytes: int,
+        lease_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._ctx = ctx
+        self._db = db
+        self._store = store
+        self._executor = executor
+        self._compress = compress
+        self._depth = depth
+        self._pin_every = pin_every_bytes
+        self._lease = lease_seconds
+        self._clock = clock
+        self.refs: list[BlockRef] = []
+        self._unpinned: list[BlockRef] = []
+        self._unpinned_bytes = 0
+        self._upload_id: str | None = None
+        self.size = 0
+        self.sha256 = b""
+
+    # -- streaming -----------------------------------------------------------------
+
+    def consume(self, stream: Readable) -> None:
+        whole = hashlib.sha256()
+        pending: deque[Future[BlockRef]] = deque()
+        chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
+        offset = 0
+        try:
+            for data in chunker.split(stream):
+                whole.update(data)
+                pending.append(self._executor.submit(self._prepare, data, offset))
+                offset += len(data)
+                while len(pending) >= self._depth:
+                    self._accept(pending.popleft().result())
+            while pending:
+                self._accept(pending.popleft().result())
+        finally:
+            for fut in pending:
+                fut.cancel()
+            for fut in pending:
+                if not fut.cancelled():
+                    fut.exception()
+        self.size = offset
+        self.sha256 = whole.digest()
+
+    def _prepare(self, data: bytes, offset: int) -> BlockRef:
+        sha = hashlib.sha256(data).digest()
+        if self._lookup(sha) is not None:
+            return BlockRef(sha, len(data), offset, None, data)
+        stored = self._store.store(self._ctx.id, self._ctx.keys, data, sha, compress=self._compress)
+        return BlockRef(sha, len(data), offset, stored, None)
+
+    def _lookup(self, sha: bytes) -> int | None:
+        b = t.blocks.c
+        with self._db.read() as conn:
+            found = conn.execute(select(b.id).where(b.account_id == self._ctx.id, b.sha256 == sha)).scalar()
+        return None if found is None else int(found)
+
+    def _accept(self, ref: BlockRef) -> None:
+        self.refs.append(ref)
+        self._unpinned.append(ref)
+        self._unpinned_bytes += ref.size
+        if self._unpinned_bytes >= self._pin_every:
+            self._pin()
+
+    # -- pinning -------------------------------------------------------------------
+
+    def _pin(self) -> None:
+        """Record the unpinned blocks against this write's upload row (created on first use)."""
+        for _ in range(3):
+            creating = self._upload_id is None
+            upload_id = self._upload_id or secrets.token_hex(16)
+            base = len(self.refs) - len(self._unpinned)
+            try:
+                with self._db.write() as conn:
+                    self._renew_lease(conn, upload_id, create=creating)
+                    self.record_blocks(conn, self._unpinned)
+                    conn.execute(
+                        insert(t.upload_blocks),
+                        [
+                            {
+                                "upload_id": upload_id,
+                                "idx": base + i,
+                                "block_id": r.block_id,
+                                "offset": r.offset,
+                            }
+                            for i, r in enumerate(self._unpinned)
+                        ],
+                    )
+            except (VanishedBlocks, DBIntegrityError) as exc:
+                self.retry_after(exc)
+                continue
+            self._upload_id = upload_id
+            for ref in self._unpinned:
+                ref.data = None
+            self._unpinned = []
+            self._unpinned_bytes = 0
+            return
+        raise BackendUnavailable("blocks kept being collected while this upload pinned them")
+
+    def _renew_lease(self, conn: Connection, upload_id: str, *, create: bool) -> None:
+        now = self._clock()
+        if create:
+            conn.execute(
+                insert(t.uploads).values(
+                    id=upload_id,
+                    account_id=self._ctx.id,
+                    kind="stream",
+                    created_at=now,
+                    expires_at=now + self._lease,
+                )
+            )
+        else:
+            conn.execute(
+                update(t.uploads).where(t.uploads.c.id == upload_id).values(expires_at=now + self._lease)
+            )
+
+    def record_blocks(self, conn: Connection, refs: Sequence[BlockRef]) -> None:
+        """Insert rows for newly stored blocks and resolve every ref's block id.
+
+        Raises :class:`VanishedBlocks` when a dedup hit's row no longer exists.
+        """
+        now = self._clock()
+        new_rows = {
+            r.sha256: {
+                "account_id": self._ctx.id,
+                "sha256": r.sha256,
+                "name": r.stored.name,
+                "size": r.stored.size,
+                "stored_size": r.stored.stored_size,
+                "codec": r.stored.codec,
+                "key_epoch": r.stored.key_epoch,
+                "created_at": now,
+            }
+            for r in refs
+            if r.stored is not None and r.block_id is None
+        }
+        wanted = {r.sha256 for r in refs if r.block_id is None}
+        if not wanted:
+            return
+        ids = self._block_ids(conn, wanted)
+        missing_new = [row for sha, row in new_rows.items() if sha not in ids]
+        if missing_new:
+            conn.execute(insert(t.blocks), missing_new)
+            ids.update(self._block_ids(conn, set(new_rows) - set(ids)))
+        if any(sha not in ids for sha in wanted):
+            raise VanishedBlocks()
+        for r in refs:
+            if r.block_id is None:
+                r.block_id = ids[r.sha256]
+
+    def _block_ids(self, conn: Connection, shas: set[bytes]) -> dict[bytes, int]:
+        b = t.blocks.c
+        ordered = sorted(shas)
+        ids: dict[bytes, int] = {}
+        for i in range(0, len(ordered), 500):
+            query = select(b.id, b.sha256).where(
+                b.account_id == self._ctx.id, b.sha256.in_(ordered[i : i + 500])
+            )
+            ids.update((bytes(row.sha256), int(row.id)) for row in conn.execute(query))
+        return ids
+
+    def _restore_vanished(self, refs: Sequence[BlockRef]) -> None:
+        self._forget_ids(refs)
+        with self._db.read() as conn:
+            present = {
+                bytes(s)
+                for s in conn.execute(
+                    select(t.blocks.c.sha256).where(
+                        t.blocks.c.account_id == self._ctx.id,
+                        t.blocks.c.sha256.in_([r.sha256 for r in refs if r.stored is None]),
+                    )
+                ).scalars()
+            }
+        for r in refs:
+            if r.stored is None and r.sha256 not in present:
+                assert r.data is not None, "a dedup hit keeps its data until pinned"
+                r.stored = self._store.store(
+                    self._ctx.id, self._ctx.keys, r.data, r.sha256, compress=self._compress
+                )
+
+    @staticmethod
+    def _forget_ids(refs: Sequence[BlockRef]) -> None:
+        for r in refs:
+            r.block_id = None
+
+    # -- commit support ------------------------------------------------------------
+
+    def finish_in(self, conn: Connection) -> None:
+        """Inside the commit transaction: record the remaining blocks, drop the upload row."""
+        self.record_blocks(conn, self._unpinned)
+        if self._upload_id is not None:
+            conn.execute(delete(t.uploads).where(t.uploads.c.id == self._upload_id))
+
+    def retry_after(self, exc: Exception) -> None:
+        """Prepare a new commit attempt after the transaction failed with ``exc``."""
+        if isinstance(exc, VanishedBlocks):
+            self._restore_vanished(self._unpinned)
+        else:
+            self._forget_ids(self._unpinned)
+
+    def committed(self) -> None:
+        self._unpinned = []
+        self._upload_id = None
+
+    def abort(self) -> None:
+        """Drop this write's pins; its blocks become garbage after the grace period."""
+        if self._upload_id is None:
+            return
+        try:
+            with self._db.write() as conn:
+                conn.execute(delete(t.uploads).where(t.uploads.c.id == self._upload_id))
+        finally:
+            self._upload_id = None

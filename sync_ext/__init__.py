@@ -1,0 +1,1 @@
+"""The extension API for smart sync clients (and the reference client, davsync)."""
