@@ -61,7 +61,7 @@ class Accounts:
             parallelism=hashing.parallelism,
             type=argon2.Type.ID,
         )
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        self._dummy_hash: str | None = None
         self._contexts: dict[int, AccountContext] = {}
         self._lock = threading.Lock()
 
@@ -244,7 +244,7 @@ class Accounts:
                 if token_id is not None:
                     self._touch_token(int(token_id))
                     return AccountInfo(*row[:5])
-        stored = row.password_hash if row is not None and row.password_hash else self._dummy_hash
+        stored = row.password_hash if row is not None and row.password_hash else self._dummy()
         try:
             self._hasher.verify(stored, secret)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
@@ -252,6 +252,12 @@ class Accounts:
         if row is None or not row.password_hash:
             raise AuthenticationFailed("wrong account name or password")
         return AccountInfo(*row[:5])
+
+    def _dummy(self) -> str:
+        """A hash to verify against when the account does not exist (equal timing)."""
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        return self._dummy_hash
 
     def account_for_token(self, token: str) -> AccountInfo:
         """Resolve a bearer token alone (no account name) to its account."""

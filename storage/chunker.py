@@ -27,6 +27,10 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+class ReadableInto(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkerParams:
     min_size: int = 256 << 10
@@ -56,7 +60,7 @@ class Chunker:
             seed=seed,
         )
 
-    def split(self, stream: Readable) -> Iterator[bytes]:
+    def split(self, stream: Readable | ReadableInto) -> Iterator[bytes]:
         """Yield the blocks of ``stream`` as independent ``bytes`` objects.
 
         ``pyfastcdc`` reuses its buffer, so each block is copied once; that copy

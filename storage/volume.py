@@ -318,7 +318,9 @@ class Volume:
             cond = [n.account_id == self.account.id, n.deleted_at.is_not(None)]
             if deleted_before is not None:
                 cond.append(n.deleted_at < deleted_before)
-            count = conn.execute(delete(t.nodes).where(*cond)).rowcount
+            # Counted first: SQLite's rowcount misses rows its cascades removed.
+            count = conn.execute(select(func.count()).select_from(t.nodes).where(*cond)).scalar_one()
+            conn.execute(delete(t.nodes).where(*cond))
             seq = change.finish()
         self._s.notify(self.account.id, seq)
         return int(count)

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore, StoredBlock
-from storage.chunker import Chunker, Readable
+from storage.chunker import Chunker, Readable, ReadableInto
 from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
 from storage.metadata.db import Database
@@ -54,22 +54,31 @@ class VanishedBlocks(Exception):
 
 
 class LimitedReader:
-    """Counts bytes, enforces the size limit and the account's remaining room."""
+    """Counts bytes, enforces the size limit and the account's remaining room.
+
+    Offers ``readinto`` (what the chunker prefers) and tolerates sources whose
+    ``read(n)`` returns more than ``n`` bytes by keeping the excess for later.
+    """
 
     def __init__(self, stream: Readable, max_size: int, room: int | None) -> None:
         self._stream = stream
         self._max_size = max_size
         self._room = room
+        self._leftover = b""
         self.count = 0
 
-    def read(self, n: int = -1, /) -> bytes:
-        data = self._stream.read(n)
-        self.count += len(data)
+    def readinto(self, buffer: memoryview) -> int:
+        want = len(buffer)
+        data = self._leftover or self._stream.read(want)
+        self._leftover = data[want:]
+        n = min(len(data), want)
+        buffer[:n] = data[:n]
+        self.count += n
         if self.count > self._max_size:
             raise TooLarge(f"files are limited to {self._max_size} bytes")
         if self._room is not None and self.count > self._room:
             raise QuotaExceeded("the account's quota has no room for this file")
-        return data
+        return n
 
 
 class BlockWriter:
@@ -106,7 +115,7 @@ class BlockWriter:
 
     # -- streaming -----------------------------------------------------------------
 
-    def consume(self, stream: Readable) -> None:
+    def consume(self, stream: Readable | ReadableInto) -> None:
         whole = hashlib.sha256()
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
