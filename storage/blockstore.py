@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from storage.backends.base import Backend
 from storage.codec import Codec
-from storage.envelope import OVERHEAD, open_sealed, seal
-from storage.errors import IntegrityError, NotFound
+from storage.envelope import OVERHEAD, open_sealed, parse_header, seal
+from storage.errors import IntegrityError, NotFound, UnsupportedFormat
 from storage.keys import AccountKeys
 
 
@@ -40,7 +40,7 @@ class BlockStore:
     @staticmethod
     def object_name(account_id: int, keys: AccountKeys, sha256: bytes) -> str:
         mac = keys.block_id(sha256).hex()
-        return f"{account_id}/{mac[:2]}/{mac}.{secrets.token_hex(4)}"
+        return f"{account_id}/{mac[:2]}/{mac}.{secrets.token_hex(8)}"
 
     def store(
         self, account_id: int, keys: AccountKeys, data: bytes, sha256: bytes, *, compress: bool
@@ -59,6 +59,8 @@ class BlockStore:
             raise IntegrityError(f"block object {name} is missing from the store") from None
         if len(blob) < OVERHEAD:
             raise IntegrityError(f"block object {name} is truncated")
+        if parse_header(blob).key_epoch != keys.epoch:
+            raise UnsupportedFormat(f"block {name} was sealed under another key epoch")
         header, payload = open_sealed(keys.block_cipher, keys.block_id(sha256), blob)
         data = self.codec.decode(header.codec, payload)
         if len(data) != size or hashlib.sha256(data).digest() != sha256:

@@ -2,8 +2,12 @@
 
 Boundaries depend on the content, not on offsets, so inserting one byte near the
 start of a file changes the blocks around the edit only. The gear table is seeded
-per account (from the account key), so boundaries reveal nothing about content
-to whoever reads the block store, and two accounts never share boundaries.
+per account (from the account key), so two accounts cut the same file at
+different places and block sizes in the store do not match a public table.
+This is a mitigation, not a proof: pyfastcdc's seed is a 63-bit value mixed
+into a public gear table, and the literature on content-defined chunking
+describes attacks that learn such keys from many observed boundaries; block
+contents and ids stay protected by AES-GCM and the keyed MAC regardless.
 
 The parameters are stored in the metadata (table ``chunkers``) and referenced by
 every version: a revision can always be re-cut identically, and clients that do
@@ -41,8 +45,15 @@ class ChunkerParams:
     implementation: str = IMPLEMENTATION
 
     def __post_init__(self) -> None:
-        if not (64 <= self.min_size <= self.avg_size <= self.max_size):
-            raise ValueError("chunker sizes must satisfy 64 <= min <= avg <= max")
+        # pyfastcdc's own limits; an odd minimum is rounded down by it, so refuse it.
+        if not (64 <= self.min_size <= 1 << 20 and 256 <= self.avg_size <= 4 << 20):
+            raise ValueError("chunker needs 64 <= min <= 1 MiB and 256 <= avg <= 4 MiB")
+        if not (1024 <= self.max_size <= 16 << 20):
+            raise ValueError("chunker needs 1 KiB <= max <= 16 MiB")
+        if not (self.min_size <= self.avg_size <= self.max_size):
+            raise ValueError("chunker sizes must satisfy min <= avg <= max")
+        if self.min_size % 2:
+            raise ValueError("chunker min size must be even")
         if self.normalization not in (0, 1, 2, 3):
             raise ValueError("normalization must be 0..3")
 

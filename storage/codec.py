@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import zstandard
 
 from storage.envelope import CODEC_RAW, CODEC_ZSTD
-from storage.errors import IntegrityError
+from storage.errors import IntegrityError, UnsupportedFormat
 
 COMPRESSED_SUFFIXES = frozenset(
     [
@@ -116,7 +116,14 @@ class Codec:
     def decode(self, codec: int, payload: bytes) -> bytes:
         if codec == CODEC_RAW:
             return payload
+        if codec != CODEC_ZSTD:
+            raise UnsupportedFormat(f"codec {codec} is not supported")
         try:
+            # python-zstandard honours max_output_size only for frames that do not
+            # declare their size, so the declared size is checked first.
+            declared = zstandard.frame_content_size(payload)
+            if declared > self.max_block_size:
+                raise IntegrityError(f"block declares {declared} bytes, over the {self.max_block_size} limit")
             return self._decompressor().decompress(payload, max_output_size=self.max_block_size)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"block does not decompress: {exc}") from None

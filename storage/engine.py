@@ -33,7 +33,7 @@ class Engine:
         self.config = config
         self.db = db
         self.backend = backend
-        self.codec = Codec(level=config.zstd_level, max_block_size=config.chunker.max_size)
+        self.codec = Codec(level=config.zstd_level)
         self.blocks = BlockStore(backend, self.codec)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="davserver-blocks")
         self.accounts = Accounts(db, config.master_key, config.password_hashing, config.chunker, config.clock)
