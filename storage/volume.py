@@ -156,11 +156,34 @@ class Volume:
         mtime: float | None = None,
         device: str | None = None,
     ) -> Entry:
-        """Store ``stream`` as the new current version of the file at ``path``.
+        """Store ``stream`` as the new current version of the file at ``path``."""
+        pending = self.begin_write(
+            path,
+            size_hint=size_hint,
+            if_match=if_match,
+            if_none_match=if_none_match,
+            mtime=mtime,
+            device=device,
+        )
+        with pending:
+            pending.feed(stream)
+            return pending.commit()
+
+    def begin_write(
+        self,
+        path: str,
+        *,
+        size_hint: int | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+        mtime: float | None = None,
+        device: str | None = None,
+    ) -> PendingWrite:
+        """Check a write can start (before any body is read) and return it, unfed.
 
         ``if_match`` / ``if_none_match`` take an entity tag or ``"*"`` and are
-        checked before any data is read and again inside the commit, so a
-        concurrent writer cannot slip between the check and the commit.
+        checked now and again inside the commit, so a concurrent writer cannot
+        slip between the check and the commit.
         """
         path = paths.normalize_path(path)
         if path == "":
@@ -180,14 +203,7 @@ class Volume:
             lease_seconds=cfg.write_lease_seconds,
             clock=self._clock,
         )
-        try:
-            writer.consume(LimitedReader(stream, cfg.max_file_size, room))
-            entry, seq = self._commit(path, writer, if_match, if_none_match, mtime, device)
-        except BaseException:
-            writer.abort()
-            raise
-        self._s.notify(self.account.id, seq)
-        return entry
+        return PendingWrite(self, path, writer, room, _WriteOptions(if_match, if_none_match, mtime, device))
 
     def _precheck(
         self, path: str, if_match: str | None, if_none_match: str | None, size_hint: int | None
@@ -209,19 +225,11 @@ class Volume:
             raise QuotaExceeded("the account's quota has no room for this file")
         return max(room, 0)
 
-    def _commit(
-        self,
-        path: str,
-        writer: BlockWriter,
-        if_match: str | None,
-        if_none_match: str | None,
-        mtime: float | None,
-        device: str | None,
-    ) -> tuple[Entry, int]:
+    def _commit(self, path: str, writer: BlockWriter, options: _WriteOptions) -> tuple[Entry, int]:
         for _ in range(4):
             try:
                 with self._db.write() as conn:
-                    result = self._commit_in(conn, path, writer, if_match, if_none_match, mtime, device)
+                    result = self._commit_in(conn, path, writer, options)
             except (VanishedBlocks, DBIntegrityError) as exc:
                 writer.retry_after(exc)
                 continue
@@ -230,20 +238,14 @@ class Volume:
         raise BackendUnavailable("the commit kept conflicting with concurrent changes; retry")
 
     def _commit_in(
-        self,
-        conn: Connection,
-        path: str,
-        writer: BlockWriter,
-        if_match: str | None,
-        if_none_match: str | None,
-        mtime: float | None,
-        device: str | None,
+        self, conn: Connection, path: str, writer: BlockWriter, options: _WriteOptions
     ) -> tuple[Entry, int]:
         change = tree.Change(conn, self.account.id, self._clock())
         writer.finish_in(conn)
         node = tree.live_node(conn, self.account.id, path, lock=True)
-        _check_target(node, if_match, if_none_match)
-        mtime = change.now if mtime is None else mtime
+        _check_target(node, options.if_match, options.if_none_match)
+        mtime = change.now if options.mtime is None else options.mtime
+        device = options.device
         if node is None:
             parent = tree.live_folder(conn, self.account.id, paths.parent_of(path))
             node_id = tree.insert_node(
@@ -522,6 +524,73 @@ class Volume:
                 )
             blocks = _block_locations(conn, entry.version_id)
         return VersionReader(entry, blocks, self._s.blocks, self.account.keys, self._s.executor)
+
+
+@dataclass
+class _WriteOptions:
+    if_match: str | None
+    if_none_match: str | None
+    mtime: float | None
+    device: str | None
+
+
+class PendingWrite:
+    """A write in progress: feed it the content once, then commit or abort it.
+
+    Nothing is visible before :meth:`commit`; leaving the ``with`` block without
+    committing aborts, and an abort leaves the previous version untouched.
+    """
+
+    def __init__(
+        self, volume: Volume, path: str, writer: BlockWriter, room: int | None, options: _WriteOptions
+    ) -> None:
+        self.path = path
+        self._volume = volume
+        self._writer = writer
+        self._room = room
+        self._options = options
+        self._state = "open"
+
+    @property
+    def size(self) -> int:
+        """Bytes received so far (final once fed)."""
+        return self._writer.size
+
+    def feed(self, stream: Readable) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"cannot feed a write that is {self._state}")
+        self._state = "fed"
+        try:
+            self._writer.consume(LimitedReader(stream, self._volume._s.config.max_file_size, self._room))
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self, *, mtime: float | None = None) -> Entry:
+        if self._state != "fed":
+            raise RuntimeError(f"cannot commit a write that is {self._state}")
+        if mtime is not None:
+            self._options.mtime = mtime
+        try:
+            entry, seq = self._volume._commit(self.path, self._writer, self._options)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        self._volume._s.notify(self._volume.account.id, seq)
+        return entry
+
+    def abort(self) -> None:
+        if self._state in ("committed", "aborted"):
+            return
+        self._state = "aborted"
+        self._writer.abort()
+
+    def __enter__(self) -> PendingWrite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 def _block_locations(conn: Connection, version_id: int | None) -> list[BlockLocation]:
