@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
-	$(BIN)/davserver init --data-dir $(DATA_DIR)
-	@echo "The WebDAV server (davserver serve) arrives with the WebDAV face; the data folder is ready."
+	$(BIN)/davserver init --data-dir $(DATA_DIR) --create-admin admin
+	$(BIN)/davserver serve --data-dir $(DATA_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check storage davserver sync_ext tests bench

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -81,8 +83,13 @@ def main() -> None:
 
 
 @main.command()
+@click.option(
+    "--create-admin",
+    metavar="NAME",
+    help="Also create this account if no account exists yet; its generated password is printed once.",
+)
 @_data_options
-def init(data_dir: str | None, config_file: str | None) -> None:
+def init(data_dir: str | None, config_file: str | None, create_admin: str | None) -> None:
     """Create the data folder, master key, database and block folder (idempotent)."""
     cfg = _load(data_dir, config_file)
     cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -93,9 +100,64 @@ def init(data_dir: str | None, config_file: str | None) -> None:
     if not cfg.master_key_file.exists():
         MasterKey.generate().save(cfg.master_key_file)
         click.echo(f"created master key {cfg.master_key_file} (back it up: without it no file can be read)")
-    with _engine(cfg, auto_migrate=True):
-        pass
+    with _engine(cfg, auto_migrate=True) as engine:
+        if create_admin and not engine.accounts.list_all():
+            password = secrets.token_urlsafe(18)
+            engine.accounts.create(create_admin, password, None)
+            click.echo(f"created account {create_admin!r} with password: {password}")
+            click.echo("  (shown once; change it with 'davserver user passwd')")
     click.echo(f"data folder {cfg.data_dir} is ready")
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8080).")
+@click.option("--threads", type=int, help="Worker threads (default 32).")
+@click.option("--certfile", type=click.Path(dir_okay=False, exists=True), help="TLS certificate (PEM).")
+@click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="TLS private key (PEM).")
+@_data_options
+def serve(
+    data_dir: str | None,
+    config_file: str | None,
+    host: str | None,
+    port: int | None,
+    threads: int | None,
+    certfile: str | None,
+    keyfile: str | None,
+) -> None:
+    """Serve WebDAV at /dav/ until SIGTERM or Ctrl-C."""
+    from davserver.app import AppSettings, create_app
+    from davserver.server import ListenSettings, make_server, serve_forever
+
+    cfg = _load(
+        data_dir, config_file, host=host, port=port, threads=threads, certfile=certfile, keyfile=keyfile
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # WsgiDAV logs every client-caused PUT failure with a traceback; the
+    # failures that matter (unexpected exceptions) come from its error printer.
+    logging.getLogger("wsgidav").setLevel(logging.ERROR)
+    logging.getLogger("wsgidav.request_server").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        settings = AppSettings.from_config(cfg)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    with _engine(cfg) as engine:
+        listen = ListenSettings(
+            host=cfg.host, port=cfg.port, threads=cfg.threads, certfile=cfg.certfile, keyfile=cfg.keyfile
+        )
+        try:
+            server = make_server(create_app(engine, settings), listen)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
+
+        def ready(url: str) -> None:
+            click.echo(f"davserver serving {url}/dav/ (data {cfg.data_dir})", err=True)
+
+        try:
+            serve_forever(server, on_ready=ready)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
 
 
 @main.command()

@@ -20,6 +20,7 @@ from storage.blockstore import BlockStore
 from storage.codec import Codec
 from storage.config import StorageConfig
 from storage.keys import MasterKey
+from storage.locks import LockRecords
 from storage.metadata.db import Database
 from storage.metadata.migrate import ensure_schema, upgrade
 from storage.model import FsckReport, GcReport, Stats
@@ -37,6 +38,7 @@ class Engine:
         self.blocks = BlockStore(backend, self.codec)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="davserver-blocks")
         self.accounts = Accounts(db, config.master_key, config.password_hashing, config.chunker, config.clock)
+        self.locks = LockRecords(db, config.clock)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
         self._services = Services(config, db, self.blocks, self.executor, self._notify)
@@ -107,6 +109,7 @@ class Engine:
             self.backend.delete(info.name)
 
     def gc(self, *, now: float | None = None, grace_seconds: float | None = None) -> GcReport:
+        self.locks.purge_expired()
         return gc_mod.collect(
             self.db,
             self.backend,

@@ -217,3 +217,12 @@ journal = Table(
     Column("at", Float, nullable=False),
     PrimaryKeyConstraint("account_id", "seq"),
 )
+
+lock_records = Table(
+    "lock_records",
+    metadata,
+    Column("token", String(200), primary_key=True),
+    Column("root", PathText, nullable=False, index=True),
+    Column("data", Text, nullable=False),
+    Column("expire", Float, nullable=False),
+)

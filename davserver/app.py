@@ -1,0 +1,206 @@
+"""The composition root: one WSGI application for every face.
+
+    Guard (sizes, name policy) -> Authenticator -> Router
+        /dav/...     WsgiDAV (VolumeProvider over the engine)
+        /healthz     liveness, no authentication
+        /            redirect to /dav/ (OPTIONS answered for Windows' probe)
+
+Everything is built from explicit objects (engine, settings); nothing here is
+module-level state, so tests can build several apps in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from wsgidav.dir_browser import WsgiDavDirBrowser
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.request_resolver import RequestResolver
+from wsgidav.wsgidav_app import WsgiDAVApp
+
+from davserver.auth import Authenticator, AuthSettings
+from davserver.config import ServerConfig
+from davserver.dav.lock_storage import SqlLockStorage
+from davserver.dav.provider import VolumeProvider
+from davserver.wsgi import StartResponse, WSGIApp, plain
+from storage.engine import Engine
+
+log = logging.getLogger("davserver")
+
+DAV_PREFIX = "/dav"
+#: What WsgiDAV advertises is "1,2"; locks, dead properties and RFC 4918
+#: semantics make this server class 3.
+DAV_COMPLIANCE = "1, 2, 3"
+_XML_METHODS = frozenset({"PROPFIND", "PROPPATCH", "LOCK", "REPORT", "SEARCH", "MKCOL"})
+APPLE_DOUBLE_POLICIES = ("store", "refuse")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    max_file_size: int = 10 << 30
+    #: WsgiDAV reads XML request bodies whole; anything larger is refused.
+    max_xml_body: int = 1 << 20
+    block_size: int = 1 << 20
+    propfind_infinity: bool = False
+    #: "store": ._* and .DS_Store are ordinary files (Finder metadata round-trips);
+    #: "refuse": creating them is answered 403, keeping shared trees clean.
+    apple_double: str = "store"
+    redis_url: str | None = None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    @classmethod
+    def from_config(cls, cfg: ServerConfig) -> AppSettings:
+        extra = cfg.extra
+        policy = str(extra.get("apple_double", "store"))
+        if policy not in APPLE_DOUBLE_POLICIES:
+            raise ValueError(f"apple_double must be one of {', '.join(APPLE_DOUBLE_POLICIES)}")
+        return cls(
+            max_file_size=cfg.max_file_size,
+            propfind_infinity=bool(extra.get("propfind_infinity", False)),
+            apple_double=policy,
+            redis_url=cfg.redis_url,
+            auth=AuthSettings(
+                allow_insecure_basic=bool(extra.get("allow_insecure_basic", False)),
+                trust_forwarded_proto=bool(extra.get("trust_forwarded_proto", False)),
+            ),
+        )
+
+
+def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
+    dav = _dav_app(engine, settings)
+    router = Router(dav)
+    authed = Authenticator(router, engine.accounts, settings.auth)
+    return Guard(authed, settings)
+
+
+def _lock_storage(engine: Engine, settings: AppSettings) -> Any:
+    if not settings.redis_url:
+        return SqlLockStorage(engine.locks)
+    from wsgidav.lock_man.lock_storage_redis import LockStorageRedis
+
+    url = urlsplit(settings.redis_url)
+    db = int(url.path.lstrip("/") or 0)
+    return LockStorageRedis(
+        host=url.hostname or "127.0.0.1", port=url.port or 6379, db=db, password=url.password
+    )
+
+
+def _dav_app(engine: Engine, settings: AppSettings) -> WSGIApp:
+    provider = VolumeProvider(engine, propfind_infinity=settings.propfind_infinity)
+    config = {
+        "provider_mapping": {DAV_PREFIX: provider},
+        "middleware_stack": [ErrorPrinter, WsgiDavDirBrowser, RequestResolver],
+        "lock_storage": _lock_storage(engine, settings),
+        "property_manager": None,
+        "mutable_live_props": ["{DAV:}getlastmodified", "{DAV:}getcontenttype"],
+        "hotfixes": {"emulate_win32_lastmod": True, "re_encode_path_info": True},
+        "add_header_MS_Author_Via": True,
+        "block_size": settings.block_size,
+        "suppress_version_info": True,
+        "logging": {"enable": False},
+        "verbose": 0,
+        "dir_browser": {"enable": True, "response_trailer": "davserver", "davmount": True},
+        "http_authenticator": {},
+    }
+    return WsgiDAVApp(config)
+
+
+class Router:
+    def __init__(self, dav: WSGIApp) -> None:
+        self._dav = dav
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == DAV_PREFIX or path.startswith(DAV_PREFIX + "/"):
+            return self._dav(environ, _DavHeader(start_response))
+        if path == "/healthz":
+            return plain(start_response, "200 OK", "ok\n")
+        if path in ("/", "*"):
+            if method == "OPTIONS":
+                # Windows' mini-redirector probes the server root before anything else.
+                start_response(
+                    "200 OK",
+                    [
+                        ("DAV", DAV_COMPLIANCE),
+                        ("MS-Author-Via", "DAV"),
+                        ("Allow", "OPTIONS, GET, HEAD"),
+                        ("Content-Length", "0"),
+                    ],
+                )
+                return [b""]
+            if method in ("GET", "HEAD"):
+                start_response("302 Found", [("Location", DAV_PREFIX + "/"), ("Content-Length", "0")])
+                return [b""]
+        return plain(start_response, "404 Not Found", "not found\n")
+
+
+class _DavHeader:
+    """Rewrites WsgiDAV's DAV compliance header on the way out."""
+
+    def __init__(self, start_response: StartResponse) -> None:
+        self._start_response = start_response
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        headers = [(k, DAV_COMPLIANCE) if k.lower() == "dav" else (k, v) for k, v in headers]
+        return self._start_response(status, headers, exc_info)
+
+
+class Guard:
+    """Cheap checks before anything reads a body or touches the database."""
+
+    def __init__(self, app: WSGIApp, settings: AppSettings) -> None:
+        self._app = app
+        self._s = settings
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        try:
+            # WSGI hands the decoded path as latin-1 code points; ours must be UTF-8.
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+            unquote(environ.get("HTTP_DESTINATION", ""), errors="strict")
+        except UnicodeError:
+            return plain(start_response, "400 Bad Request", "path is not valid UTF-8\n", close=True)
+        length_text = environ.get("CONTENT_LENGTH", "").strip()
+        if length_text:
+            if not length_text.isdigit():
+                return plain(start_response, "400 Bad Request", "bad Content-Length\n", close=True)
+            length = int(length_text)
+        else:
+            length = 0
+        if method == "PUT":
+            expected = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "").strip()
+            declared = max(length, int(expected) if expected.isdigit() else 0)
+            if declared > self._s.max_file_size:
+                return plain(
+                    start_response,
+                    "413 Content Too Large",
+                    f"files are limited to {self._s.max_file_size} bytes\n",
+                    close=True,
+                )
+        elif method in _XML_METHODS and length > self._s.max_xml_body:
+            return plain(start_response, "413 Content Too Large", "request body too large\n", close=True)
+        if self._s.apple_double == "refuse" and method in ("PUT", "MKCOL", "LOCK", "MOVE", "COPY"):
+            target = environ.get("HTTP_DESTINATION") if method in ("MOVE", "COPY") else None
+            name = _last_segment(urlsplit(target).path if target else environ.get("PATH_INFO", ""))
+            if is_apple_double(name):
+                return plain(
+                    start_response,
+                    "403 Forbidden",
+                    "macOS metadata files (._*, .DS_Store) are not stored on this server\n",
+                    close=length > 0,
+                )
+        return self._app(environ, start_response)
+
+
+def is_apple_double(name: str) -> bool:
+    return name == ".DS_Store" or name.startswith("._")
+
+
+def _last_segment(path: str) -> str:
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1])
+

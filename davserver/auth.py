@@ -1,0 +1,196 @@
+"""Authentication in front of both faces (/dav and /api/v1).
+
+Accepts ``Authorization: Basic`` with an account password or a device token as
+the password, and ``Authorization: Bearer <device token>``. On success the
+account id is put in ``environ["davserver.account_id"]`` (the documented
+contract the faces read; neither face imports this module).
+
+Why it looks like this:
+
+* argon2id costs ~100 ms by design, and WebDAV clients authenticate every
+  request, so verified credentials are cached in memory for ``cache_seconds``
+  (keyed by a SHA-256 of name and secret, never the secret itself). A password
+  change or token revocation therefore takes effect within that time.
+* Failed logins are throttled per account name and per client address: past
+  ``max_failures`` in ``window`` seconds, further attempts get 429 with
+  Retry-After without any password check, which caps online guessing.
+* Basic credentials travel in clear over plain HTTP, so they are refused (403)
+  unless the request is HTTPS, comes from loopback, or the config allows it
+  (e.g. behind a TLS-terminating proxy that sets X-Forwarded-Proto).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from davserver.wsgi import StartResponse, WSGIApp, plain
+from storage.accounts import Accounts
+from storage.errors import AuthenticationFailed, BackendUnavailable
+
+ACCOUNT_KEY = "davserver.account_id"
+ACCOUNT_NAME_KEY = "davserver.account_name"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    realm: str = "davserver"
+    protected_prefixes: tuple[str, ...] = ("/dav", "/api/v1")
+    public_paths: frozenset[str] = frozenset({"/api/v1/openapi.json"})
+    allow_insecure_basic: bool = False
+    trust_forwarded_proto: bool = False
+    cache_seconds: float = 30.0
+    cache_size: int = 10_000
+    max_failures: int = 10
+    window_seconds: float = 300.0
+    lockout_seconds: float = 60.0
+
+
+class LoginThrottle:
+    """Counts failures per key in a sliding window; thread-safe, in memory."""
+
+    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._s = settings
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, keys: Iterable[str]) -> float:
+        now = self._clock()
+        with self._lock:
+            waits = [self._locked_until.get(k, 0) - now for k in keys]
+        return max([0.0, *waits])
+
+    def failed(self, keys: Iterable[str]) -> None:
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                recent = [t for t in self._failures.get(key, []) if t > now - self._s.window_seconds]
+                recent.append(now)
+                self._failures[key] = recent
+                if len(recent) >= self._s.max_failures:
+                    self._locked_until[key] = now + self._s.lockout_seconds
+                    self._failures[key] = []
+            if len(self._failures) > 100_000:  # bound memory under a spray attack
+                self._failures.clear()
+
+    def succeeded(self, account_key: str) -> None:
+        with self._lock:
+            self._failures.pop(account_key, None)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        app: WSGIApp,
+        accounts: Accounts,
+        settings: AuthSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._app = app
+        self._accounts = accounts
+        self._s = settings
+        self._clock = clock
+        self.throttle = LoginThrottle(settings, clock)
+        self._cache: OrderedDict[bytes, tuple[int, str, float]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if not self._protected(path):
+            return self._app(environ, start_response)
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme not in ("basic", "bearer"):
+            return self._challenge(start_response)
+        if not self._secure_channel(environ):
+            return plain(
+                start_response,
+                "403 Forbidden",
+                "credentials over plain HTTP are refused from this address: use HTTPS\n",
+            )
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+                name, _, secret = decoded.partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return plain(start_response, "400 Bad Request", "malformed Basic credentials\n")
+        else:
+            name, secret = "", value.strip()
+        keys = [f"ip:{environ.get('REMOTE_ADDR', '')}", f"account:{name.lower()}"] if name else [
+            f"ip:{environ.get('REMOTE_ADDR', '')}"
+        ]
+        wait = self.throttle.retry_after(keys)
+        if wait > 0:
+            return plain(
+                start_response,
+                "429 Too Many Requests",
+                "too many failed logins; try again later\n",
+                [("Retry-After", str(int(wait) + 1))],
+            )
+        try:
+            account_id, account_name = self._verify(name, secret)
+        except AuthenticationFailed:
+            self.throttle.failed(keys)
+            return self._challenge(start_response)
+        except BackendUnavailable:
+            return plain(
+                start_response, "503 Service Unavailable", "try again shortly\n", [("Retry-After", "5")]
+            )
+        self.throttle.succeeded(f"account:{account_name.lower()}")
+        environ[ACCOUNT_KEY] = account_id
+        environ[ACCOUNT_NAME_KEY] = account_name
+        environ["wsgidav.auth.user_name"] = account_name
+        environ["wsgidav.auth.realm"] = self._s.realm
+        return self._app(environ, start_response)
+
+    def _protected(self, path: str) -> bool:
+        if path in self._s.public_paths:
+            return False
+        return any(path == p or path.startswith(p + "/") for p in self._s.protected_prefixes)
+
+    def _secure_channel(self, environ: dict[str, Any]) -> bool:
+        if self._s.allow_insecure_basic or environ.get("wsgi.url_scheme") == "https":
+            return True
+        if self._s.trust_forwarded_proto and environ.get("HTTP_X_FORWARDED_PROTO", "").lower() == "https":
+            return True
+        try:
+            return ipaddress.ip_address(environ.get("REMOTE_ADDR", "")).is_loopback
+        except ValueError:
+            return False
+
+    def _verify(self, name: str, secret: str) -> tuple[int, str]:
+        key = hashlib.sha256(f"{name}\0{secret}".encode()).digest()
+        now = self._clock()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[2] > now:
+                self._cache.move_to_end(key)
+                return hit[0], hit[1]
+        info = (
+            self._accounts.authenticate(name, secret) if name else self._accounts.account_for_token(secret)
+        )
+        with self._cache_lock:
+            self._cache[key] = (info.id, info.name, now + self._s.cache_seconds)
+            while len(self._cache) > self._s.cache_size:
+                self._cache.popitem(last=False)
+        return info.id, info.name
+
+    def _challenge(self, start_response: StartResponse) -> Iterable[bytes]:
+        return plain(
+            start_response,
+            "401 Unauthorized",
+            "authentication required\n",
+            [("WWW-Authenticate", f'Basic realm="{self._s.realm}", charset="UTF-8"')],
+        )
+

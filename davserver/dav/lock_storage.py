@@ -1,0 +1,95 @@
+"""WsgiDAV lock storage on the metadata database (storage.locks.LockRecords).
+
+Locks survive restarts and, on PostgreSQL, are seen by every node. The
+semantics follow WsgiDAV's ``LockStorageDict`` (which the lock manager is
+written against): normalised roots, capped timeouts, expired locks invisible.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
+from wsgidav.lock_man.lock_storage import LockStorageDict
+
+from storage.locks import LockRecords
+
+
+class SqlLockStorage:
+    LOCK_TIME_OUT_DEFAULT = LockStorageDict.LOCK_TIME_OUT_DEFAULT
+    LOCK_TIME_OUT_MAX = LockStorageDict.LOCK_TIME_OUT_MAX
+
+    def __init__(self, records: LockRecords) -> None:
+        self._records = records
+
+    def __repr__(self) -> str:
+        return "SqlLockStorage()"
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        self._records.purge_expired()
+
+    def clear(self) -> None:
+        self._records.clear()
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        return _decode(self._records.get(token))
+
+    def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
+        assert lock.get("token") is None and lock.get("expire") is None
+        lock["root"] = normalize_lock_root(path)
+        timeout = lock.get("timeout")
+        timeout = self.LOCK_TIME_OUT_DEFAULT if timeout is None else float(timeout)
+        if timeout < 0 or timeout > self.LOCK_TIME_OUT_MAX:
+            timeout = self.LOCK_TIME_OUT_MAX
+        lock["timeout"] = timeout
+        lock["expire"] = time.time() + timeout
+        validate_lock(lock)
+        lock["token"] = generate_lock_token()
+        self._records.put(lock["token"], lock["root"], _encode(lock), lock["expire"])
+        return lock
+
+    def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
+        lock = _decode(self._records.get(token))
+        if lock is None:
+            raise ValueError("lock does not exist")
+        if timeout < 0 or timeout > self.LOCK_TIME_OUT_MAX:
+            timeout = self.LOCK_TIME_OUT_MAX
+        lock["timeout"] = timeout
+        lock["expire"] = time.time() + timeout
+        self._records.update(token, _encode(lock), lock["expire"])
+        return lock
+
+    def delete(self, token: str) -> bool:
+        return self._records.delete(token)
+
+    def get_lock_list(
+        self, path: str, *, include_root: bool, include_children: bool, token_only: bool
+    ) -> list[Any]:
+        locks = self._records.find(
+            normalize_lock_root(path), include_root=include_root, include_below=include_children
+        )
+        return [lock["token"] for lock in locks] if token_only else [_decode(lock) for lock in locks]
+
+
+# The lock owner is an XML fragment WsgiDAV keeps as bytes; records are JSON.
+_BYTES = "$bytes"
+
+
+def _encode(lock: dict[str, Any]) -> dict[str, Any]:
+    return {k: {_BYTES: base64.b64encode(v).decode()} if isinstance(v, bytes) else v for k, v in lock.items()}
+
+
+def _decode(lock: dict[str, Any] | None) -> Any:
+    if lock is None:
+        return None
+    return {
+        k: base64.b64decode(v[_BYTES]) if isinstance(v, dict) and _BYTES in v else v for k, v in lock.items()
+    }

@@ -1,0 +1,396 @@
+"""WsgiDAV resources over one account's Volume.
+
+Each resource wraps an :class:`storage.model.Entry` fetched once per request;
+folder listings and PROPFIND descendants come from one query each. PUT goes
+through a :class:`storage.volume.PendingWrite`: nothing is visible before
+``end_write(with_errors=False)``, and an incomplete body is aborted.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Iterable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+from wsgidav import util, xml_tools
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection
+
+from davserver.dav.errors import dav_errors, translated
+from storage import paths
+from storage.errors import NotFound
+from storage.model import Entry
+from storage.volume import PendingWrite, Volume
+
+_LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
+#: environ flag set by a native MOVE/COPY whose destination did not exist.
+DEST_CREATED = "davserver.dest_created"
+
+
+def storage_path(dav_path: str) -> str:
+    with dav_errors():
+        return paths.normalize_path(dav_path)
+
+
+class _Shared:
+    """What files and folders have in common; mixed into WsgiDAV's base classes."""
+
+    volume: Volume
+    entry: Entry | None
+    path: str
+    environ: dict[str, Any]
+    provider: Any
+    is_collection: bool
+    _dead: dict[str, str] | None
+
+    # -- identity ------------------------------------------------------------------
+
+    def get_ref_url(self) -> str:
+        # Lock storage is keyed by this URL: the account id keeps accounts apart.
+        return f"/~{self.volume.account.id}" + quote(
+            self.provider.share_path + self.get_preferred_path()  # type: ignore[attr-defined]
+        )
+
+    def get_display_name(self) -> str:
+        return self.entry.name if self.entry else paths.name_of(storage_path(self.path))
+
+    def get_creation_date(self) -> float | None:
+        return self.entry.created_at if self.entry else None
+
+    def get_last_modified(self) -> float | None:
+        return self.entry.mtime if self.entry else None
+
+    @translated
+    def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
+        mtime = parse_time(time_stamp)
+        if not dry_run:
+            self.entry = self.volume.set_mtime(storage_path(self.path), mtime)
+        return True
+
+    # -- dead properties -------------------------------------------------------------
+
+    def _dead_properties(self) -> dict[str, str]:
+        if self._dead is None:
+            with dav_errors():
+                self._dead = self.volume.get_properties(storage_path(self.path))
+        return self._dead
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names: list[str] = super().get_property_names(is_allprop=is_allprop)  # type: ignore[misc]
+        if is_allprop:
+            # RFC 4331: quota properties are not part of allprop.
+            names = [n for n in names if not n.startswith("{DAV:}quota-")]
+        return names + list(self._dead_properties())
+
+    def get_property_value(self, name: str) -> Any:
+        if name.startswith("{DAV:}") or name in _LOCK_PROPS:
+            return super().get_property_value(name)  # type: ignore[misc]
+        value = self._dead_properties().get(name)
+        if value is None:
+            raise DAVError(HTTP_NOT_FOUND)
+        return xml_tools.string_to_xml(value)
+
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
+        if name.startswith("{DAV:}") or name.startswith("{urn:schemas-microsoft-com:}"):
+            return super().set_property_value(name, value, dry_run=dry_run)  # type: ignore[misc]
+        if dry_run:
+            return None
+        with dav_errors():
+            if value is None:
+                self.volume.set_properties(storage_path(self.path), {}, remove=[name])
+            else:
+                text = util.to_str(xml_tools.xml_to_bytes(value, pretty=False))
+                self.volume.set_properties(storage_path(self.path), {name: text})
+        self._dead = None
+        return None
+
+    def remove_all_properties(self, *, recursive: bool) -> None:
+        """Properties live on the node and go to the trash with it."""
+
+    # -- native delete, move, copy ---------------------------------------------------
+
+    @translated
+    def handle_delete(self) -> bool:
+        self.volume.delete(storage_path(self.path))
+        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+        return True
+
+    @translated
+    def handle_move(self, dest_path: str) -> bool:
+        self._note_destination(dest_path)
+        self.volume.move(storage_path(self.path), storage_path(dest_path), overwrite=True)
+        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+        return True
+
+    @translated
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        self._note_destination(dest_path)
+        self.volume.copy(
+            storage_path(self.path), storage_path(dest_path), overwrite=True, recursive=depth_infinity
+        )
+        return True
+
+    def _note_destination(self, dest_path: str) -> None:
+        """WsgiDAV answers 204 after a native MOVE/COPY; RFC 4918 wants 201 for a new target."""
+        try:
+            self.volume.stat(storage_path(dest_path))
+        except NotFound:
+            self.environ[DEST_CREATED] = True
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        raise DAVError(HTTP_FORBIDDEN, "handled natively")
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return True
+
+    @translated
+    def delete(self) -> None:
+        self.volume.delete(storage_path(self.path))
+        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+
+
+class FileResource(_Shared, DAVNonCollection):
+    def __init__(self, path: str, environ: dict[str, Any], volume: Volume, entry: Entry | None) -> None:
+        super().__init__(path, environ)
+        self.volume = volume
+        self.entry = entry
+        self._dead = None if entry is not None else {}
+        self._pending: PendingWrite | None = None
+
+    def get_content_length(self) -> int:
+        return self.entry.size if self.entry else 0
+
+    def get_content_type(self) -> str:
+        guessed, _ = mimetypes.guess_type(self.get_display_name())
+        return guessed or "application/octet-stream"
+
+    def get_etag(self) -> str | None:
+        etag = self.entry.etag if self.entry else None
+        return etag.strip('"') if etag else None
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    @translated
+    def get_content(self) -> Any:
+        return self.volume.open(storage_path(self.path))
+
+    # -- PUT -------------------------------------------------------------------------
+
+    @translated
+    def begin_write(self, *, content_type: str | None = None) -> _BodySink:
+        env = self.environ
+        self._pending = self.volume.begin_write(
+            storage_path(self.path),
+            size_hint=declared_length(env),
+            if_match=_single_etag(env.get("HTTP_IF_MATCH")),
+            if_none_match="*" if env.get("HTTP_IF_NONE_MATCH", "").strip() == "*" else None,
+            mtime=oc_mtime(env),
+            device=env.get("HTTP_USER_AGENT", "")[:200] or None,
+        )
+        return _BodySink(self._pending)
+
+    def end_write(self, *, with_errors: bool) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if with_errors:
+            pending.abort()
+            return
+        expected = content_length(self.environ)
+        if expected is not None and pending.size != expected:
+            pending.abort()
+            raise DAVError(HTTP_BAD_REQUEST, f"body ended after {pending.size} of {expected} bytes")
+        with dav_errors():
+            self.entry = pending.commit()
+
+
+class _BodySink:
+    """What WsgiDAV writes a PUT body into: ``writelines`` hands us the whole stream."""
+
+    def __init__(self, pending: PendingWrite) -> None:
+        self._pending = pending
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        with dav_errors():
+            self._pending.feed(IterReader(chunks))
+
+    def write(self, data: bytes) -> None:  # pragma: no cover - WsgiDAV prefers writelines
+        self.writelines([data])
+
+    def close(self) -> None:
+        pass
+
+
+class IterReader:
+    """``read(n)`` over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it: Iterator[bytes] = iter(chunks)
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return self._buf + b"".join(self._it)
+        while len(self._buf) < n:
+            chunk = next(self._it, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class FolderResource(_Shared, DAVCollection):
+    def __init__(self, path: str, environ: dict[str, Any], volume: Volume, entry: Entry) -> None:
+        super().__init__(path, environ)
+        self.volume = volume
+        self.entry = entry
+        self._dead = None
+
+    def get_display_name(self) -> str:
+        return self.entry.name if self.entry and self.entry.name else "/"
+
+    def get_etag(self) -> None:
+        return None
+
+    def get_used_bytes(self) -> int:
+        with dav_errors():
+            return self.volume.quota().used_bytes
+
+    def get_available_bytes(self) -> int | None:
+        with dav_errors():
+            return self.volume.quota().available_bytes
+
+    def _child(self, entry: Entry) -> FileResource | FolderResource:
+        child_path = util.join_uri(self.path, entry.name)
+        if entry.is_dir:
+            return FolderResource(child_path, self.environ, self.volume, entry)
+        return FileResource(child_path, self.environ, self.volume, entry)
+
+    @translated
+    def get_member_list(self) -> list[FileResource | FolderResource]:
+        return [self._child(e) for e in self.volume.listdir(storage_path(self.path))]
+
+    def get_member_names(self) -> list[str]:
+        return [m.get_display_name() for m in self.get_member_list()]
+
+    @translated
+    def get_member(self, name: str) -> FileResource | FolderResource | None:
+        try:
+            entry = self.volume.stat(paths.join(storage_path(self.path), paths.normalize_name(name)))
+        except NotFound:
+            return None
+        return self._child(entry)
+
+    @translated
+    def get_descendants(
+        self,
+        *,
+        collections: bool = True,
+        resources: bool = True,
+        depth_first: bool = False,
+        depth: str = "infinity",
+        add_self: bool = False,
+    ) -> list[Any]:
+        found: list[Any] = []
+        if depth == "1":
+            found = self.get_member_list()
+        elif depth == "infinity":
+            base = storage_path(self.path)
+            for entry in self.volume.walk(base):
+                rel = entry.path[len(base) :].lstrip("/")
+                child_path = util.join_uri(self.path, rel)
+                cls = FolderResource if entry.is_dir else FileResource
+                found.append(cls(child_path, self.environ, self.volume, entry))
+        found = [r for r in found if (r.is_collection and collections) or (not r.is_collection and resources)]
+        if add_self:
+            found.insert(0, self)
+        return list(reversed(found)) if depth_first else found
+
+    def support_recursive_delete(self) -> bool:
+        return True
+
+    @translated
+    def create_empty_resource(self, name: str) -> FileResource:
+        path = util.join_uri(self.path, name)
+        if self.environ.get("REQUEST_METHOD") == "LOCK":
+            # RFC 4918 7.3: LOCK on an unmapped URL creates an empty resource.
+            entry = self.volume.write(storage_path(path), IterReader([]))
+            return FileResource(path, self.environ, self.volume, entry)
+        # PUT: a placeholder; the file appears only when the body commits.
+        return FileResource(path, self.environ, self.volume, None)
+
+    @translated
+    def create_collection(self, name: str) -> FolderResource:
+        path = util.join_uri(self.path, name)
+        entry = self.volume.mkdir(storage_path(path))
+        return FolderResource(path, self.environ, self.volume, entry)
+
+
+def content_length(environ: dict[str, Any]) -> int | None:
+    value = environ.get("CONTENT_LENGTH", "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise DAVError(HTTP_BAD_REQUEST, "Content-Length is not a number") from None
+    if n < 0:
+        raise DAVError(HTTP_BAD_REQUEST, "negative Content-Length")
+    return n
+
+
+def declared_length(environ: dict[str, Any]) -> int | None:
+    """Content-Length, or macOS Finder's X-Expected-Entity-Length on chunked PUTs."""
+    n = content_length(environ)
+    if n is not None:
+        return n
+    expected = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "").strip()
+    if expected.isdigit():
+        return int(expected)
+    return None
+
+
+def oc_mtime(environ: dict[str, Any]) -> float | None:
+    value = environ.get("HTTP_X_OC_MTIME")
+    if value is None:
+        return None
+    try:
+        mtime = float(value)
+    except ValueError:
+        raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime is not a number") from None
+    if not 0 <= mtime < 2**40:
+        raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime out of range")
+    return mtime
+
+
+def parse_time(value: Any) -> float:
+    """An HTTP date (getlastmodified, Win32LastModifiedTime) or epoch seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        raise DAVError(HTTP_BAD_REQUEST, f"not a date: {text[:60]!r}") from None
+
+
+def _single_etag(header: str | None) -> str | None:
+    if not header:
+        return None
+    header = header.strip()
+    if header == "*":
+        return "*"
+    if "," in header:
+        return None  # lists are evaluated by WsgiDAV before the write starts
+    return header if header.startswith('"') else f'"{header}"'

@@ -1,0 +1,359 @@
+"""WebDAV behaviour over real HTTP: what file managers and sync tools rely on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from urllib.parse import quote, unquote
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import CAROL_QUOTA
+from tests.e2e.harness import DavServer
+
+D = "{DAV:}"
+
+
+@pytest.fixture
+def c(dav_server: DavServer) -> Iterator[httpx.Client]:
+    with dav_server.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+def base(c: httpx.Client) -> str:
+    """A fresh folder per test on the shared server."""
+    path = f"/dav/t-{uuid.uuid4().hex[:10]}"
+    assert c.request("MKCOL", path).status_code == 201
+    return path
+
+
+def propfind(c: httpx.Client, path: str, depth: str = "1", body: str | None = None) -> ET.Element:
+    r = c.request("PROPFIND", path, headers={"Depth": depth}, content=body)
+    assert r.status_code == 207, r.text
+    return ET.fromstring(r.content)
+
+
+def responses(tree: ET.Element) -> dict[str, ET.Element]:
+    return {r.findtext(f"{D}href") or "": r for r in tree.iter(f"{D}response")}
+
+
+def prop(resp: ET.Element, name: str) -> str | None:
+    for ps in resp.iter(f"{D}propstat"):
+        if "200" in (ps.findtext(f"{D}status") or ""):
+            el = ps.find(f"{D}prop/{name}")
+            if el is not None:
+                return el.text or ""
+    return None
+
+
+# --- discovery ---------------------------------------------------------------------
+
+
+def test_options_advertise_class_1_2_3(c: httpx.Client) -> None:
+    r = c.options("/dav/")
+    assert r.status_code == 200
+    assert r.headers["DAV"] == "1, 2, 3"
+    assert r.headers["MS-Author-Via"] == "DAV"
+    assert "LOCK" in r.headers["Allow"] and "PROPFIND" in r.headers["Allow"]
+
+
+def test_root_options_answers_windows_probe_without_credentials(dav_server: DavServer) -> None:
+    r = httpx.options(dav_server.url + "/")
+    assert r.status_code == 200
+    assert r.headers["DAV"] == "1, 2, 3"
+
+
+def test_healthz_needs_no_credentials(dav_server: DavServer) -> None:
+    assert httpx.get(dav_server.url + "/healthz").text == "ok\n"
+
+
+# --- PUT / GET ---------------------------------------------------------------------
+
+
+def test_put_get_roundtrip_with_strong_etag(c: httpx.Client, base: str) -> None:
+    data = os.urandom(3 << 20) + b"tail"
+    r = c.put(f"{base}/a.bin", content=data)
+    assert r.status_code == 201
+    etag = r.headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    g = c.get(f"{base}/a.bin")
+    assert g.status_code == 200
+    assert g.content == data
+    assert g.headers["ETag"] == etag
+    assert int(g.headers["Content-Length"]) == len(data)
+    r2 = c.put(f"{base}/a.bin", content=b"new")
+    assert r2.status_code == 204
+    assert r2.headers["ETag"] != etag
+    assert c.get(f"{base}/a.bin").content == b"new"
+
+
+def test_if_match_and_if_none_match(c: httpx.Client, base: str) -> None:
+    etag = c.put(f"{base}/f", content=b"one").headers["ETag"]
+    assert c.put(f"{base}/f", content=b"x", headers={"If-Match": '"nope"'}).status_code == 412
+    assert c.put(f"{base}/f", content=b"x", headers={"If-None-Match": "*"}).status_code == 412
+    assert c.get(f"{base}/f").content == b"one"
+    r = c.put(f"{base}/f", content=b"two", headers={"If-Match": etag})
+    assert r.status_code == 204
+    assert c.get(f"{base}/f", headers={"If-None-Match": r.headers["ETag"]}).status_code == 304
+    assert c.put(f"{base}/new", content=b"n", headers={"If-None-Match": "*"}).status_code == 201
+
+
+def test_put_into_missing_folder_is_409(c: httpx.Client, base: str) -> None:
+    assert c.put(f"{base}/nope/f", content=b"x").status_code == 409
+
+
+def test_range_requests_seek_into_blocks(c: httpx.Client, base: str) -> None:
+    data = os.urandom(5 << 20)
+    c.put(f"{base}/r.bin", content=data)
+    for start, end in [(0, 0), (100, 199), ((1 << 20) - 5, (1 << 20) + 5), (len(data) - 10, len(data) - 1)]:
+        r = c.get(f"{base}/r.bin", headers={"Range": f"bytes={start}-{end}"})
+        assert r.status_code == 206
+        assert r.content == data[start : end + 1]
+        assert r.headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
+    tail = c.get(f"{base}/r.bin", headers={"Range": "bytes=-7"})
+    assert tail.status_code == 206 and tail.content == data[-7:]
+
+
+def test_unsatisfiable_range_is_416(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/s", content=b"short")
+    r = c.get(f"{base}/s", headers={"Range": "bytes=100-200"})
+    assert r.status_code == 416
+
+
+def test_chunked_put_with_expected_entity_length(c: httpx.Client, base: str) -> None:
+    """macOS Finder streams uploads chunked and declares the size in X-Expected-Entity-Length."""
+    parts = [os.urandom(100_000) for _ in range(7)]
+
+    def body() -> Iterator[bytes]:
+        yield from parts
+
+    r = c.put(
+        f"{base}/finder.bin",
+        content=body(),
+        headers={"X-Expected-Entity-Length": str(sum(map(len, parts)))},
+    )
+    assert r.status_code == 201
+    assert c.get(f"{base}/finder.bin").content == b"".join(parts)
+
+
+def test_large_declared_length_is_413_before_any_data(
+    c: httpx.Client, base: str, dav_server: DavServer
+) -> None:
+    r = c.put(
+        f"{base}/huge",
+        content=iter([b"x" * 10]),
+        headers={"X-Expected-Entity-Length": str(11 << 30)},
+    )
+    assert r.status_code == 413
+    assert c.request("PROPFIND", f"{base}/huge", headers={"Depth": "0"}).status_code == 404
+    assert dav_server.healthy()
+
+
+# --- properties ----------------------------------------------------------------------
+
+
+def test_propfind_depth1_lists_members_with_sizes(c: httpx.Client, base: str) -> None:
+    c.request("MKCOL", f"{base}/sub")
+    for i in range(5):
+        c.put(f"{base}/f{i}.txt", content=b"x" * i)
+    tree = responses(propfind(c, base + "/"))
+    hrefs = sorted(tree)
+    assert len(hrefs) == 7
+    for i in range(5):
+        assert prop(tree[f"{base}/f{i}.txt"], f"{D}getcontentlength") == str(i)
+    sub = tree[f"{base}/sub/"]
+    assert sub.find(f".//{D}resourcetype/{D}collection") is not None
+
+
+def test_propfind_depth_infinity_is_refused(c: httpx.Client, base: str) -> None:
+    r = c.request("PROPFIND", base, headers={"Depth": "infinity"})
+    assert r.status_code == 403
+    assert b"propfind-finite-depth" in r.content
+
+
+def test_quota_properties(dav_server: DavServer) -> None:
+    body = (
+        '<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop>'
+        "<d:quota-available-bytes/><d:quota-used-bytes/></d:prop></d:propfind>"
+    )
+    with dav_server.client("carol") as c:
+        c.put("/dav/q.bin", content=b"z" * 1000)
+        resp = responses(propfind(c, "/dav/", depth="0", body=body))["/dav/"]
+        used = int(prop(resp, f"{D}quota-used-bytes") or -1)
+        avail = int(prop(resp, f"{D}quota-available-bytes") or -1)
+        assert used >= 1000
+        assert used + avail == CAROL_QUOTA
+        c.delete("/dav/q.bin")
+
+
+def test_over_quota_is_507_and_leaves_old_content(dav_server: DavServer) -> None:
+    with dav_server.client("carol") as c:
+        assert c.put("/dav/keep.bin", content=b"old").status_code == 201
+        r = c.put("/dav/keep.bin", content=os.urandom(CAROL_QUOTA + 1))
+        assert r.status_code == 507
+        assert c.get("/dav/keep.bin").content == b"old"
+        # Chunked, no declared size: the limit is hit while streaming.
+        r = c.put("/dav/big.bin", content=iter([os.urandom(1 << 20) for _ in range(3)]))
+        assert r.status_code == 507
+        assert c.get("/dav/big.bin").status_code == 404
+        c.delete("/dav/keep.bin")
+
+
+def test_dead_properties_roundtrip_and_follow_move(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/p.txt", content=b"p")
+    patch = (
+        '<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:z="urn:example:z">'
+        "<d:set><d:prop><z:color>blue</z:color><z:tag>a&amp;b</z:tag></d:prop></d:set></d:propertyupdate>"
+    )
+    r = c.request("PROPPATCH", f"{base}/p.txt", content=patch)
+    assert r.status_code == 207
+    assert c.request("MOVE", f"{base}/p.txt", headers={"Destination": f"{base}/q.txt"}).status_code == 201
+    body = (
+        '<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:z="urn:example:z">'
+        "<d:prop><z:color/><z:tag/></d:prop></d:propfind>"
+    )
+    resp = responses(propfind(c, f"{base}/q.txt", depth="0", body=body))[f"{base}/q.txt"]
+    assert prop(resp, "{urn:example:z}color") == "blue"
+    assert prop(resp, "{urn:example:z}tag") == "a&b"
+
+
+def test_set_last_modified_win32_and_oc_mtime(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/m.txt", content=b"m", headers={"X-OC-Mtime": "1500000000"})
+    resp = responses(propfind(c, f"{base}/m.txt", depth="0"))[f"{base}/m.txt"]
+    assert prop(resp, f"{D}getlastmodified") == "Fri, 14 Jul 2017 02:40:00 GMT"
+    patch = (
+        '<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:z="urn:schemas-microsoft-com:">'
+        "<d:set><d:prop><z:Win32LastModifiedTime>Wed, 01 Jan 2020 10:00:00 GMT</z:Win32LastModifiedTime>"
+        "</d:prop></d:set></d:propertyupdate>"
+    )
+    assert c.request("PROPPATCH", f"{base}/m.txt", content=patch).status_code == 207
+    resp = responses(propfind(c, f"{base}/m.txt", depth="0"))[f"{base}/m.txt"]
+    assert prop(resp, f"{D}getlastmodified") == "Wed, 01 Jan 2020 10:00:00 GMT"
+
+
+# --- namespace operations ------------------------------------------------------------
+
+
+def test_move_copy_delete_folder(c: httpx.Client, base: str) -> None:
+    c.request("MKCOL", f"{base}/src")
+    c.request("MKCOL", f"{base}/src/inner")
+    c.put(f"{base}/src/inner/x", content=b"xx")
+    r = c.request("COPY", f"{base}/src", headers={"Destination": f"{base}/copy", "Depth": "infinity"})
+    assert r.status_code == 201
+    r = c.request("MOVE", f"{base}/src", headers={"Destination": f"{base}/moved"})
+    assert r.status_code == 201
+    assert c.get(f"{base}/copy/inner/x").content == b"xx"
+    assert c.get(f"{base}/moved/inner/x").content == b"xx"
+    assert c.get(f"{base}/src/inner/x").status_code == 404
+    assert c.delete(f"{base}/moved").status_code == 204
+    assert c.get(f"{base}/moved/inner/x").status_code == 404
+    # Overwrite: F refuses an existing destination.
+    c.put(f"{base}/a", content=b"a")
+    c.put(f"{base}/b", content=b"b")
+    r = c.request("MOVE", f"{base}/a", headers={"Destination": f"{base}/b", "Overwrite": "F"})
+    assert r.status_code == 412
+    r = c.request("MOVE", f"{base}/a", headers={"Destination": f"{base}/b"})
+    assert r.status_code == 204
+    assert c.get(f"{base}/b").content == b"a"
+
+
+def test_nfc_and_nfd_names_are_one_file(c: httpx.Client, base: str) -> None:
+    nfc = unicodedata.normalize("NFC", "café.txt")
+    nfd = unicodedata.normalize("NFD", "café.txt")
+    assert nfc != nfd
+    assert c.put(f"{base}/{nfd}", content=b"one").status_code == 201
+    assert c.get(f"{base}/{nfc}").content == b"one"
+    assert c.put(f"{base}/{nfc}", content=b"two").status_code == 204
+    tree = responses(propfind(c, base + "/"))
+    assert len(tree) == 2
+
+
+def test_odd_names_roundtrip(c: httpx.Client, base: str) -> None:
+    names = ["a b.txt", "h#ash", "per%cent", "q?mark", "and&amp", "plus+plus", "emoji 😀.bin", "ünï.txt"]
+    for name in names:
+        r = c.put(f"{base}/{quote(name)}", content=name.encode())
+        assert r.status_code == 201, name
+        assert c.get(f"{base}/{quote(name)}").content == name.encode()
+    tree = responses(propfind(c, base + "/"))
+    listed = {unquote(h.rsplit("/", 1)[-1]) for h in tree if h.rstrip("/") != base}
+    assert listed == set(names)
+
+
+def test_invalid_utf8_path_is_400(c: httpx.Client, base: str, dav_server: DavServer) -> None:
+    assert c.get(f"{base}/bad%ce%28name").status_code == 400
+    assert c.put(f"{base}/bad%ff", content=b"x").status_code == 400
+    assert dav_server.healthy()
+
+
+# --- locks -----------------------------------------------------------------------------
+
+LOCKINFO = (
+    '<?xml version="1.0" encoding="utf-8"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'
+    "</d:lockscope><d:locktype><d:write/></d:locktype><d:owner>test</d:owner></d:lockinfo>"
+)
+
+
+def _lock(c: httpx.Client, path: str) -> str:
+    r = c.request("LOCK", path, content=LOCKINFO, headers={"Timeout": "Second-600"})
+    assert r.status_code in (200, 201), r.text
+    return r.headers["Lock-Token"].strip("<>")
+
+
+def test_lock_blocks_writes_without_token_and_windows_unlock(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/l.txt", content=b"l")
+    token = _lock(c, f"{base}/l.txt")
+    assert c.put(f"{base}/l.txt", content=b"x").status_code == 423
+    r = c.put(f"{base}/l.txt", content=b"y", headers={"If": f"(<{token}>)"})
+    assert r.status_code == 204
+    # Windows sends the Lock-Token without angle brackets.
+    assert c.request("UNLOCK", f"{base}/l.txt", headers={"Lock-Token": token}).status_code == 204
+    assert c.put(f"{base}/l.txt", content=b"z").status_code == 204
+
+
+def test_lock_on_unmapped_url_creates_empty_file(c: httpx.Client, base: str) -> None:
+    token = _lock(c, f"{base}/new.txt")
+    assert c.get(f"{base}/new.txt").content == b""
+    assert c.put(f"{base}/new.txt", content=b"x", headers={"If": f"(<{token}>)"}).status_code == 204
+
+
+def test_locks_of_one_account_are_invisible_to_another(dav_server: DavServer) -> None:
+    """Same path in two homes: alice's lock must not block bob."""
+    with dav_server.client("alice") as a, dav_server.client("bob") as b:
+        name = f"/dav/shared-name-{uuid.uuid4().hex[:6]}.txt"
+        a.put(name, content=b"a")
+        b.put(name, content=b"b")
+        _lock(a, name)
+        assert b.put(name, content=b"b2").status_code == 204
+        assert a.get(name).content == b"a"
+
+
+def test_locks_survive_restart(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("locks")
+    with srv.client("alice") as c:
+        c.put("/dav/l.txt", content=b"l")
+        token = _lock(c, "/dav/l.txt")
+    srv.stop()
+    srv.start()
+    with srv.client("alice") as c:
+        assert c.put("/dav/l.txt", content=b"x").status_code == 423
+        assert c.put("/dav/l.txt", content=b"x", headers={"If": f"(<{token}>)"}).status_code == 204
+
+
+# --- listings are not N+1 -----------------------------------------------------------
+
+
+def test_large_listing(c: httpx.Client, base: str) -> None:
+    for i in range(300):
+        c.put(f"{base}/n{i:04d}", content=hashlib.sha256(str(i).encode()).digest())
+    tree = responses(propfind(c, base + "/"))
+    assert len(tree) == 301
+    files = [r for h, r in tree.items() if h != base + "/"]
+    assert {prop(r, f"{D}getcontentlength") for r in files} == {"32"}
+    etags = [prop(r, f"{D}getetag") for r in files]
+    assert all(etags) and len(set(etags)) == 300
