@@ -446,6 +446,24 @@ class Volume:
             rows = conn.execute(select(p.name, p.value).where(p.node_id == node.id)).all()
         return {r.name: r.value for r in rows}
 
+    def child_properties(self, path: str) -> dict[int, dict[str, str]]:
+        """Dead properties of every live child of a folder, by node id, in one query."""
+        path = paths.normalize_path(path)
+        p = t.properties.c
+        with self._db.read() as conn:
+            folder = tree.live_node(conn, self.account.id, path)
+            if folder is None:
+                raise NotFound(f"{path or '/'!r} does not exist")
+            rows = conn.execute(
+                select(p.node_id, p.name, p.value)
+                .join(t.nodes, n.id == p.node_id)
+                .where(n.parent_id == folder.id, n.deleted_at.is_(None))
+            ).all()
+        found: dict[int, dict[str, str]] = {}
+        for r in rows:
+            found.setdefault(r.node_id, {})[r.name] = r.value
+        return found
+
     def set_properties(self, path: str, set_: Mapping[str, str], remove: Iterable[str] = ()) -> None:
         """Set and remove dead properties atomically (all or nothing)."""
         path = paths.normalize_path(path)

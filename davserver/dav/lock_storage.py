@@ -8,7 +8,10 @@ written against): normalised roots, capped timeouts, expired locks invisible.
 from __future__ import annotations
 
 import base64
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
@@ -23,6 +26,22 @@ class SqlLockStorage:
 
     def __init__(self, records: LockRecords) -> None:
         self._records = records
+        self._local = threading.local()
+
+    @contextmanager
+    def snapshot(self, root: str) -> Iterator[None]:
+        """Answer lock-list lookups below ``root`` from one query, for one read-only request.
+
+        PROPFIND asks for the lock discovery of every member; without this each
+        member costs a query. Only for requests that change no locks.
+        """
+        root = normalize_lock_root(root)
+        locks = [_decode(lock) for lock in self._records.find(root, include_root=True, include_below=True)]
+        self._local.snapshot = (root, locks)
+        try:
+            yield
+        finally:
+            self._local.snapshot = None
 
     def __repr__(self) -> str:
         return "SqlLockStorage()"
@@ -73,10 +92,24 @@ class SqlLockStorage:
     def get_lock_list(
         self, path: str, *, include_root: bool, include_children: bool, token_only: bool
     ) -> list[Any]:
-        locks = self._records.find(
-            normalize_lock_root(path), include_root=include_root, include_below=include_children
-        )
-        return [lock["token"] for lock in locks] if token_only else [_decode(lock) for lock in locks]
+        path = normalize_lock_root(path)
+        snap = getattr(self._local, "snapshot", None)
+        if snap is not None and (path == snap[0] or path.startswith(snap[0].rstrip("/") + "/")):
+            below = path.rstrip("/") + "/"
+            now = time.time()
+            locks = [
+                lock
+                for lock in snap[1]
+                if (lock["expire"] < 0 or lock["expire"] >= now)
+                and (
+                    (include_root and lock["root"] == path)
+                    or (include_children and lock["root"].startswith(below))
+                )
+            ]
+        else:
+            found = self._records.find(path, include_root=include_root, include_below=include_children)
+            locks = [_decode(lock) for lock in found]
+        return [lock["token"] for lock in locks] if token_only else locks
 
 
 # The lock owner is an XML fragment WsgiDAV keeps as bytes; records are JSON.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_UNAUTHORIZED, DAVError
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_UNAUTHORIZED, DAVError
 from wsgidav.dav_provider import DAVProvider
 
 from davserver.dav.errors import dav_errors
@@ -71,6 +72,11 @@ class VolumeProvider(DAVProvider):
         default_handler: Callable[..., Iterable[bytes]],
     ) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
+        if "HTTP_RANGE" in environ and not valid_range(environ["HTTP_RANGE"]):
+            # RFC 9110 14.2: a Range header that does not parse is ignored.
+            del environ["HTTP_RANGE"]
+        if "HTTP_IF" in environ and not valid_if_header(environ["HTTP_IF"]):
+            raise DAVError(HTTP_BAD_REQUEST, "malformed If header")
         if method == "PROPFIND" and not self.propfind_infinity:
             depth = environ.get("HTTP_DEPTH", "infinity").lower()
             if depth == "infinity":
@@ -79,9 +85,68 @@ class VolumeProvider(DAVProvider):
                     "PROPFIND with Depth: infinity is disabled",
                     err_condition="{DAV:}propfind-finite-depth",
                 )
+        if method == "PROPFIND":
+            snapshot = getattr(getattr(self.lock_manager, "storage", None), "snapshot", None)
+            if snapshot is not None and environ.get(ACCOUNT_KEY) is not None:
+                with snapshot(f"/~{environ[ACCOUNT_KEY]}"):
+                    return list(default_handler(environ, start_response))
         if method in ("MOVE", "COPY"):
             return default_handler(environ, _CreatedStatus(environ, start_response))
         return default_handler(environ, start_response)
+
+
+_RANGE_SPEC = re.compile(r"^\s*(?:(\d+)-(\d*)|-(\d+))\s*$")
+
+
+def valid_range(header: str) -> bool:
+    unit, _, specs = header.partition("=")
+    if unit.strip().lower() != "bytes" or not specs.strip():
+        return False
+    for spec in specs.split(","):
+        m = _RANGE_SPEC.match(spec)
+        if m is None:
+            return False
+        first, last, suffix = m.groups()
+        if suffix is not None and int(suffix) == 0:
+            return False
+        if first is not None and last and int(last) < int(first):
+            return False
+    return True
+
+
+# RFC 4918 10.4.2: If = ( 1*No-tag-list ) | ( 1*Tagged-list ); a list is
+# "(" 1*( ["Not"] ( "<" state-token ">" | "[" entity-tag "]" ) ) ")".
+_IF_TOKEN = re.compile(r'\s*(<[^<>\s]*>|\(|\)|\[(?:W/)?"[^"]*"\]|Not\b)', re.IGNORECASE)
+
+
+def valid_if_header(header: str) -> bool:
+    pos, depth, conditions, lists = 0, 0, 0, 0
+    expect_condition = False
+    text = header.rstrip()
+    while pos < len(text):
+        m = _IF_TOKEN.match(text, pos)
+        if m is None:
+            return False
+        tok = m.group(1)
+        pos = m.end()
+        if tok == "(":
+            if depth:
+                return False
+            depth, conditions = 1, 0
+        elif tok == ")":
+            if not depth or conditions == 0 or expect_condition:
+                return False
+            depth, lists = 0, lists + 1
+        elif tok.lower() == "not":
+            if not depth or expect_condition:
+                return False
+            expect_condition = True
+        elif depth:
+            conditions += 1
+            expect_condition = False
+        elif not tok.startswith("<"):
+            return False  # an entity tag outside a list
+    return depth == 0 and lists > 0
 
 
 class _CreatedStatus:

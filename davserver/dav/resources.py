@@ -8,6 +8,7 @@ through a :class:`storage.volume.PendingWrite`: nothing is visible before
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 from collections.abc import Iterable, Iterator
 from email.utils import parsedate_to_datetime
@@ -90,7 +91,13 @@ class _Shared:
         value = self._dead_properties().get(name)
         if value is None:
             raise DAVError(HTTP_NOT_FOUND)
-        return xml_tools.string_to_xml(value)
+        if value.startswith("<"):
+            with contextlib.suppress(SyntaxError, ValueError):  # parse errors of etree and defusedxml
+                return xml_tools.string_to_xml(value)
+        # Set by another face as plain text: serve it as the element's text.
+        el = xml_tools.etree.Element(name)
+        el.text = value
+        return el
 
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
         if name.startswith("{DAV:}") or name.startswith("{urn:schemas-microsoft-com:}"):
@@ -275,7 +282,14 @@ class FolderResource(_Shared, DAVCollection):
 
     @translated
     def get_member_list(self) -> list[FileResource | FolderResource]:
-        return [self._child(e) for e in self.volume.listdir(storage_path(self.path))]
+        path = storage_path(self.path)
+        members = [self._child(e) for e in self.volume.listdir(path)]
+        if self.environ.get("REQUEST_METHOD") == "PROPFIND" and members:
+            # PROPFIND asks every member for its dead properties: one query for all.
+            props = self.volume.child_properties(path)
+            for m in members:
+                m._dead = props.get(m.entry.node_id, {}) if m.entry else {}
+        return members
 
     def get_member_names(self) -> list[str]:
         return [m.get_display_name() for m in self.get_member_list()]

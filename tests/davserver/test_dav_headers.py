@@ -1,0 +1,43 @@
+"""Header validation the WebDAV face adds in front of WsgiDAV's lenient parsers."""
+
+from __future__ import annotations
+
+import pytest
+
+from davserver.dav.provider import valid_if_header, valid_range
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "(<opaquelocktoken:abc>)",
+        '(<urn:uuid:1> ["etag"])',
+        "(Not <DAV:no-lock>)",
+        '<http://x/a> (<opaquelocktoken:1>) (["e"])',
+        "(<a>) (<b>)",
+        '([W/"x"])',
+        "(<opaquelocktoken:abc>)  ",
+    ],
+)
+def test_well_formed_if_headers(header: str) -> None:
+    assert valid_if_header(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["((((garbage", "(", "()", "(Not)", "garbage", "(<a>", "<http://x/a>", "(<a>)junk", "(Not Not <a>)"],
+)
+def test_malformed_if_headers(header: str) -> None:
+    assert not valid_if_header(header)
+
+
+@pytest.mark.parametrize("header", ["bytes=0-0", "bytes=-5", "bytes=5-", "bytes=0-1, 4-5", "BYTES = 1-2"])
+def test_valid_ranges(header: str) -> None:
+    assert valid_range(header)
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=9-3", "items=0-1", "bytes=abc", "bytes=-0", "bytes=", "bytes=1-2-3"]
+)
+def test_invalid_ranges_are_ignored(header: str) -> None:
+    assert not valid_range(header)

@@ -1,0 +1,84 @@
+"""Listings cost a fixed number of queries, however many entries (no N+1).
+
+Runs the WSGI app in-process (httpx's WSGI transport) on both databases and
+counts the SQL statements of one PROPFIND.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from davserver.app import AppSettings, create_app
+from storage.engine import Engine
+from tests.storage.conftest import EngineFactory
+
+LOCKINFO = (
+    '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+    "<D:locktype><D:write/></D:locktype></D:lockinfo>"
+)
+PROPPATCH = (
+    '<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:z="urn:z"><D:set><D:prop>'
+    "<z:note>hello</z:note></D:prop></D:set></D:propertyupdate>"
+)
+
+
+@pytest.fixture
+def setup(make_engine: EngineFactory, database_url: str) -> Iterator[tuple[Engine, httpx.Client]]:
+    engine = make_engine(database_url)
+    engine.accounts.create("alice", "alice-password")
+    app = create_app(engine, AppSettings())
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://127.0.0.1") as client:
+        client.auth = ("alice", "alice-password")
+        yield engine, client
+
+
+def _fill(engine: Engine, folder: str, count: int) -> None:
+    vol = engine.volume("alice")
+    vol.mkdir(folder)
+    for i in range(count):
+        vol.write(f"{folder}/f{i:04d}", io.BytesIO(b"x" * i))
+        if i % 3 == 0:
+            vol.set_properties(f"{folder}/f{i:04d}", {"{urn:z}note": f"n{i}"})
+
+
+def _count_statements(engine: Engine, fn: object) -> int:
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.db.engine, "before_cursor_execute", record)
+    try:
+        fn()  # type: ignore[operator]
+    finally:
+        event.remove(engine.db.engine, "before_cursor_execute", record)
+    return len(statements)
+
+
+def test_propfind_depth1_query_count_does_not_grow(setup: tuple[Engine, httpx.Client]) -> None:
+    """An allprop PROPFIND: live properties, dead properties and lock discovery of every member."""
+    engine, client = setup
+    _fill(engine, "small", 5)
+    _fill(engine, "large", 60)
+    for folder in ("small", "large"):  # the same number of locks and folder properties in each
+        r = client.request("LOCK", f"/dav/{folder}/f0001", content=LOCKINFO, headers={"Timeout": "Second-60"})
+        assert r.status_code == 200
+        assert client.request("PROPPATCH", f"/dav/{folder}", content=PROPPATCH).status_code == 207
+    client.request("PROPFIND", "/dav/", headers={"Depth": "0"})  # warm the credential cache
+
+    def propfind(folder: str) -> None:
+        r = client.request("PROPFIND", f"/dav/{folder}/", headers={"Depth": "1"})
+        assert r.status_code == 207
+
+    small = _count_statements(engine, lambda: propfind("small"))
+    large = _count_statements(engine, lambda: propfind("large"))
+    assert large == small, (small, large)
+    assert large <= 25
+    r = client.request("PROPFIND", "/dav/large/", headers={"Depth": "1"})
+    assert r.text.count("getcontentlength>") == 2 * 60
+    assert "n57" in r.text and "opaquelocktoken" in r.text

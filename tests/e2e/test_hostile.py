@@ -1,0 +1,259 @@
+"""Hostile and malformed requests: each gets a clean 4xx and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import PASSWORDS
+from tests.e2e.harness import DavServer
+
+
+@pytest.fixture
+def c(dav_server: DavServer) -> Iterator[httpx.Client]:
+    with dav_server.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+def base(c: httpx.Client) -> str:
+    path = f"/dav/h-{uuid.uuid4().hex[:10]}"
+    assert c.request("MKCOL", path).status_code == 201
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _still_serving(dav_server: DavServer) -> Iterator[None]:
+    yield
+    assert dav_server.alive(), dav_server.log
+    assert dav_server.healthy()
+
+
+XXE = (
+    '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    '<D:propfind xmlns:D="DAV:"><D:prop><D:displayname>&xxe;</D:displayname></D:prop></D:propfind>'
+)
+BOMB = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + "".join(
+        f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">'
+        for i in range(1, 10)
+    )
+    + ']><D:propfind xmlns:D="DAV:"><D:prop><D:displayname>&lol9;</D:displayname></D:prop></D:propfind>'
+)
+
+
+@pytest.mark.parametrize("body", [XXE, BOMB], ids=["xxe", "entity-bomb"])
+@pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "LOCK"])
+def test_entity_declarations_are_refused(c: httpx.Client, base: str, method: str, body: str) -> None:
+    r = c.request(method, base, content=body, headers={"Depth": "0"})
+    assert r.status_code == 400
+    assert b"root:" not in r.content
+
+
+def test_malformed_xml_is_400(c: httpx.Client, base: str) -> None:
+    r = c.request("PROPFIND", base, content=b"<not-closed", headers={"Depth": "0"})
+    assert r.status_code == 400
+
+
+def test_oversize_xml_body_is_413(c: httpx.Client, base: str) -> None:
+    body = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/>' + b" " * (2 << 20) + b"</D:propfind>"
+    )
+    r = c.request("PROPFIND", base, content=body, headers={"Depth": "0"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/dav/../etc/passwd",
+        "/dav/%2e%2e/%2e%2e/etc/passwd",
+        "/dav/a/%2e%2e%2f%2e%2e%2fb",
+        "/dav/..%2f..%2f",
+        "/dav/%00nul",
+        "/dav/a%5c..%5c..%5cwin",
+    ],
+)
+def test_path_traversal_stays_inside_the_home(dav_server: DavServer, raw_path: str) -> None:
+    status, body = raw_request(dav_server, "GET", raw_path, auth="alice")
+    assert status in (400, 403, 404), body
+    assert b"root:" not in body
+
+
+def test_traversal_in_destination_cannot_leave_the_home(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/f", content=b"mine")
+    for dest in ["/dav/../bob/f", "/dav/%2e%2e/%2e%2e/tmp/f", "/other/f", "/dav/%00"]:
+        r = c.request("MOVE", f"{base}/f", headers={"Destination": dest})
+        assert r.status_code in (400, 403, 502), (dest, r.status_code)
+    assert c.get(f"{base}/f").content == b"mine"
+
+
+def test_destination_on_another_host_is_refused(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/f", content=b"x")
+    r = c.request("COPY", f"{base}/f", headers={"Destination": "http://evil.example.com/dav/f"})
+    assert r.status_code in (400, 403, 502)
+    assert c.get(f"{base}/f").content == b"x"
+
+
+def test_bogus_lock_tokens(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/f", content=b"x")
+    r = c.request("UNLOCK", f"{base}/f", headers={"Lock-Token": "<opaquelocktoken:nope>"})
+    assert r.status_code in (400, 409)
+    r = c.put(f"{base}/f", content=b"y", headers={"If": "(<opaquelocktoken:nope>)"})
+    assert r.status_code == 412
+    r = c.put(f"{base}/f", content=b"y", headers={"If": "((((garbage"})
+    assert 400 <= r.status_code < 500
+    r = c.request("LOCK", f"{base}/f", headers={"If": "(<opaquelocktoken:nope>)", "Timeout": "Second-60"})
+    assert 400 <= r.status_code < 500
+    assert c.get(f"{base}/f").content == b"x"
+
+
+@pytest.mark.parametrize("header", ["bytes=9-3", "bytes=abc", "items=0-1", "bytes=100-"])
+def test_bad_ranges(c: httpx.Client, base: str, header: str) -> None:
+    c.put(f"{base}/f", content=b"0123456789")
+    r = c.get(f"{base}/f", headers={"Range": header})
+    # RFC 9110: a syntactically invalid Range is ignored (200); unsatisfiable is 416.
+    if header == "bytes=100-":
+        assert r.status_code == 416
+    else:
+        assert r.status_code in (200, 416)
+        if r.status_code == 200:
+            assert r.content == b"0123456789"
+
+
+def test_oversize_declared_content_length_is_413(dav_server: DavServer) -> None:
+    status, _ = raw_request(
+        dav_server,
+        "PUT",
+        "/dav/too-big.bin",
+        auth="alice",
+        headers={"Content-Length": str(11 << 30)},
+        body=b"x",
+    )
+    assert status == 413
+
+
+def test_bad_content_length_is_400(dav_server: DavServer) -> None:
+    status, _ = raw_request(
+        dav_server, "PUT", "/dav/x.bin", auth="alice", headers={"Content-Length": "12abc"}, body=b"x"
+    )
+    assert status == 400
+
+
+def test_wrong_password_and_unknown_user_are_401(dav_server: DavServer) -> None:
+    assert httpx.get(dav_server.dav_url + "/", auth=("alice", "wrong")).status_code == 401
+    assert httpx.get(dav_server.dav_url + "/", auth=("nobody", "wrong")).status_code == 401
+    r = httpx.get(dav_server.dav_url + "/")
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Basic ")
+    garbage = httpx.get(dav_server.dav_url + "/", headers={"Authorization": "Basic !!!notbase64"})
+    assert garbage.status_code in (400, 401)
+
+
+def test_another_accounts_files_are_out_of_reach(dav_server: DavServer) -> None:
+    """There is no path naming another home: /dav/ is always the caller's own."""
+    secret = os.urandom(64)
+    with dav_server.client("bob") as bob, dav_server.client("alice") as alice:
+        name = f"bob-only-{uuid.uuid4().hex[:6]}"
+        assert bob.put(f"/dav/{name}", content=secret).status_code == 201
+        for path in [f"/dav/{name}", f"/dav/bob/{name}", f"/dav/~bob/{name}", f"/dav/../bob/{name}"]:
+            r = alice.get(path)
+            assert r.status_code in (400, 403, 404) and secret not in r.content, path
+        listing = alice.request("PROPFIND", "/dav/", headers={"Depth": "1"})
+        assert name.encode() not in listing.content
+        r = alice.request("LOCK", f"/dav/{name}", headers={"Timeout": "Second-60"}, content=_LOCKINFO)
+        # Alice's LOCK creates her own empty file; bob's stays as it was.
+        assert r.status_code in (200, 201)
+        alice.request("UNLOCK", f"/dav/{name}", headers={"Lock-Token": r.headers["Lock-Token"]})
+        assert alice.put(f"/dav/{name}", content=b"alice").status_code in (201, 204)
+        assert bob.get(f"/dav/{name}").content == secret
+        # The lock-storage key format (/~<id>/...) is not a path clients can use.
+        assert alice.get(f"/~2/dav/{name}").status_code == 404
+
+
+_LOCKINFO = (
+    '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+    "<D:locktype><D:write/></D:locktype></D:lockinfo>"
+)
+
+
+def test_failed_logins_are_throttled(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("throttle")
+    statuses = [httpx.get(srv.dav_url + "/", auth=("bob", f"bad{i}")).status_code for i in range(12)]
+    assert statuses[0] == 401
+    assert statuses[-1] == 429
+    r = httpx.get(srv.dav_url + "/", auth=("bob", PASSWORDS["bob"]))
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # Another account from the same address is throttled too (per-address limit).
+    assert httpx.get(srv.dav_url + "/", auth=("alice", PASSWORDS["alice"])).status_code == 429
+
+
+def test_device_token_as_password_and_bearer(dav_server: DavServer) -> None:
+    engine = dav_server.engine()
+    try:
+        _, secret = engine.accounts.create_token("alice", "test-device")
+    finally:
+        engine.close()
+    depth = {"Depth": "1"}
+    r = httpx.request("PROPFIND", dav_server.dav_url + "/", auth=("alice", secret), headers=depth)
+    assert r.status_code == 207
+    r = httpx.request(
+        "PROPFIND", dav_server.dav_url + "/", headers={"Authorization": f"Bearer {secret}", **depth}
+    )
+    assert r.status_code == 207
+    assert (
+        httpx.get(dav_server.dav_url + "/", headers={"Authorization": "Bearer dst_bogus"}).status_code == 401
+    )
+
+
+def test_unknown_method_and_junk_request_line(dav_server: DavServer) -> None:
+    status, _ = raw_request(dav_server, "BREW", "/dav/", auth="alice")
+    assert 400 <= status < 500
+    with socket.create_connection(_addr(dav_server), timeout=10) as s:
+        s.sendall(b"\x00\x01garbage\r\n\r\n")
+        reply = s.recv(1024)
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 4")
+
+
+# --- raw HTTP, for requests httpx would normalise ----------------------------------
+
+
+def _addr(srv: DavServer) -> tuple[str, int]:
+    u = urlsplit(srv.url)
+    return u.hostname or "127.0.0.1", u.port or 80
+
+
+def raw_request(
+    srv: DavServer,
+    method: str,
+    raw_path: str,
+    *,
+    auth: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, bytes]:
+    lines = [f"{method} {raw_path} HTTP/1.1", f"Host: {_addr(srv)[0]}", "Connection: close"]
+    if auth:
+        cred = base64.b64encode(f"{auth}:{srv.accounts[auth]}".encode()).decode()
+        lines.append(f"Authorization: Basic {cred}")
+    hdrs = dict(headers or {})
+    if body and "Content-Length" not in hdrs:
+        hdrs["Content-Length"] = str(len(body))
+    lines += [f"{k}: {v}" for k, v in hdrs.items()]
+    with socket.create_connection(_addr(srv), timeout=30) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, rest
