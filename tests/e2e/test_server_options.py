@@ -1,0 +1,89 @@
+"""Server options end to end: TLS, the AppleDouble policy, bounded PROPFIND depth."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.e2e.conftest import PASSWORDS
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cert, key = _self_signed(tmp_path)
+    srv = make_server("tls", settings={"certfile": str(cert), "keyfile": str(key)})
+    assert srv.url.startswith("https://")
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(base_url=srv.url, auth=("alice", PASSWORDS["alice"]), verify=ctx) as c:
+        assert c.put("/dav/secure.txt", content=b"over tls").status_code == 201
+        assert c.get("/dav/secure.txt").content == b"over tls"
+    # Plain HTTP on the TLS port gets nowhere.
+    try:
+        status: int | None = httpx.get(srv.url.replace("https://", "http://") + "/healthz", timeout=5).status_code
+    except httpx.HTTPError:
+        status = None
+    assert status != 200
+
+
+def test_apple_double_refuse_policy(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("apple", settings={"apple_double": "refuse"})
+    with srv.client("alice") as c:
+        assert c.put("/dav/._photo.jpg", content=b"\x00\x05\x16\x07").status_code == 403
+        assert c.put("/dav/.DS_Store", content=b"Bud1").status_code == 403
+        assert c.request("MKCOL", "/dav/._dir").status_code == 403
+        assert c.put("/dav/photo.jpg", content=b"jpeg").status_code == 201
+        r = c.request("MOVE", "/dav/photo.jpg", headers={"Destination": "/dav/._photo.jpg"})
+        assert r.status_code == 403
+        assert c.get("/dav/photo.jpg").content == b"jpeg"
+
+
+def test_apple_double_store_policy_is_the_default(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("apple-store")
+    with srv.client("alice") as c:
+        assert c.put("/dav/._photo.jpg", content=b"\x00\x05\x16\x07").status_code == 201
+        assert c.get("/dav/._photo.jpg").content == b"\x00\x05\x16\x07"
+
+
+def test_propfind_infinity_when_enabled(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("infinity", settings={"propfind_infinity": True})
+    with srv.client("alice") as c:
+        c.request("MKCOL", "/dav/a")
+        c.request("MKCOL", "/dav/a/b")
+        c.put("/dav/a/b/deep.txt", content=b"d")
+        r = c.request("PROPFIND", "/dav/", headers={"Depth": "infinity"})
+        assert r.status_code == 207
+        assert "/dav/a/b/deep.txt" in r.text
