@@ -52,8 +52,9 @@ def test_tls(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
         assert c.put("/dav/secure.txt", content=b"over tls").status_code == 201
         assert c.get("/dav/secure.txt").content == b"over tls"
     # Plain HTTP on the TLS port gets nowhere.
+    plain_url = srv.url.replace("https://", "http://")
     try:
-        status: int | None = httpx.get(srv.url.replace("https://", "http://") + "/healthz", timeout=5).status_code
+        status: int | None = httpx.get(plain_url + "/healthz", timeout=5).status_code
     except httpx.HTTPError:
         status = None
     assert status != 200
