@@ -8,7 +8,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_UNAUTHORIZED, DAVError
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_RANGE_NOT_SATISFIABLE,
+    HTTP_UNAUTHORIZED,
+    DAVError,
+)
 from wsgidav.dav_provider import DAVProvider
 
 from davserver.dav.errors import dav_errors
@@ -72,9 +78,13 @@ class VolumeProvider(DAVProvider):
         default_handler: Callable[..., Iterable[bytes]],
     ) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
-        if "HTTP_RANGE" in environ and not valid_range(environ["HTTP_RANGE"]):
-            # RFC 9110 14.2: a Range header that does not parse is ignored.
-            del environ["HTTP_RANGE"]
+        if "HTTP_RANGE" in environ:
+            if not valid_range(environ["HTTP_RANGE"]):
+                # RFC 9110 14.2: a Range header that does not parse is ignored.
+                del environ["HTTP_RANGE"]
+            elif all(spec.strip() == "-0" for spec in environ["HTTP_RANGE"].partition("=")[2].split(",")):
+                # A zero-length suffix selects nothing: unsatisfiable, not "whole file".
+                raise DAVError(HTTP_RANGE_NOT_SATISFIABLE, "empty suffix range")
         if "HTTP_IF" in environ and not valid_if_header(environ["HTTP_IF"]):
             raise DAVError(HTTP_BAD_REQUEST, "malformed If header")
         if method == "PROPFIND" and not self.propfind_infinity:
@@ -106,9 +116,7 @@ def valid_range(header: str) -> bool:
         m = _RANGE_SPEC.match(spec)
         if m is None:
             return False
-        first, last, suffix = m.groups()
-        if suffix is not None and int(suffix) == 0:
-            return False
+        first, last, _ = m.groups()
         if first is not None and last and int(last) < int(first):
             return False
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import unicodedata
 import uuid
 import xml.etree.ElementTree as ET
@@ -122,8 +123,38 @@ def test_range_requests_seek_into_blocks(c: httpx.Client, base: str) -> None:
 
 def test_unsatisfiable_range_is_416(c: httpx.Client, base: str) -> None:
     c.put(f"{base}/s", content=b"short")
-    r = c.get(f"{base}/s", headers={"Range": "bytes=100-200"})
-    assert r.status_code == 416
+    assert c.get(f"{base}/s", headers={"Range": "bytes=100-200"}).status_code == 416
+    assert c.get(f"{base}/s", headers={"Range": "bytes=-0"}).status_code == 416
+
+
+def test_readers_never_see_a_torn_file_during_overwrites(
+    c: httpx.Client, base: str, dav_server: DavServer
+) -> None:
+    """8 clients read while one overwrites: every read is one whole committed version."""
+    versions = [bytes([i]) * (1 << 20) + os.urandom(300_000) for i in range(6)]
+    digests = {hashlib.sha256(v).digest() for v in versions}
+    c.put(f"{base}/hot.bin", content=versions[0])
+    stop = threading.Event()
+    bad: list[str] = []
+
+    def reader() -> None:
+        with dav_server.client("alice") as rc:
+            while not stop.is_set():
+                r = rc.get(f"{base}/hot.bin")
+                if r.status_code != 200 or hashlib.sha256(r.content).digest() not in digests:
+                    bad.append(f"{r.status_code} {len(r.content)}")
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        for v in versions[1:] * 2:
+            assert c.put(f"{base}/hot.bin", content=v).status_code == 204
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert bad == []
 
 
 def test_chunked_put_with_expected_entity_length(c: httpx.Client, base: str) -> None:
