@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -335,22 +336,38 @@ def keys() -> None:
 def keys_rotate(data_dir: str | None, config_file: str | None) -> None:
     """Generate a new master key and re-wrap every account key with it (blocks untouched).
 
-    The new key is written beside the old one first; only after the database
-    commit does it replace the old file, which is kept as master.key.old-<id>.
+    The new key is written beside the old one first (master.key.new); only after
+    the database commit does it replace the old file, which is kept as
+    master.key.old-<id>. Running the command again after an interruption
+    finishes or discards the interrupted rotation, whichever the database says.
     """
     cfg = _load(data_dir, config_file)
     key_file = cfg.master_key_file
     pending = key_file.with_name(key_file.name + ".new")
     if pending.exists():
-        raise click.ClickException(f"{pending} exists: a rotation was interrupted; see the README")
+        new_key = MasterKey.load(pending)
+        with _engine(cfg) as engine:
+            in_use = engine.accounts.master_key_ids()
+        if in_use == {new_key.key_id}:
+            _swap_master_key(key_file, pending)
+            click.echo(f"finished an interrupted rotation; master key id is now {new_key.key_id}")
+            return
+        if new_key.key_id in in_use:
+            raise click.ClickException(f"{pending}: accounts use both keys; restore the database backup")
+        pending.unlink()
+        click.echo("discarded an interrupted rotation that had not committed")
     new_key = MasterKey.generate()
     new_key.save(pending)
     with _engine(cfg) as engine:
-        old_id = MasterKey.load(key_file).key_id
-        count = engine.rotate_master_key(new_key)
+        count = engine.accounts.rotate_master_key(new_key)
+    _swap_master_key(key_file, pending)
+    click.echo(f"re-wrapped {count} account keys; new master key id {new_key.key_id}")
+
+
+def _swap_master_key(key_file: Path, pending: Path) -> None:
+    old_id = MasterKey.load(key_file).key_id
     os.replace(key_file, key_file.with_name(f"{key_file.name}.old-{old_id}"))
     os.replace(pending, key_file)
-    click.echo(f"re-wrapped {count} account keys; new master key id {new_key.key_id}")
 
 
 def _quota(text: str | None) -> int | None:

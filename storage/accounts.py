@@ -207,6 +207,11 @@ class Accounts:
         with self._db.read() as conn:
             return self.context(self._id(conn, name))
 
+    def master_key_ids(self) -> set[str]:
+        """Ids of the master keys the account keys are wrapped with (one, except mid-rotation)."""
+        with self._db.read() as conn:
+            return {str(k) for k in conn.execute(select(t.accounts.c.master_key_id).distinct()).scalars()}
+
     def rotate_master_key(self, new_key: MasterKey) -> int:
         """Re-wrap every account key under ``new_key`` in one transaction; blocks are untouched."""
         a = t.accounts.c

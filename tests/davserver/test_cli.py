@@ -103,6 +103,37 @@ def test_key_rotation_keeps_files_readable(data_dir: Path) -> None:
         assert f.read() == b"secret stuff"
 
 
+def test_interrupted_rotation_is_finished_or_discarded(data_dir: Path) -> None:
+    run(data_dir, "user", "add", "ida", "--password-stdin", input="ida password\n")
+    with _engine(data_dir) as engine:
+        engine.volume("ida").write("x", io.BytesIO(b"ida's data"))
+    key_file, pending = data_dir / "master.key", data_dir / "master.key.new"
+    # Crash before the database commit: the new key file exists, nothing uses it.
+    MasterKey.generate().save(pending)
+    out = run(data_dir, "keys", "rotate")
+    assert "discarded an interrupted rotation" in out and "re-wrapped 1 account keys" in out
+    # Crash after the commit, before the files were swapped.
+    new_key = MasterKey.generate()
+    new_key.save(pending)
+    with _engine(data_dir) as engine:
+        engine.accounts.rotate_master_key(new_key)
+    assert "finished an interrupted rotation" in run(data_dir, "keys", "rotate")
+    assert MasterKey.load(key_file).key_id == new_key.key_id and not pending.exists()
+    with _engine(data_dir) as engine, engine.volume("ida").open("x") as f:
+        assert f.read() == b"ida's data"
+
+
+def test_make_run_bootstrap_creates_admin_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAVSERVER_DATA_DIR", raising=False)
+    first = CliRunner().invoke(main, ["init", "--data-dir", str(tmp_path), "--create-admin", "admin"])
+    assert first.exit_code == 0, first.output
+    password = first.output.split("with password: ")[1].split()[0]
+    again = CliRunner().invoke(main, ["init", "--data-dir", str(tmp_path), "--create-admin", "admin"])
+    assert again.exit_code == 0 and "password" not in again.output
+    with _engine(tmp_path) as engine:
+        assert engine.accounts.authenticate("admin", password).name == "admin"
+
+
 def _engine(data_dir: Path) -> Engine:
     from davserver import config
 
