@@ -126,9 +126,16 @@ def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+#: Keys the faces read from ``ServerConfig.extra`` (documented in conf/davserver.example.toml).
+FACE_KEYS = frozenset({"apple_double", "propfind_infinity", "allow_insecure_basic", "trust_forwarded_proto"})
+
+
 def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     known = {f for f in ServerConfig.__dataclass_fields__ if f not in ("data_dir", "extra")}
     extra = {k: v for k, v in values.items() if k not in known}
+    unknown = sorted(set(extra) - FACE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     kwargs = {k: v for k, v in values.items() if k in known}
     for key in ("master_key_file", "certfile", "keyfile"):
         if kwargs.get(key) is not None:

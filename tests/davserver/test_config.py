@@ -63,3 +63,13 @@ def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
 def test_storage_config_needs_the_master_key(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="davserver init"):
         config.load(data_dir=tmp_path, env={}).storage_config()
+
+
+def test_the_example_config_loads_and_unknown_keys_are_errors(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "conf" / "davserver.example.toml"
+    cfg = config.load(data_dir=tmp_path, config_file=example, env={})
+    assert cfg.extra["apple_double"] == "store" and cfg.port == 8080
+    typo = tmp_path / "typo.toml"
+    typo.write_text('apple_doubel = "refuse"\n')
+    with pytest.raises(config.ConfigError, match="apple_doubel"):
+        config.load(data_dir=tmp_path, config_file=typo, env={})
