@@ -18,12 +18,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from wsgidav.dir_browser import WsgiDavDirBrowser
-from wsgidav.error_printer import ErrorPrinter
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.auth import Authenticator, AuthSettings
 from davserver.config import ServerConfig
+from davserver.dav.errors import ErrorResponses
 from davserver.dav.lock_storage import SqlLockStorage
 from davserver.dav.provider import VolumeProvider
 from davserver.wsgi import StartResponse, WSGIApp, plain
@@ -93,7 +93,7 @@ def _dav_app(engine: Engine, settings: AppSettings) -> WSGIApp:
     provider = VolumeProvider(engine, propfind_infinity=settings.propfind_infinity)
     config = {
         "provider_mapping": {DAV_PREFIX: provider},
-        "middleware_stack": [ErrorPrinter, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorResponses, WsgiDavDirBrowser, RequestResolver],
         "lock_storage": _lock_storage(engine, settings),
         "property_manager": None,
         "mutable_live_props": ["{DAV:}getlastmodified", "{DAV:}getcontenttype"],

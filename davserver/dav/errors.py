@@ -6,7 +6,8 @@ that calls the engine runs inside :func:`dav_errors`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
@@ -17,12 +18,17 @@ from wsgidav.dav_error import (
     HTTP_FORBIDDEN,
     HTTP_INTERNAL_ERROR,
     HTTP_LOCKED,
+    HTTP_NO_CONTENT,
     HTTP_NOT_FOUND,
+    HTTP_NOT_MODIFIED,
     HTTP_PRECONDITION_FAILED,
     HTTP_REQUEST_ENTITY_TOO_LARGE,
     HTTP_SERVICE_UNAVAILABLE,
     DAVError,
+    get_http_status_string,
 )
+from wsgidav.mw.base_mw import BaseMiddleware
+from wsgidav.util import SubAppStartResponse
 
 from storage import errors as e
 
@@ -77,4 +83,72 @@ def translated(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["HTTP_FORBIDDEN", "STATUS", "dav_errors", "status_for", "to_dav_error", "translated"]
+log = logging.getLogger("davserver.dav")
+
+
+class ErrorResponses(BaseMiddleware):
+    """Turns exceptions into responses; in place of WsgiDAV's ErrorPrinter.
+
+    Differences that matter: storage errors map through :data:`STATUS`;
+    unexpected exceptions are logged with their traceback and answered with a
+    bare 500 (ErrorPrinter puts the exception's text in the page); an error
+    after the response has started is re-raised so the server drops the
+    connection and the client sees a truncated body, never a silently wrong one.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        sub = SubAppStartResponse()
+        started = False
+        try:
+            app_iter = self.next_app(environ, sub)
+            try:
+                for chunk in app_iter:
+                    if not started:
+                        start_response(sub.status, sub.response_headers, sub.exc_info)
+                        started = True
+                    yield chunk
+            finally:
+                close = getattr(app_iter, "close", None)
+                if close is not None:
+                    close()
+            if not started:
+                start_response(sub.status, sub.response_headers, sub.exc_info)
+            return
+        except DAVError as exc:
+            err = exc
+        except e.StorageError as exc:
+            err = to_dav_error(exc)
+        except Exception:
+            log.exception("%s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            err = DAVError(HTTP_INTERNAL_ERROR)
+        if started:
+            log.error(
+                "%s %s failed mid-response: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), err
+            )
+            raise err
+        status = get_http_status_string(err)
+        if err.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
+            start_response(status, [("Content-Length", "0")])
+            return
+        if err.value == HTTP_INTERNAL_ERROR:
+            if err.src_exception is not None or err.context_info:
+                log.error("internal error: %s (%r)", err.context_info, err.src_exception)
+            content_type, body = "text/plain; charset=utf-8", b"internal server error\n"
+        else:
+            content_type, body = err.get_response_page()
+        start_response(
+            status,
+            [("Content-Type", content_type), ("Content-Length", str(len(body))), *(err.add_headers or [])],
+        )
+        yield body
+
+
+__all__ = [
+    "HTTP_FORBIDDEN",
+    "STATUS",
+    "ErrorResponses",
+    "dav_errors",
+    "status_for",
+    "to_dav_error",
+    "translated",
+]
