@@ -46,6 +46,8 @@ class AppSettings:
     max_xml_body: int = 1 << 20
     block_size: int = 1 << 20
     propfind_infinity: bool = False
+    #: Depth 0/1 PROPFIND written as text from one listing (False: WsgiDAV's handler; for comparison).
+    fast_propfind: bool = True
     #: "store": ._* and .DS_Store are ordinary files (Finder metadata round-trips);
     #: "refuse": creating them is answered 403, keeping shared trees clean.
     apple_double: str = "store"
@@ -90,7 +92,9 @@ def _lock_storage(engine: Engine, settings: AppSettings) -> Any:
 
 
 def _dav_app(engine: Engine, settings: AppSettings) -> WSGIApp:
-    provider = VolumeProvider(engine, propfind_infinity=settings.propfind_infinity)
+    provider = VolumeProvider(
+        engine, propfind_infinity=settings.propfind_infinity, fast_propfind=settings.fast_propfind
+    )
     config = {
         "provider_mapping": {DAV_PREFIX: provider},
         "middleware_stack": [ErrorResponses, WsgiDavDirBrowser, RequestResolver],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,11 +18,20 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVProvider
 
+from davserver.dav import propfind
 from davserver.dav.errors import dav_errors
 from davserver.dav.resources import DEST_CREATED, FileResource, FolderResource, storage_path
 from storage.engine import Engine
 from storage.errors import NotFound
 from storage.volume import Volume
+
+_CONDITIONAL_HEADERS = (
+    "HTTP_IF",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
 
 #: environ key where the authentication middleware puts the account id.
 ACCOUNT_KEY = "davserver.account_id"
@@ -30,10 +40,14 @@ StartResponse = Callable[..., Any]
 
 
 class VolumeProvider(DAVProvider):
-    def __init__(self, engine: Engine, *, propfind_infinity: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, *, propfind_infinity: bool = False, fast_propfind: bool = True
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.propfind_infinity = propfind_infinity
+        #: Answer Depth 0/1 PROPFINDs with davserver.dav.propfind (False: WsgiDAV's own handler).
+        self.fast_propfind = fast_propfind
 
     def is_readonly(self) -> bool:
         return False
@@ -65,6 +79,27 @@ class VolumeProvider(DAVProvider):
     def exists(self, path: str, environ: dict[str, Any]) -> bool:
         return self.get_resource_inst(path, environ) is not None
 
+    def _propfind(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        default_handler: Callable[..., Iterable[bytes]],
+        depth: str,
+    ) -> Iterable[bytes]:
+        snapshot = getattr(getattr(self.lock_manager, "storage", None), "snapshot", None)
+        with (
+            snapshot(f"/~{environ[ACCOUNT_KEY]}")
+            if snapshot is not None and environ.get(ACCOUNT_KEY) is not None
+            else contextlib.nullcontext()
+        ):
+            conditional = any(k in environ for k in _CONDITIONAL_HEADERS)
+            if self.fast_propfind and depth in ("0", "1") and not conditional:
+                try:
+                    return propfind.respond(self, environ, start_response, depth)
+                except propfind.Fallback:
+                    pass
+            return list(default_handler(environ, start_response))
+
     def ref_url_to_path(self, ref_url: str) -> str:
         """Invert ``get_ref_url``: drop the ``/~<account>`` prefix and the share."""
         if ref_url.startswith("/~"):
@@ -87,19 +122,15 @@ class VolumeProvider(DAVProvider):
                 raise DAVError(HTTP_RANGE_NOT_SATISFIABLE, "empty suffix range")
         if "HTTP_IF" in environ and not valid_if_header(environ["HTTP_IF"]):
             raise DAVError(HTTP_BAD_REQUEST, "malformed If header")
-        if method == "PROPFIND" and not self.propfind_infinity:
+        if method == "PROPFIND":
             depth = environ.get("HTTP_DEPTH", "infinity").lower()
-            if depth == "infinity":
+            if depth == "infinity" and not self.propfind_infinity:
                 raise DAVError(
                     HTTP_FORBIDDEN,
                     "PROPFIND with Depth: infinity is disabled",
                     err_condition="{DAV:}propfind-finite-depth",
                 )
-        if method == "PROPFIND":
-            snapshot = getattr(getattr(self.lock_manager, "storage", None), "snapshot", None)
-            if snapshot is not None and environ.get(ACCOUNT_KEY) is not None:
-                with snapshot(f"/~{environ[ACCOUNT_KEY]}"):
-                    return list(default_handler(environ, start_response))
+            return self._propfind(environ, start_response, default_handler, depth)
         if method in ("MOVE", "COPY"):
             return default_handler(environ, _CreatedStatus(environ, start_response))
         return default_handler(environ, start_response)

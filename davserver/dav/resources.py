@@ -9,7 +9,9 @@ through a :class:`storage.volume.PendingWrite`: nothing is visible before
 from __future__ import annotations
 
 import contextlib
+import functools
 import mimetypes
+import re
 from collections.abc import Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -25,6 +27,7 @@ from storage.errors import NotFound
 from storage.model import Entry
 from storage.volume import PendingWrite, Volume
 
+XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 _LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
 #: environ flag set by a native MOVE/COPY whose destination did not exist.
 DEST_CREATED = "davserver.dest_created"
@@ -108,7 +111,9 @@ class _Shared:
             if value is None:
                 self.volume.set_properties(storage_path(self.path), {}, remove=[name])
             else:
-                text = util.to_str(xml_tools.xml_to_bytes(value, pretty=False))
+                # Stored as a self-contained element (no XML declaration): the fast
+                # PROPFIND copies it into responses as it is.
+                text = XML_DECL.sub("", util.to_str(xml_tools.xml_to_bytes(value, pretty=False)), count=1)
                 self.volume.set_properties(storage_path(self.path), {name: text})
         self._dead = None
         return None
@@ -170,8 +175,7 @@ class FileResource(_Shared, DAVNonCollection):
         return self.entry.size if self.entry else 0
 
     def get_content_type(self) -> str:
-        guessed, _ = mimetypes.guess_type(self.get_display_name())
-        return guessed or "application/octet-stream"
+        return content_type_for(self.get_display_name())
 
     def get_etag(self) -> str | None:
         etag = self.entry.etag if self.entry else None
@@ -345,6 +349,17 @@ class FolderResource(_Shared, DAVCollection):
         path = util.join_uri(self.path, name)
         entry = self.volume.mkdir(storage_path(path))
         return FolderResource(path, self.environ, self.volume, entry)
+
+
+def content_type_for(name: str) -> str:
+    dot = name.rfind(".")
+    return _content_type_of_suffix(name[dot:].lower() if dot > 0 else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type_of_suffix(suffix: str) -> str:
+    guessed, _ = mimetypes.guess_type("x" + suffix) if suffix else (None, None)
+    return guessed or "application/octet-stream"
 
 
 def content_length(environ: dict[str, Any]) -> int | None:

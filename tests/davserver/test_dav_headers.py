@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from email.utils import formatdate
+
 import pytest
 
+from davserver.dav.propfind import http_date
 from davserver.dav.provider import valid_if_header, valid_range
 
 
@@ -41,3 +44,8 @@ def test_valid_ranges(header: str) -> None:
 )
 def test_invalid_ranges_are_ignored(header: str) -> None:
     assert not valid_range(header)
+
+
+@pytest.mark.parametrize("secs", [0, 86399.9, 1_500_000_000, 1_700_000_000.5, 4_102_444_800])
+def test_http_date_matches_the_standard_library(secs: float) -> None:
+    assert http_date(secs) == formatdate(secs, usegmt=True)
