@@ -207,4 +207,3 @@ def is_apple_double(name: str) -> bool:
 
 def _last_segment(path: str) -> str:
     return unquote(path.rstrip("/").rsplit("/", 1)[-1])
-

@@ -127,9 +127,11 @@ class Authenticator:
                 return plain(start_response, "400 Bad Request", "malformed Basic credentials\n")
         else:
             name, secret = "", value.strip()
-        keys = [f"ip:{environ.get('REMOTE_ADDR', '')}", f"account:{name.lower()}"] if name else [
-            f"ip:{environ.get('REMOTE_ADDR', '')}"
-        ]
+        keys = (
+            [f"ip:{environ.get('REMOTE_ADDR', '')}", f"account:{name.lower()}"]
+            if name
+            else [f"ip:{environ.get('REMOTE_ADDR', '')}"]
+        )
         wait = self.throttle.retry_after(keys)
         if wait > 0:
             return plain(
@@ -177,9 +179,7 @@ class Authenticator:
             if hit is not None and hit[2] > now:
                 self._cache.move_to_end(key)
                 return hit[0], hit[1]
-        info = (
-            self._accounts.authenticate(name, secret) if name else self._accounts.account_for_token(secret)
-        )
+        info = self._accounts.authenticate(name, secret) if name else self._accounts.account_for_token(secret)
         with self._cache_lock:
             self._cache[key] = (info.id, info.name, now + self._s.cache_seconds)
             while len(self._cache) > self._s.cache_size:
@@ -193,4 +193,3 @@ class Authenticator:
             "authentication required\n",
             [("WWW-Authenticate", f'Basic realm="{self._s.realm}", charset="UTF-8"')],
         )
-

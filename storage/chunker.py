@@ -77,9 +77,54 @@ class Chunker:
         ``pyfastcdc`` reuses its buffer, so each block is copied once; that copy
         is what the pipeline hands to worker threads.
         """
-        for chunk in self._cdc.cut_stream(stream):
+        # A stream shorter than the minimum block is one block: skip setting up
+        # FastCDC's multi-megabyte stream buffer (most of the cost of small files).
+        head = _read_up_to(stream, self.params.min_size)
+        if len(head) < self.params.min_size:
+            if head:
+                yield head
+            return
+        for chunk in self._cdc.cut_stream(_Prefixed(head, stream)):
             yield bytes(chunk.data)
 
     def split_bytes(self, data: bytes) -> Iterator[bytes]:
         for chunk in self._cdc.cut_buf(data):
             yield bytes(chunk.data)
+
+
+def _read_up_to(stream: Readable | ReadableInto, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        if hasattr(stream, "readinto"):
+            k = stream.readinto(view[got:])
+        else:
+            data = stream.read(n - got)
+            k = len(data)
+            view[got : got + k] = data
+        if not k:
+            break
+        got += k
+    del view
+    return bytes(buf[:got])
+
+
+class _Prefixed:
+    """``readinto`` that serves ``head`` first, then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: Readable | ReadableInto) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        if hasattr(self._stream, "readinto"):
+            return int(self._stream.readinto(buffer))
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

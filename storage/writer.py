@@ -120,13 +120,24 @@ class BlockWriter:
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
+        held: tuple[bytes, int] | None = None
         try:
             for data in chunker.split(stream):
                 whole.update(data)
-                pending.append(self._executor.submit(self._prepare, data, offset))
+                if held is None and not pending:
+                    # Hold the first block: if it is the only one, it is stored on
+                    # this thread, sparing small files the hand-off to the pool.
+                    held = (data, offset)
+                else:
+                    if held is not None:
+                        pending.append(self._executor.submit(self._prepare, *held))
+                        held = None
+                    pending.append(self._executor.submit(self._prepare, data, offset))
                 offset += len(data)
                 while len(pending) >= self._depth:
                     self._accept(pending.popleft().result())
+            if held is not None:
+                self._accept(self._prepare(*held))
             while pending:
                 self._accept(pending.popleft().result())
         finally:

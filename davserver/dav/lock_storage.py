@@ -30,14 +30,14 @@ class SqlLockStorage:
 
     @contextmanager
     def snapshot(self, root: str) -> Iterator[None]:
-        """Answer lock-list lookups below ``root`` from one query, for one read-only request.
+        """Answer lock-list lookups at or around ``root`` from one query, for one request.
 
-        PROPFIND asks for the lock discovery of every member; without this each
-        member costs a query. Only for requests that change no locks.
+        WsgiDAV asks for the locks of a resource and of each parent, one query
+        each; a PROPFIND asks for every member. The query runs on the first
+        look-up, so requests that check no locks pay nothing. Only for
+        requests that do not create or refresh locks themselves.
         """
-        root = normalize_lock_root(root)
-        locks = [_decode(lock) for lock in self._records.find(root, include_root=True, include_below=True)]
-        self._local.snapshot = (root, locks)
+        self._local.snapshot = _Snapshot(normalize_lock_root(root), self._records)
         try:
             yield
         finally:
@@ -93,23 +93,44 @@ class SqlLockStorage:
         self, path: str, *, include_root: bool, include_children: bool, token_only: bool
     ) -> list[Any]:
         path = normalize_lock_root(path)
-        snap = getattr(self._local, "snapshot", None)
-        if snap is not None and (path == snap[0] or path.startswith(snap[0].rstrip("/") + "/")):
-            below = path.rstrip("/") + "/"
-            now = time.time()
-            locks = [
-                lock
-                for lock in snap[1]
-                if (lock["expire"] < 0 or lock["expire"] >= now)
-                and (
-                    (include_root and lock["root"] == path)
-                    or (include_children and lock["root"].startswith(below))
-                )
-            ]
-        else:
+        snap: _Snapshot | None = getattr(self._local, "snapshot", None)
+        locks = snap.lookup(path, include_root, include_children) if snap is not None else None
+        if locks is None:
             found = self._records.find(path, include_root=include_root, include_below=include_children)
             locks = [_decode(lock) for lock in found]
         return [lock["token"] for lock in locks] if token_only else locks
+
+
+class _Snapshot:
+    """The live locks filed under one root (an account's URL space), loaded once."""
+
+    def __init__(self, root: str, records: LockRecords) -> None:
+        self.root = root
+        self._records = records
+        self._locks: list[dict[str, Any]] | None = None
+
+    def lookup(self, path: str, include_root: bool, include_children: bool) -> list[dict[str, Any]] | None:
+        """The locks for ``path``, or None when the snapshot cannot answer."""
+        inside = path == self.root or path.startswith(self.root + "/")
+        if not inside:
+            # Above the root ("/"): no lock is ever filed there, but its subtree is not all here.
+            if include_children or not self.root.startswith(path.rstrip("/") + "/"):
+                return None
+            return []
+        if self._locks is None:
+            found = self._records.find(self.root, include_root=True, include_below=True)
+            self._locks = [_decode(lock) for lock in found]
+        below = path.rstrip("/") + "/"
+        now = time.time()
+        return [
+            lock
+            for lock in self._locks
+            if (lock["expire"] < 0 or lock["expire"] >= now)
+            and (
+                (include_root and lock["root"] == path)
+                or (include_children and lock["root"].startswith(below))
+            )
+        ]
 
 
 # The lock owner is an XML fragment WsgiDAV keeps as bytes; records are JSON.

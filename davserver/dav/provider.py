@@ -6,7 +6,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from wsgidav import util
 from wsgidav.dav_error import (
@@ -20,9 +20,10 @@ from wsgidav.dav_provider import DAVProvider
 
 from davserver.dav import propfind
 from davserver.dav.errors import dav_errors
-from davserver.dav.resources import DEST_CREATED, FileResource, FolderResource, storage_path
+from davserver.dav.resources import DEST_CREATED, STAT_CACHE, FileResource, FolderResource, storage_path
 from storage.engine import Engine
 from storage.errors import NotFound
+from storage.model import Entry
 from storage.volume import Volume
 
 _CONDITIONAL_HEADERS = (
@@ -65,13 +66,21 @@ class VolumeProvider(DAVProvider):
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> FileResource | FolderResource | None:
         vol = self.volume(environ)
-        try:
-            with dav_errors():
-                entry = vol.stat(storage_path(path))
-        except DAVError as exc:
-            if isinstance(exc.__cause__, NotFound):
-                return None
-            raise
+        key = storage_path(path)
+        cache: dict[str, Entry | None] = environ.setdefault(STAT_CACHE, {})
+        if key in cache:
+            entry = cache[key]
+        else:
+            try:
+                with dav_errors():
+                    entry = vol.stat(key)
+            except DAVError as exc:
+                if not isinstance(exc.__cause__, NotFound):
+                    raise
+                entry = None
+            cache[key] = entry
+        if entry is None:
+            return None
         if entry.is_dir:
             return FolderResource(path, environ, vol, entry)
         return FileResource(path, environ, vol, entry)
@@ -86,12 +95,7 @@ class VolumeProvider(DAVProvider):
         default_handler: Callable[..., Iterable[bytes]],
         depth: str,
     ) -> Iterable[bytes]:
-        snapshot = getattr(getattr(self.lock_manager, "storage", None), "snapshot", None)
-        with (
-            snapshot(f"/~{environ[ACCOUNT_KEY]}")
-            if snapshot is not None and environ.get(ACCOUNT_KEY) is not None
-            else contextlib.nullcontext()
-        ):
+        with self._lock_snapshot(environ):
             conditional = any(k in environ for k in _CONDITIONAL_HEADERS)
             if self.fast_propfind and depth in ("0", "1") and not conditional:
                 try:
@@ -100,6 +104,20 @@ class VolumeProvider(DAVProvider):
                     pass
             return list(default_handler(environ, start_response))
 
+    def _lock_snapshot(self, environ: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+        """Serve the request's lock look-ups from one query (SQL lock storage only).
+
+        WsgiDAV checks the locks of a resource and each of its parents one by
+        one; a PUT costs seven look-ups. Not for LOCK and UNLOCK, which read the
+        locks they have just changed.
+        """
+        snapshot = getattr(getattr(self.lock_manager, "storage", None), "snapshot", None)
+        if snapshot is None or environ.get(ACCOUNT_KEY) is None:
+            return contextlib.nullcontext()
+        if environ["REQUEST_METHOD"] in ("LOCK", "UNLOCK"):
+            return contextlib.nullcontext()
+        return snapshot(f"/~{environ[ACCOUNT_KEY]}")
+
     def ref_url_to_path(self, ref_url: str) -> str:
         """Invert ``get_ref_url``: drop the ``/~<account>`` prefix and the share."""
         if ref_url.startswith("/~"):
@@ -107,6 +125,27 @@ class VolumeProvider(DAVProvider):
         return "/" + unquote(util.removeprefix(ref_url, self.share_path)).lstrip("/")
 
     def custom_request_handler(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        default_handler: Callable[..., Iterable[bytes]],
+    ) -> Iterable[bytes]:
+        try:
+            return self._handle(environ, start_response, default_handler)
+        except DAVError as exc:
+            # WsgiDAV's lock manager names conflicting locks by their storage key
+            # ("/~<account id>/dav/..."); clients need the URL path (RFC 4918 16: DAV:href).
+            cond = exc.err_condition
+            if cond is not None and cond.hrefs:
+                cond.hrefs = [self.client_href(h) for h in cond.hrefs]
+            raise
+
+    def client_href(self, ref_url: str) -> str:
+        if not ref_url.startswith("/~"):
+            return ref_url
+        return quote(self.share_path + self.ref_url_to_path(ref_url))
+
+    def _handle(
         self,
         environ: dict[str, Any],
         start_response: StartResponse,
@@ -123,7 +162,12 @@ class VolumeProvider(DAVProvider):
         if "HTTP_IF" in environ and not valid_if_header(environ["HTTP_IF"]):
             raise DAVError(HTTP_BAD_REQUEST, "malformed If header")
         if method == "PROPFIND":
-            depth = environ.get("HTTP_DEPTH", "infinity").lower()
+            if "HTTP_DEPTH" not in environ and not self.propfind_infinity:
+                # RFC 4918 reads a missing Depth as infinity, which is refused here; clients
+                # that omit it (webdav4's exists() and upload) want one resource, not a 403.
+                # Like sabre/dav (Nextcloud) with infinity disabled, answer them as Depth: 1.
+                environ["HTTP_DEPTH"] = "1"
+            depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
             if depth == "infinity" and not self.propfind_infinity:
                 raise DAVError(
                     HTTP_FORBIDDEN,
@@ -132,8 +176,10 @@ class VolumeProvider(DAVProvider):
                 )
             return self._propfind(environ, start_response, default_handler, depth)
         if method in ("MOVE", "COPY"):
-            return default_handler(environ, _CreatedStatus(environ, start_response))
-        return default_handler(environ, start_response)
+            start_response = _CreatedStatus(environ, start_response)
+        with self._lock_snapshot(environ):
+            # The do_* handlers check locks when called, before returning a body.
+            return default_handler(environ, start_response)
 
 
 _RANGE_SPEC = re.compile(r"^\s*(?:(\d+)-(\d*)|-(\d+))\s*$")

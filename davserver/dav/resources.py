@@ -18,7 +18,15 @@ from typing import Any
 from urllib.parse import quote
 
 from wsgidav import util, xml_tools
-from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_LOCKED,
+    HTTP_NOT_FOUND,
+    DAVError,
+    DAVErrorCondition,
+    PRECONDITION_CODE_LockConflict,
+)
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from davserver.dav.errors import dav_errors, translated
@@ -29,6 +37,8 @@ from storage.volume import PendingWrite, Volume
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 _LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
+#: environ key of the request's path -> Entry look-ups (dropped on every change).
+STAT_CACHE = "davserver.stat_cache"
 #: environ flag set by a native MOVE/COPY whose destination did not exist.
 DEST_CREATED = "davserver.dest_created"
 
@@ -71,7 +81,12 @@ class _Shared:
         mtime = parse_time(time_stamp)
         if not dry_run:
             self.entry = self.volume.set_mtime(storage_path(self.path), mtime)
+            self._changed()
         return True
+
+    def _changed(self) -> None:
+        """The tree changed: forget the request's cached look-ups."""
+        self.environ.pop(STAT_CACHE, None)
 
     # -- dead properties -------------------------------------------------------------
 
@@ -123,9 +138,45 @@ class _Shared:
 
     # -- native delete, move, copy ---------------------------------------------------
 
+    def _check_own_locks(self) -> None:
+        """WsgiDAV checks only the parent's locks before a native DELETE.
+
+        The target and its members are ours to check, or a client without the
+        lock token deletes a locked file. Members are checked token-aware (as
+        WsgiDAV's own per-member path does), not with depth infinity, which
+        refuses any locked member even when its token is submitted.
+        """
+        lock_man = self.provider.lock_manager
+        if lock_man is None:
+            return
+        util.parse_if_header_dict(self.environ)
+        tokens = self.environ["wsgidav.ifLockTokenList"]
+        principal = self.environ["wsgidav.user_name"]
+        url = self.get_ref_url()
+        hrefs: list[str] = []
+        try:
+            lock_man.check_write_permission(url=url, depth="0", token_list=tokens, principal=principal)
+        except DAVError as exc:
+            if exc.value != HTTP_LOCKED or exc.err_condition is None:
+                raise
+            hrefs += exc.err_condition.hrefs
+        if self.is_collection:
+            below = lock_man.storage.get_lock_list(
+                url, include_root=False, include_children=True, token_only=False
+            )
+            hrefs += [lk["root"] for lk in below if lk["principal"] != principal or lk["token"] not in tokens]
+        if hrefs:
+            # Raised inside WsgiDAV's DELETE handler, out of reach of the provider's
+            # href rewriting: give clients URL paths, not lock storage keys.
+            cond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
+            cond.hrefs = [self.provider.client_href(h) for h in hrefs]
+            raise DAVError(HTTP_LOCKED, err_condition=cond)
+
     @translated
     def handle_delete(self) -> bool:
+        self._check_own_locks()
         self.volume.delete(storage_path(self.path))
+        self._changed()
         self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
         return True
 
@@ -133,6 +184,7 @@ class _Shared:
     def handle_move(self, dest_path: str) -> bool:
         self._note_destination(dest_path)
         self.volume.move(storage_path(self.path), storage_path(dest_path), overwrite=True)
+        self._changed()
         self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
         return True
 
@@ -142,6 +194,7 @@ class _Shared:
         self.volume.copy(
             storage_path(self.path), storage_path(dest_path), overwrite=True, recursive=depth_infinity
         )
+        self._changed()
         return True
 
     def _note_destination(self, dest_path: str) -> None:
@@ -160,6 +213,7 @@ class _Shared:
     @translated
     def delete(self) -> None:
         self.volume.delete(storage_path(self.path))
+        self._changed()
         self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
 
 
@@ -219,6 +273,7 @@ class FileResource(_Shared, DAVNonCollection):
             raise DAVError(HTTP_BAD_REQUEST, f"body ended after {pending.size} of {expected} bytes")
         with dav_errors():
             self.entry = pending.commit()
+        self._changed()
 
 
 class _BodySink:
@@ -340,6 +395,7 @@ class FolderResource(_Shared, DAVCollection):
         if self.environ.get("REQUEST_METHOD") == "LOCK":
             # RFC 4918 7.3: LOCK on an unmapped URL creates an empty resource.
             entry = self.volume.write(storage_path(path), IterReader([]))
+            self._changed()
             return FileResource(path, self.environ, self.volume, entry)
         # PUT: a placeholder; the file appears only when the body commits.
         return FileResource(path, self.environ, self.volume, None)
@@ -348,6 +404,7 @@ class FolderResource(_Shared, DAVCollection):
     def create_collection(self, name: str) -> FolderResource:
         path = util.join_uri(self.path, name)
         entry = self.volume.mkdir(storage_path(path))
+        self._changed()
         return FolderResource(path, self.environ, self.volume, entry)
 
 

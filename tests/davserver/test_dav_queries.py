@@ -82,3 +82,36 @@ def test_propfind_depth1_query_count_does_not_grow(setup: tuple[Engine, httpx.Cl
     r = client.request("PROPFIND", "/dav/large/", headers={"Depth": "1"})
     assert r.text.count("getcontentlength>") == 2 * 60
     assert "n57" in r.text and "opaquelocktoken" in r.text
+
+
+def _statements(engine: Engine, fn: object) -> list[str]:
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(engine.db.engine, "before_cursor_execute", record)
+    try:
+        fn()  # type: ignore[operator]
+    finally:
+        event.remove(engine.db.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_lock_checks_cost_one_query_per_request(setup: tuple[Engine, httpx.Client]) -> None:
+    """WsgiDAV checks a resource and every parent; the snapshot answers them all."""
+    engine, client = setup
+    vol = engine.volume("alice")
+    vol.mkdir("a")
+    vol.mkdir("a/b")
+    client.request("PROPFIND", "/dav/", headers={"Depth": "0"})  # warm the credential cache
+    put = _statements(engine, lambda: client.put("/dav/a/b/new.txt", content=b"x"))
+    assert sum("lock_records" in s for s in put) == 1
+    get = _statements(engine, lambda: client.get("/dav/a/b/new.txt"))
+    assert sum("lock_records" in s for s in get) == 0
+    # A lock held on a parent still stops the write.
+    r = client.request(
+        "LOCK", "/dav/a", content=LOCKINFO, headers={"Timeout": "Second-60", "Depth": "infinity"}
+    )
+    assert r.status_code == 200
+    assert client.put("/dav/a/b/new.txt", content=b"y").status_code == 423

@@ -252,3 +252,12 @@ def test_default_params_are_the_documented_ones() -> None:
 def test_parameters_pyfastcdc_cannot_honour_are_refused(params: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         ChunkerParams(**params)
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1, 2, 1000])
+def test_stream_split_around_the_minimum_block(delta: int) -> None:
+    """Streams shorter than the minimum skip FastCDC; the cuts must not change either side of it."""
+    data = random.Random(delta).randbytes(SMALL.min_size + delta)
+    chunker = Chunker(SMALL, 7)
+    assert list(chunker.split(ShortReads(data, 777))) == list(chunker.split_bytes(data))
+    assert list(chunker.split(io.BytesIO(data))) == list(chunker.split_bytes(data))
