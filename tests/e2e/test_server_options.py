@@ -88,3 +88,20 @@ def test_propfind_infinity_when_enabled(make_server) -> None:  # type: ignore[no
         r = c.request("PROPFIND", "/dav/", headers={"Depth": "infinity"})
         assert r.status_code == 207
         assert "/dav/a/b/deep.txt" in r.text
+
+
+def test_size_limit_on_declared_and_chunked_bodies(make_server) -> None:  # type: ignore[no-untyped-def]
+    """The 10 GB limit, scaled down: 413 before reading a declared body; a chunked one is aborted."""
+    srv = make_server("limit", settings={"max_file_size": "1M"})
+    with srv.client("alice") as c:
+        assert c.put("/dav/ok.bin", content=b"o" * 1000).status_code == 201
+        r = c.put("/dav/ok.bin", content=b"x" * (2 << 20))
+        assert r.status_code == 413
+        chunks = iter([b"y" * (256 << 10)] * 8)  # 2 MiB, no Content-Length
+        r = c.put("/dav/ok.bin", content=chunks)
+        assert r.status_code == 413
+        r = c.put("/dav/new.bin", content=iter([b"z" * (256 << 10)] * 8))
+        assert r.status_code == 413
+        assert c.get("/dav/ok.bin").content == b"o" * 1000
+        assert c.get("/dav/new.bin").status_code == 404
+        assert c.put("/dav/edge.bin", content=iter([b"e" * (512 << 10)] * 2)).status_code == 201
