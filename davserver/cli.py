@@ -128,7 +128,9 @@ def serve(
 ) -> None:
     """Serve WebDAV at /dav/ until SIGTERM or Ctrl-C."""
     from davserver.app import AppSettings, create_app
-    from davserver.server import ListenSettings, make_server, serve_forever
+    from davserver.server import ListenSettings, limit_malloc_arenas, make_server, serve_forever
+
+    limit_malloc_arenas()
 
     cfg = _load(
         data_dir, config_file, host=host, port=port, threads=threads, certfile=certfile, keyfile=keyfile

