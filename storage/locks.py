@@ -72,9 +72,7 @@ class LockRecords:
     def purge_expired(self) -> int:
         now = self._clock()
         with self._db.write() as conn:
-            return int(
-                conn.execute(delete(t.lock_records).where(c.expire >= 0, c.expire < now)).rowcount
-            )
+            return int(conn.execute(delete(t.lock_records).where(c.expire >= 0, c.expire < now)).rowcount)
 
     def clear(self) -> None:
         with self._db.write() as conn:

@@ -11,16 +11,19 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     Row,
     Select,
+    Table,
     and_,
+    bindparam,
     func,
     insert,
-    literal,
     select,
     update,
 )
 
+from storage import paths
 from storage.errors import Conflict, QuotaExceeded
 from storage.metadata import schema as t
 from storage.model import Entry
@@ -132,6 +135,26 @@ class Change:
             )
         )
 
+    def journal_many(self, entries: list[dict[str, Any]]) -> None:
+        """Several entries in one statement; each dict has journal()'s arguments."""
+        if not entries:
+            return
+        rows = []
+        for entry in entries:
+            self.seq += 1
+            rows.append(
+                {
+                    "account_id": self.account_id,
+                    "seq": self.seq,
+                    "old_path": None,
+                    "version_id": None,
+                    "size": None,
+                    "at": self.now,
+                    **entry,
+                }
+            )
+        self.conn.execute(insert(t.journal), rows)
+
     def grow(self, delta: int) -> None:
         """Account for ``delta`` bytes of live file content; refuses to pass the quota."""
         if delta > 0 and self.quota is not None and self.used + self.delta + delta > self.quota:
@@ -192,42 +215,130 @@ def insert_node(change: Change, *, parent_id: int, path: str, name: str, kind: s
     )
 
 
-def copy_version(change: Change, version_id: int, new_node_id: int) -> int:
-    """Duplicate a version's row and block list for another node (no block is copied)."""
+def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
+    """``count`` fresh primary keys, so rows can go in with one executemany (no RETURNING).
+
+    Called inside a write transaction: on SQLite the database is locked for
+    writing, so max(id) cannot move; on PostgreSQL the ids come from the
+    column's sequence, as a default would.
+    """
+    if count == 0:
+        return []
+    if conn.dialect.name == "postgresql":
+        seq = conn.execute(select(func.pg_get_serial_sequence(table.name, "id"))).scalar_one()
+        rows = conn.execute(select(func.nextval(seq)).select_from(func.generate_series(1, count)))
+        return [int(r[0]) for r in rows]
+    top = int(conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one())
+    return list(range(top + 1, top + 1 + count))
+
+
+def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_ids: dict[int, int]) -> None:
+    """Copy nodes (parents before children), their current versions' block lists and properties.
+
+    A fixed number of statements per folder level, whatever the number of
+    files: rows go in with executemany, block lists and properties with
+    INSERT ... SELECT per (old, new) pair in one executemany each.
+    ``new_ids`` maps the source parent's id to the destination parent's.
+    """
     conn = change.conn
-    src = conn.execute(select(t.versions).where(v.id == version_id)).one()
-    new_id = int(
+    levels: dict[int, list[Row[Any]]] = {}
+    for row in rows:
+        levels.setdefault(row.path.count("/"), []).append(row)
+    for depth in sorted(levels):
+        level = levels[depth]
+        ids = allocate_ids(conn, t.nodes, len(level))
         conn.execute(
-            insert(t.versions)
-            .values(
-                node_id=new_node_id,
-                account_id=change.account_id,
-                size=src.size,
-                sha256=src.sha256,
-                mtime=src.mtime,
-                created_at=change.now,
-                device=src.device,
-                chunker_id=src.chunker_id,
-                block_count=src.block_count,
-            )
-            .returning(v.id)
-        ).scalar_one()
-    )
-    vb = t.version_blocks.c
-    conn.execute(
-        insert(t.version_blocks).from_select(
-            ["version_id", "idx", "block_id", "offset"],
-            select(literal(new_id), vb.idx, vb.block_id, vb.offset).where(vb.version_id == version_id),
+            insert(t.nodes),
+            [
+                {
+                    "id": node_id,
+                    "account_id": change.account_id,
+                    "parent_id": new_ids[row.parent_id],
+                    "name": paths.name_of(dst + row.path[len(src) :]),
+                    "path": dst + row.path[len(src) :],
+                    "kind": row.kind,
+                    "mtime": row.mtime,
+                    "created_at": change.now,
+                }
+                for row, node_id in zip(level, ids, strict=True)
+            ],
         )
-    )
-    return new_id
+        for row, node_id in zip(level, ids, strict=True):
+            new_ids[row.id] = node_id
 
+    files = [row for row in rows if row.kind == t.KIND_FILE and row.version_id is not None]
+    new_versions: dict[int, int] = {}
+    if files:
+        sources: dict[int, Row[Any]] = {}
+        for i in range(0, len(files), 500):
+            ids = [row.version_id for row in files[i : i + 500]]
+            sources.update((r.id, r) for r in conn.execute(select(t.versions).where(v.id.in_(ids))))
+        version_ids = allocate_ids(conn, t.versions, len(files))
+        conn.execute(
+            insert(t.versions),
+            [
+                {
+                    "id": version_id,
+                    "node_id": new_ids[row.id],
+                    "account_id": change.account_id,
+                    "size": sources[row.version_id].size,
+                    "sha256": sources[row.version_id].sha256,
+                    "mtime": sources[row.version_id].mtime,
+                    "created_at": change.now,
+                    "device": sources[row.version_id].device,
+                    "chunker_id": sources[row.version_id].chunker_id,
+                    "block_count": sources[row.version_id].block_count,
+                }
+                for row, version_id in zip(files, version_ids, strict=True)
+            ],
+        )
+        new_versions = {row.id: version_id for row, version_id in zip(files, version_ids, strict=True)}
+        vb = t.version_blocks.c
+        conn.execute(
+            insert(t.version_blocks).from_select(
+                ["version_id", "idx", "block_id", "offset"],
+                select(bindparam("b_new", type_=Integer), vb.idx, vb.block_id, vb.offset).where(
+                    vb.version_id == bindparam("b_old")
+                ),
+            ),
+            [{"b_new": new_versions[row.id], "b_old": row.version_id} for row in files],
+        )
+        conn.execute(
+            update(t.nodes)
+            .where(n.id == bindparam("b_node"))
+            .values(version_id=bindparam("b_version"), size=bindparam("b_size")),
+            [
+                {"b_node": new_ids[row.id], "b_version": new_versions[row.id], "b_size": row.size}
+                for row in files
+            ],
+        )
+        change.grow(sum(int(row.size) for row in files))
 
-def copy_properties(conn: Connection, src_node: int, dst_node: int) -> None:
     p = t.properties.c
-    conn.execute(
-        insert(t.properties).from_select(
-            ["node_id", "name", "value"],
-            select(literal(dst_node), p.name, p.value).where(p.node_id == src_node),
+    with_props: list[int] = []
+    for i in range(0, len(rows), 500):
+        chunk = [row.id for row in rows[i : i + 500]]
+        with_props += conn.execute(select(p.node_id).distinct().where(p.node_id.in_(chunk))).scalars()
+    if with_props:
+        conn.execute(
+            insert(t.properties).from_select(
+                ["node_id", "name", "value"],
+                select(bindparam("b_dst", type_=Integer), p.name, p.value).where(
+                    p.node_id == bindparam("b_src")
+                ),
+            ),
+            [{"b_dst": new_ids[node_id], "b_src": node_id} for node_id in with_props],
         )
+    change.journal_many(
+        [
+            {
+                "op": "create",
+                "node_id": new_ids[row.id],
+                "kind": row.kind,
+                "path": dst + row.path[len(src) :],
+                "version_id": new_versions.get(row.id),
+                "size": row.size if row.kind == t.KIND_FILE and row.version_id is not None else None,
+            }
+            for row in rows
+        ]
     )

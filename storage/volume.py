@@ -370,26 +370,7 @@ class Volume:
                     .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(src))
                     .order_by(n.path)
                 ).all()
-            for row in subtree:
-                new_path = dst + row.path[len(src) :]
-                new_id = tree.insert_node(
-                    change,
-                    parent_id=new_ids[row.parent_id],
-                    path=new_path,
-                    name=paths.name_of(new_path),
-                    kind=row.kind,
-                    mtime=row.mtime,
-                )
-                new_ids[row.id] = new_id
-                version_id = None
-                if row.kind == t.KIND_FILE and row.version_id is not None:
-                    version_id = tree.copy_version(change, row.version_id, new_id)
-                    conn.execute(
-                        update(t.nodes).where(n.id == new_id).values(version_id=version_id, size=row.size)
-                    )
-                    change.grow(int(row.size))
-                tree.copy_properties(conn, row.id, new_id)
-                change.journal("create", new_id, row.kind, new_path, version_id=version_id, size=row.size)
+            tree.copy_subtree(change, subtree, src, dst, new_ids)
             seq = change.finish()
             entry = tree.to_entry(tree.live_node(conn, self.account.id, dst))  # type: ignore[arg-type]
         self._s.notify(self.account.id, seq)

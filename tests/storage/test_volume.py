@@ -197,6 +197,53 @@ def test_copy_shares_blocks_and_copies_properties(vol: Volume, engine: Engine) -
     assert vol.quota().used_bytes == 2 * len(payload)
 
 
+def test_copy_of_a_deep_tree_in_bulk(vol: Volume, engine: Engine) -> None:
+    """Every level, file, empty file, folder property and journal entry is copied."""
+    files = {
+        "t/a.txt": b"a",
+        "t/empty": b"",
+        "t/sub/b.bin": os.urandom(300_000),
+        "t/sub/deeper/c.txt": b"c" * 10,
+        "t/sub/deeper/deepest/d.txt": b"d",
+    }
+    for folder in ("t", "t/sub", "t/sub/deeper", "t/sub/deeper/deepest", "t/emptydir"):
+        vol.mkdir(folder)
+    for path, data in files.items():
+        put(vol, path, data)
+    vol.set_properties("t/sub/deeper", {"{urn:x}p": "folder"})
+    vol.set_properties("t/sub/b.bin", {"{urn:x}p": "file", "{urn:x}q": "2"})
+    seq_before = vol.journal(after=0, limit=10_000)[-1].seq
+    vol.copy("t", "u")
+    for path, data in files.items():
+        assert read(vol, "u" + path[1:]) == data
+    assert vol.stat("u/emptydir").is_dir
+    assert vol.get_properties("u/sub/deeper") == {"{urn:x}p": "folder"}
+    assert vol.get_properties("u/sub/b.bin") == {"{urn:x}p": "file", "{urn:x}q": "2"}
+    assert [e.path for e in vol.walk("u")] == ["u" + e.path[1:] for e in vol.walk("t")]
+    changes = vol.journal(after=seq_before)
+    first = changes[0].seq
+    assert first > seq_before
+    assert [c.seq for c in changes] == list(range(first, first + len(changes)))
+    assert sorted(c.path for c in changes) == sorted(["u", *("u" + e.path[1:] for e in vol.walk("t"))])
+    assert vol.quota().used_bytes == 2 * sum(map(len, files.values()))
+    assert engine.fsck(deep=True).clean
+    # Changing the copy leaves the original alone.
+    put(vol, "u/sub/b.bin", b"changed")
+    assert read(vol, "t/sub/b.bin") == files["t/sub/b.bin"]
+
+
+def test_copy_over_quota_changes_nothing(engine: Engine) -> None:
+    engine.accounts.create("q", "quota person", 1_000_000)
+    vol = engine.volume("q")
+    vol.mkdir("t")
+    put(vol, "t/f", os.urandom(600_000))
+    with pytest.raises(QuotaExceeded):
+        vol.copy("t", "u")
+    with pytest.raises(NotFound):
+        vol.stat("u")
+    assert vol.quota().used_bytes == 600_000
+
+
 def test_delete_moves_to_trash_and_frees_quota(vol: Volume) -> None:
     vol.mkdir("d")
     put(vol, "d/one", b"1" * 100)
