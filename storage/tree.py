@@ -63,11 +63,17 @@ def to_entry(row: Row[Any]) -> Entry:
     )
 
 
+# The hottest look-up, built once: constructing and hashing a SELECT costs more
+# than running it on SQLite.
+_LIVE_NODE = select_nodes().where(
+    n.account_id == bindparam("b_account"), n.path == bindparam("b_path"), n.deleted_at.is_(None)
+)
+_LIVE_NODE_FOR_UPDATE = _LIVE_NODE.with_for_update(of=t.nodes)
+
+
 def live_node(conn: Connection, account_id: int, path: str, *, lock: bool = False) -> Row[Any] | None:
-    q = select_nodes().where(n.account_id == account_id, n.path == path, n.deleted_at.is_(None))
-    if lock:
-        q = q.with_for_update(of=t.nodes)
-    return conn.execute(q).first()
+    q = _LIVE_NODE_FOR_UPDATE if lock else _LIVE_NODE
+    return conn.execute(q, {"b_account": account_id, "b_path": path}).first()
 
 
 def live_folder(conn: Connection, account_id: int, path: str) -> Row[Any]:
@@ -87,6 +93,20 @@ def in_subtree(path: str) -> ColumnElement[bool]:
     return and_(n.path > path + "/", n.path < path + "0")
 
 
+_LOCK_ACCOUNT = (
+    select(t.accounts.c.change_seq, t.accounts.c.used_bytes, t.accounts.c.quota_bytes)
+    .where(t.accounts.c.id == bindparam("b_account"))
+    .with_for_update()
+)
+_INSERT_JOURNAL = insert(t.journal)
+_FINISH = (
+    update(t.accounts)
+    .where(t.accounts.c.id == bindparam("b_account"))
+    .values(change_seq=bindparam("b_seq"), used_bytes=t.accounts.c.used_bytes + bindparam("b_delta"))
+)
+_INSERT_NODE = insert(t.nodes).returning(t.nodes.c.id)
+
+
 class Change:
     """One mutating transaction of one account.
 
@@ -96,10 +116,7 @@ class Change:
     """
 
     def __init__(self, conn: Connection, account_id: int, now: float) -> None:
-        a = t.accounts.c
-        row = conn.execute(
-            select(a.change_seq, a.used_bytes, a.quota_bytes).where(a.id == account_id).with_for_update()
-        ).one()
+        row = conn.execute(_LOCK_ACCOUNT, {"b_account": account_id}).one()
         self.conn = conn
         self.account_id = account_id
         self.now = now
@@ -121,18 +138,19 @@ class Change:
     ) -> None:
         self.seq += 1
         self.conn.execute(
-            insert(t.journal).values(
-                account_id=self.account_id,
-                seq=self.seq,
-                node_id=node_id,
-                op=op,
-                kind=kind,
-                path=path,
-                old_path=old_path,
-                version_id=version_id,
-                size=size,
-                at=self.now,
-            )
+            _INSERT_JOURNAL,
+            {
+                "account_id": self.account_id,
+                "seq": self.seq,
+                "node_id": node_id,
+                "op": op,
+                "kind": kind,
+                "path": path,
+                "old_path": old_path,
+                "version_id": version_id,
+                "size": size,
+                "at": self.now,
+            },
         )
 
     def journal_many(self, entries: list[dict[str, Any]]) -> None:
@@ -163,12 +181,7 @@ class Change:
 
     def finish(self) -> int:
         self.seq = max(self.seq, self.start + 1)
-        a = t.accounts.c
-        self.conn.execute(
-            update(t.accounts)
-            .where(a.id == self.account_id)
-            .values(change_seq=self.seq, used_bytes=a.used_bytes + self.delta)
-        )
+        self.conn.execute(_FINISH, {"b_account": self.account_id, "b_seq": self.seq, "b_delta": self.delta})
         return self.seq
 
 
@@ -198,21 +211,16 @@ def trash(change: Change, node: Row[Any]) -> None:
 
 
 def insert_node(change: Change, *, parent_id: int, path: str, name: str, kind: str, mtime: float) -> int:
-    return int(
-        change.conn.execute(
-            insert(t.nodes)
-            .values(
-                account_id=change.account_id,
-                parent_id=parent_id,
-                name=name,
-                path=path,
-                kind=kind,
-                mtime=mtime,
-                created_at=change.now,
-            )
-            .returning(n.id)
-        ).scalar_one()
-    )
+    params = {
+        "account_id": change.account_id,
+        "parent_id": parent_id,
+        "name": name,
+        "path": path,
+        "kind": kind,
+        "mtime": mtime,
+        "created_at": change.now,
+    }
+    return int(change.conn.execute(_INSERT_NODE, params).scalar_one())
 
 
 def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:

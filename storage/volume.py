@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage import paths, tree
@@ -262,19 +262,18 @@ class Volume:
         change.grow(writer.size - old_size)
         version_id = int(
             conn.execute(
-                insert(t.versions)
-                .values(
-                    node_id=node_id,
-                    account_id=self.account.id,
-                    size=writer.size,
-                    sha256=writer.sha256,
-                    mtime=mtime,
-                    created_at=change.now,
-                    device=device,
-                    chunker_id=self.account.chunker_id,
-                    block_count=len(writer.refs),
-                )
-                .returning(v.id)
+                _INSERT_VERSION,
+                {
+                    "node_id": node_id,
+                    "account_id": self.account.id,
+                    "size": writer.size,
+                    "sha256": writer.sha256,
+                    "mtime": mtime,
+                    "created_at": change.now,
+                    "device": device,
+                    "chunker_id": self.account.chunker_id,
+                    "block_count": len(writer.refs),
+                },
             ).scalar_one()
         )
         if writer.refs:
@@ -286,9 +285,8 @@ class Volume:
                 ],
             )
         conn.execute(
-            update(t.nodes)
-            .where(n.id == node_id)
-            .values(version_id=version_id, size=writer.size, mtime=mtime)
+            _SET_NODE_VERSION,
+            {"b_node": node_id, "b_version": version_id, "b_size": writer.size, "b_mtime": mtime},
         )
         change.journal(op, node_id, t.KIND_FILE, path, version_id=version_id, size=writer.size)
         seq = change.finish()
@@ -592,16 +590,24 @@ class PendingWrite:
         self.abort()
 
 
+_BLOCK_LOCATIONS = (
+    select(t.version_blocks.c.offset, t.blocks.c.size, t.blocks.c.name, t.blocks.c.sha256)
+    .join(t.blocks, t.blocks.c.id == t.version_blocks.c.block_id)
+    .where(t.version_blocks.c.version_id == bindparam("b_version"))
+    .order_by(t.version_blocks.c.idx)
+)
+_INSERT_VERSION = insert(t.versions).returning(t.versions.c.id)
+_SET_NODE_VERSION = (
+    update(t.nodes)
+    .where(t.nodes.c.id == bindparam("b_node"))
+    .values(version_id=bindparam("b_version"), size=bindparam("b_size"), mtime=bindparam("b_mtime"))
+)
+
+
 def _block_locations(conn: Connection, version_id: int | None) -> list[BlockLocation]:
     if version_id is None:
         return []
-    vb, b = t.version_blocks.c, t.blocks.c
-    rows = conn.execute(
-        select(vb.offset, b.size, b.name, b.sha256)
-        .join(t.blocks, b.id == vb.block_id)
-        .where(vb.version_id == version_id)
-        .order_by(vb.idx)
-    ).all()
+    rows = conn.execute(_BLOCK_LOCATIONS, {"b_version": version_id}).all()
     return [BlockLocation(r.offset, r.size, r.name, bytes(r.sha256)) for r in rows]
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage.accounts import AccountContext
@@ -35,6 +35,14 @@ from storage.chunker import Chunker, Readable, ReadableInto
 from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
 from storage.metadata.db import Database
+
+_LOOKUP_BLOCK = select(t.blocks.c.id).where(
+    t.blocks.c.account_id == bindparam("b_account"), t.blocks.c.sha256 == bindparam("b_sha")
+)
+_BLOCK_IDS = select(t.blocks.c.id, t.blocks.c.sha256).where(
+    t.blocks.c.account_id == bindparam("b_account"),
+    t.blocks.c.sha256.in_(bindparam("b_shas", expanding=True)),
+)
 
 #: Dedup hits keep their data until pinned (to re-store it should gc take the
 #: block meanwhile); past this many held bytes the write pins early.
@@ -162,9 +170,8 @@ class BlockWriter:
         return BlockRef(sha, len(data), offset, stored, None)
 
     def _lookup(self, sha: bytes) -> int | None:
-        b = t.blocks.c
         with self._db.read() as conn:
-            found = conn.execute(select(b.id).where(b.account_id == self._ctx.id, b.sha256 == sha)).scalar()
+            found = conn.execute(_LOOKUP_BLOCK, {"b_account": self._ctx.id, "b_sha": sha}).scalar()
         return None if found is None else int(found)
 
     def _accept(self, ref: BlockRef) -> None:
@@ -266,14 +273,11 @@ class BlockWriter:
                 r.block_id = ids[r.sha256]
 
     def _block_ids(self, conn: Connection, shas: set[bytes]) -> dict[bytes, int]:
-        b = t.blocks.c
         ordered = sorted(shas)
         ids: dict[bytes, int] = {}
         for i in range(0, len(ordered), 500):
-            query = select(b.id, b.sha256).where(
-                b.account_id == self._ctx.id, b.sha256.in_(ordered[i : i + 500])
-            )
-            ids.update((bytes(row.sha256), int(row.id)) for row in conn.execute(query))
+            params = {"b_account": self._ctx.id, "b_shas": ordered[i : i + 500]}
+            ids.update((bytes(row.sha256), int(row.id)) for row in conn.execute(_BLOCK_IDS, params))
         return ids
 
     def _restore_vanished(self, refs: Sequence[BlockRef]) -> None:
