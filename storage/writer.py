@@ -68,8 +68,9 @@ class VanishedBlocks(Exception):
 class LimitedReader:
     """Counts bytes, enforces the size limit and the account's remaining room.
 
-    Offers ``readinto`` (what the chunker prefers) and tolerates sources whose
-    ``read(n)`` returns more than ``n`` bytes by keeping the excess for later.
+    Offers ``readinto`` (what the chunker prefers), passing it through to the
+    source when the source has one, and tolerates sources whose ``read(n)``
+    returns more than ``n`` bytes by keeping the excess for later.
     """
 
     def __init__(self, stream: Readable, max_size: int, room: int | None) -> None:
@@ -81,10 +82,13 @@ class LimitedReader:
 
     def readinto(self, buffer: memoryview) -> int:
         want = len(buffer)
-        data = self._leftover or self._stream.read(want)
-        self._leftover = data[want:]
-        n = min(len(data), want)
-        buffer[:n] = data[:n]
+        if not self._leftover and hasattr(self._stream, "readinto"):
+            n = int(self._stream.readinto(buffer))
+        else:
+            data = self._leftover or self._stream.read(want)
+            self._leftover = data[want:]
+            n = min(len(data), want)
+            buffer[:n] = data[:n]
         self.count += n
         if self.count > self._max_size:
             raise TooLarge(f"files are limited to {self._max_size} bytes")

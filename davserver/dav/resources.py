@@ -294,22 +294,40 @@ class _BodySink:
 
 
 class IterReader:
-    """``read(n)`` over an iterator of byte chunks."""
+    """A file-like reader over an iterator of byte chunks (WsgiDAV's PUT body stream).
+
+    ``readinto`` copies each received byte once, straight into the caller's
+    buffer (the chunker's); ``read`` is there for callers that want bytes.
+    """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._it: Iterator[bytes] = iter(chunks)
-        self._buf = b""
+        self._view = memoryview(b"")
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        out = memoryview(buffer)
+        filled = 0
+        while filled < len(out):
+            if not self._view:
+                chunk = next(self._it, None)
+                if chunk is None:
+                    break
+                self._view = memoryview(chunk)
+                continue
+            n = min(len(out) - filled, len(self._view))
+            out[filled : filled + n] = self._view[:n]
+            self._view = self._view[n:]
+            filled += n
+        return filled
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            return self._buf + b"".join(self._it)
-        while len(self._buf) < n:
-            chunk = next(self._it, None)
-            if chunk is None:
-                break
-            self._buf += chunk
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
+            rest = bytes(self._view) + b"".join(self._it)
+            self._view = memoryview(b"")
+            return rest
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(buf[:got])
 
 
 class FolderResource(_Shared, DAVCollection):
