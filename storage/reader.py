@@ -5,13 +5,15 @@ expects) and also offers :meth:`iter_range` for faces that stream ranges
 themselves. Every block is authenticated and re-hashed before a byte of it is
 returned; a block that fails raises :class:`IntegrityError` instead of returning
 bad or short data, so a face can abort the response rather than send it as
-whole. While block *i* is consumed, block *i+1* is fetched on the shared pool.
+whole. While block *i* is consumed, the next :data:`PREFETCH` blocks are
+fetched (read, decrypted, decompressed, verified) on the shared pool.
 """
 
 from __future__ import annotations
 
 import bisect
 import io
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +21,10 @@ from dataclasses import dataclass
 from storage.blockstore import BlockStore
 from storage.keys import AccountKeys
 from storage.model import Entry
+
+#: Blocks fetched ahead of the reader: enough to keep the pool's workers busy
+#: while the caller sends the current one.
+PREFETCH = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,7 @@ class VersionReader(io.RawIOBase):
         self._pos = 0
         self._cached_index = -1
         self._cached: bytes = b""
-        self._prefetch: tuple[int, Future[bytes]] | None = None
+        self._ahead: deque[tuple[int, Future[bytes]]] = deque()
 
     # -- file object protocol ------------------------------------------------------
 
@@ -93,13 +99,27 @@ class VersionReader(io.RawIOBase):
         self._pos += len(data)
         return data
 
+    def read1(self, size: int = -1) -> bytes:
+        """At most ``size`` bytes and never past the end of the current block (no joining).
+
+        For streaming callers that accept short reads, such as a GET loop.
+        """
+        if self._pos >= self.size:
+            return b""
+        if size is None or size < 0:
+            size = self.size - self._pos
+        index = bisect.bisect_right(self._offsets, self._pos) - 1
+        block = self._blocks[index]
+        end = min(self.size, self._pos + size, block.offset + block.size)
+        data = next(self.iter_range(self._pos, end))
+        self._pos += len(data)
+        return data
+
     def readall(self) -> bytes:
         return self.read(-1)
 
     def close(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch[1].cancel()
-            self._prefetch = None
+        self._cancel_ahead()
         self._cached = b""
         super().close()
 
@@ -124,17 +144,24 @@ class VersionReader(io.RawIOBase):
     def _block(self, index: int) -> bytes:
         if index == self._cached_index:
             return self._cached
-        if self._prefetch is not None and self._prefetch[0] == index:
-            data = self._prefetch[1].result()
+        while self._ahead and self._ahead[0][0] < index:
+            self._ahead.popleft()[1].cancel()
+        if self._ahead and self._ahead[0][0] == index:
+            data = self._ahead.popleft()[1].result()
         else:
-            if self._prefetch is not None:
-                self._prefetch[1].cancel()
+            self._cancel_ahead()
             data = self._fetch(index)
-        self._prefetch = None
-        if self._executor is not None and index + 1 < len(self._blocks):
-            self._prefetch = (index + 1, self._executor.submit(self._fetch, index + 1))
+        if self._executor is not None:
+            following = self._ahead[-1][0] + 1 if self._ahead else index + 1
+            while len(self._ahead) < PREFETCH and following < len(self._blocks):
+                self._ahead.append((following, self._executor.submit(self._fetch, following)))
+                following += 1
         self._cached_index, self._cached = index, data
         return data
+
+    def _cancel_ahead(self) -> None:
+        while self._ahead:
+            self._ahead.popleft()[1].cancel()
 
     def _fetch(self, index: int) -> bytes:
         b = self._blocks[index]

@@ -33,6 +33,7 @@ from davserver.dav.errors import dav_errors, translated
 from storage import paths
 from storage.errors import NotFound
 from storage.model import Entry
+from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
@@ -243,7 +244,7 @@ class FileResource(_Shared, DAVNonCollection):
 
     @translated
     def get_content(self) -> Any:
-        return self.volume.open(storage_path(self.path))
+        return _GetStream(self.volume.open(storage_path(self.path)))
 
     # -- PUT -------------------------------------------------------------------------
 
@@ -274,6 +275,27 @@ class FileResource(_Shared, DAVNonCollection):
         with dav_errors():
             self.entry = pending.commit()
         self._changed()
+
+
+class _GetStream:
+    """What WsgiDAV's GET loop reads: short reads that end at block boundaries.
+
+    WsgiDAV asks for ``block_size`` bytes at a time and copes with less; handing
+    it the current block's remainder avoids joining pieces of two blocks.
+    """
+
+    def __init__(self, reader: VersionReader) -> None:
+        self._reader = reader
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._reader.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        with dav_errors():
+            return self._reader.read1(size)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class _BodySink:

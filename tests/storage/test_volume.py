@@ -470,3 +470,16 @@ def test_sources_returning_more_than_asked_are_handled(vol: Volume) -> None:
     data = os.urandom(700_000)
     vol.write("o.bin", Overgenerous(data))
     assert read(vol, "o.bin") == data
+
+
+def test_read1_stops_at_block_boundaries_and_covers_the_file(vol: Volume) -> None:
+    data = os.urandom(700_000)
+    put(vol, "r1", data)
+    with vol.open("r1") as f:
+        f.seek(12345)
+        pieces = []
+        while piece := f.read1(100_000):
+            assert len(piece) <= 100_000
+            pieces.append(piece)
+        assert b"".join(pieces) == data[12345:]
+        assert len(pieces) > 7  # blocks end reads early
