@@ -20,7 +20,9 @@ foreign key tells us), the data is stored again instead of being lost.
 from __future__ import annotations
 
 import hashlib
+import queue
 import secrets
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -97,6 +99,47 @@ class LimitedReader:
         return n
 
 
+class _WholeHash:
+    """SHA-256 of the whole stream, from the second block on computed on its own thread.
+
+    hashlib releases the GIL on large buffers, so hashing overlaps the chunker
+    on the writing thread; the queue is bounded, so memory stays bounded too.
+    Single-block (small) files are hashed inline, without a thread.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self._h = hashlib.sha256()
+        self._depth = depth
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._first = True
+
+    def update(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            self._h.update(data)
+            return
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=self._depth)
+            self._thread = threading.Thread(target=self._run, args=(self._queue,), name="davserver-hash")
+            self._thread.start()
+        self._queue.put(data)
+
+    def _run(self, q: queue.Queue[bytes | None]) -> None:
+        while (data := q.get()) is not None:
+            self._h.update(data)
+
+    def close(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def digest(self) -> bytes:
+        self.close()
+        return self._h.digest()
+
+
 class BlockWriter:
     """Collects the blocks of one write; :meth:`commit_blocks` records them in a transaction."""
 
@@ -133,7 +176,7 @@ class BlockWriter:
     # -- streaming -----------------------------------------------------------------
 
     def consume(self, stream: Readable | ReadableInto) -> None:
-        whole = hashlib.sha256()
+        whole = _WholeHash(self._depth)
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
@@ -158,6 +201,7 @@ class BlockWriter:
             while pending:
                 self._accept(pending.popleft().result())
         finally:
+            whole.close()
             for fut in pending:
                 fut.cancel()
             for fut in pending:
