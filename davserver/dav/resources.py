@@ -244,7 +244,10 @@ class FileResource(_Shared, DAVNonCollection):
 
     @translated
     def get_content(self) -> Any:
-        return _GetStream(self.volume.open(storage_path(self.path)))
+        # The version whose length and ETag WsgiDAV has already sent, even if a
+        # PUT committed a newer one in between.
+        version_id = self.entry.version_id if self.entry else None
+        return _GetStream(self.volume.open(storage_path(self.path), version_id=version_id))
 
     # -- PUT -------------------------------------------------------------------------
 
