@@ -13,12 +13,26 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 
 c = t.lock_records.c
+
+
+def _find_query(include_root: bool, include_below: bool) -> Any:
+    conds = []
+    if include_root:
+        conds.append(c.root == bindparam("b_root"))
+    if include_below:
+        conds.append(and_(c.root > bindparam("b_low"), c.root < bindparam("b_high")))
+    live = or_(c.expire < 0, c.expire >= bindparam("b_now"))
+    return select(c.data).where(or_(*conds), live).order_by(c.root, c.token)
+
+
+# Built once: every WebDAV write request runs one of these.
+_FIND = {(r, b): _find_query(r, b) for r in (True, False) for b in (True, False) if r or b}
 
 
 class LockRecords:
@@ -56,17 +70,13 @@ class LockRecords:
 
     def find(self, root: str, *, include_root: bool, include_below: bool) -> list[dict[str, Any]]:
         """Live records filed exactly at ``root`` and/or strictly below it."""
-        conds = []
-        if include_root:
-            conds.append(c.root == root)
-        if include_below:
-            conds.append(and_(c.root > root.rstrip("/") + "/", c.root < root.rstrip("/") + "0"))
-        if not conds:
+        query = _FIND.get((include_root, include_below))
+        if query is None:
             return []
+        below = root.rstrip("/")
+        params = {"b_root": root, "b_low": below + "/", "b_high": below + "0", "b_now": self._clock()}
         with self._db.read() as conn:
-            rows = conn.execute(
-                select(c.data).where(or_(*conds), self._live()).order_by(c.root, c.token)
-            ).all()
+            rows = conn.execute(query, params).all()
         return [dict(json.loads(r.data)) for r in rows]
 
     def purge_expired(self) -> int:
