@@ -92,21 +92,20 @@ class Chunker:
             yield bytes(chunk.data)
 
 
+def _readinto(stream: Readable | ReadableInto, buffer: memoryview) -> int:
+    if hasattr(stream, "readinto"):
+        return int(stream.readinto(buffer))
+    data = stream.read(len(buffer))
+    buffer[: len(data)] = data
+    return len(data)
+
+
 def _read_up_to(stream: Readable | ReadableInto, n: int) -> bytes:
     buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        if hasattr(stream, "readinto"):
-            k = stream.readinto(view[got:])
-        else:
-            data = stream.read(n - got)
-            k = len(data)
-            view[got : got + k] = data
-        if not k:
-            break
-        got += k
-    del view
+    with memoryview(buf) as view:
+        got = 0
+        while got < n and (k := _readinto(stream, view[got:])):
+            got += k
     return bytes(buf[:got])
 
 
@@ -118,13 +117,9 @@ class _Prefixed:
         self._stream = stream
 
     def readinto(self, buffer: memoryview) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        if hasattr(self._stream, "readinto"):
-            return int(self._stream.readinto(buffer))
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        if not self._head:
+            return _readinto(self._stream, buffer)
+        n = min(len(buffer), len(self._head))
+        buffer[:n] = self._head[:n]
+        self._head = self._head[n:]
+        return n

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 
 from storage import paths
-from storage.errors import Conflict, QuotaExceeded
+from storage.errors import Conflict, NotFound, QuotaExceeded
 from storage.metadata import schema as t
 from storage.model import Entry
 
@@ -74,6 +74,14 @@ _LIVE_NODE_FOR_UPDATE = _LIVE_NODE.with_for_update(of=t.nodes)
 def live_node(conn: Connection, account_id: int, path: str, *, lock: bool = False) -> Row[Any] | None:
     q = _LIVE_NODE_FOR_UPDATE if lock else _LIVE_NODE
     return conn.execute(q, {"b_account": account_id, "b_path": path}).first()
+
+
+def existing_node(conn: Connection, account_id: int, path: str, *, lock: bool = False) -> Row[Any]:
+    """The live node at ``path``, or :class:`NotFound`."""
+    row = live_node(conn, account_id, path, lock=lock)
+    if row is None:
+        raise NotFound(f"{path or '/'!r} does not exist")
+    return row
 
 
 def live_folder(conn: Connection, account_id: int, path: str) -> Row[Any]:
@@ -249,6 +257,7 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
     ``new_ids`` maps the source parent's id to the destination parent's.
     """
     conn = change.conn
+    new_paths = {row.id: dst + row.path[len(src) :] for row in rows}
     levels: dict[int, list[Row[Any]]] = {}
     for row in rows:
         levels.setdefault(row.path.count("/"), []).append(row)
@@ -262,8 +271,8 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
                     "id": node_id,
                     "account_id": change.account_id,
                     "parent_id": new_ids[row.parent_id],
-                    "name": paths.name_of(dst + row.path[len(src) :]),
-                    "path": dst + row.path[len(src) :],
+                    "name": paths.name_of(new_paths[row.id]),
+                    "path": new_paths[row.id],
                     "kind": row.kind,
                     "mtime": row.mtime,
                     "created_at": change.now,
@@ -343,9 +352,9 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
                 "op": "create",
                 "node_id": new_ids[row.id],
                 "kind": row.kind,
-                "path": dst + row.path[len(src) :],
+                "path": new_paths[row.id],
                 "version_id": new_versions.get(row.id),
-                "size": row.size if row.kind == t.KIND_FILE and row.version_id is not None else None,
+                "size": row.size if row.id in new_versions else None,
             }
             for row in rows
         ]

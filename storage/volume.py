@@ -65,18 +65,14 @@ class Volume:
     def stat(self, path: str) -> Entry:
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            row = tree.live_node(conn, self.account.id, path)
-        if row is None:
-            raise NotFound(f"{path or '/'!r} does not exist")
+            row = tree.existing_node(conn, self.account.id, path)
         return tree.to_entry(row)
 
     def listdir(self, path: str) -> list[Entry]:
         """The live children of a folder, in one query."""
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            folder = tree.live_node(conn, self.account.id, path)
-            if folder is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            folder = tree.existing_node(conn, self.account.id, path)
             if folder.kind != t.KIND_DIR:
                 raise Conflict(f"{path!r} is not a folder")
             rows = conn.execute(
@@ -88,8 +84,7 @@ class Volume:
         """Every live node below ``path`` (not itself), parents before children."""
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            if tree.live_node(conn, self.account.id, path) is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            tree.existing_node(conn, self.account.id, path)
             rows = conn.execute(
                 tree.select_nodes()
                 .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(path))
@@ -301,9 +296,7 @@ class Volume:
             raise Conflict("the root folder cannot be deleted")
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
-            node = tree.live_node(conn, self.account.id, path, lock=True)
-            if node is None:
-                raise NotFound(f"{path!r} does not exist")
+            node = tree.existing_node(conn, self.account.id, path, lock=True)
             tree.trash(change, node)
             seq = change.finish()
         self._s.notify(self.account.id, seq)
@@ -384,10 +377,7 @@ class Volume:
             raise Conflict("cannot move or copy a folder into itself")
 
     def _transfer_source(self, conn: Connection, src: str) -> Row[Any]:
-        node = tree.live_node(conn, self.account.id, src, lock=True)
-        if node is None:
-            raise NotFound(f"{src!r} does not exist")
-        return node
+        return tree.existing_node(conn, self.account.id, src, lock=True)
 
     def _prepare_destination(self, change: tree.Change, dst: str, overwrite: bool) -> Row[Any]:
         parent = tree.live_folder(change.conn, self.account.id, paths.parent_of(dst))
@@ -402,9 +392,7 @@ class Volume:
         path = paths.normalize_path(path)
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
-            node = tree.live_node(conn, self.account.id, path, lock=True)
-            if node is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            node = tree.existing_node(conn, self.account.id, path, lock=True)
             conn.execute(update(t.nodes).where(n.id == node.id).values(mtime=mtime))
             if node.kind == t.KIND_FILE:
                 change.journal("modify", node.id, node.kind, path, version_id=node.version_id, size=node.size)
@@ -419,9 +407,7 @@ class Volume:
         path = paths.normalize_path(path)
         p = t.properties.c
         with self._db.read() as conn:
-            node = tree.live_node(conn, self.account.id, path)
-            if node is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            node = tree.existing_node(conn, self.account.id, path)
             rows = conn.execute(select(p.name, p.value).where(p.node_id == node.id)).all()
         return {r.name: r.value for r in rows}
 
@@ -430,9 +416,7 @@ class Volume:
         path = paths.normalize_path(path)
         p = t.properties.c
         with self._db.read() as conn:
-            folder = tree.live_node(conn, self.account.id, path)
-            if folder is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            folder = tree.existing_node(conn, self.account.id, path)
             rows = conn.execute(
                 select(p.node_id, p.name, p.value)
                 .join(t.nodes, n.id == p.node_id)
@@ -449,9 +433,7 @@ class Volume:
         p = t.properties.c
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
-            node = tree.live_node(conn, self.account.id, path, lock=True)
-            if node is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            node = tree.existing_node(conn, self.account.id, path, lock=True)
             names = set(set_) | set(remove)
             if names:
                 conn.execute(delete(t.properties).where(p.node_id == node.id, p.name.in_(names)))
@@ -468,9 +450,7 @@ class Volume:
     def revisions(self, path: str) -> list[Revision]:
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            node = tree.live_node(conn, self.account.id, path)
-            if node is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            node = tree.existing_node(conn, self.account.id, path)
             rows = conn.execute(
                 select(v.id, v.size, v.sha256, v.mtime, v.created_at, v.device, v.pinned)
                 .where(v.node_id == node.id, v.account_id == self.account.id)
@@ -494,9 +474,7 @@ class Volume:
         """A seekable reader of the current (or a given) version of a file."""
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            node = tree.live_node(conn, self.account.id, path)
-            if node is None:
-                raise NotFound(f"{path or '/'!r} does not exist")
+            node = tree.existing_node(conn, self.account.id, path)
             if node.kind == t.KIND_DIR:
                 raise Conflict(f"{path or '/'!r} is a folder")
             entry = tree.to_entry(node)
