@@ -110,11 +110,7 @@ def _response(res: Resource, mode: str, names: list[str], lock_manager: Any) -> 
         if text is None:
             stored = dead.get(name)
             if stored is not None:
-                text = (
-                    XML_DECL.sub("", stored, count=1)
-                    if stored.startswith("<")
-                    else _element(name, escape(stored))
-                )
+                text = _dead_xml(name, stored)
         if text is None:
             try:
                 text = _serialise(name, res.get_property_value(name))
@@ -140,9 +136,7 @@ def _allprop_response(res: Resource, dead: dict[str, str]) -> str:
     """The usual case, one template: what the general path below yields for allprop."""
     entry = res.entry
     assert entry is not None
-    extra = "".join(
-        XML_DECL.sub("", v, count=1) if v.startswith("<") else _element(k, escape(v)) for k, v in dead.items()
-    )
+    extra = "".join(_dead_xml(name, value) for name, value in dead.items())
     head = (
         f"<D:response><D:href>{escape(res.get_href())}</D:href><D:propstat><D:prop>"
         f"<D:resourcetype>{'<D:collection/>' if res.is_collection else ''}</D:resourcetype>"
@@ -223,6 +217,11 @@ def _live(res: Resource, name: str, locked: bool, locking: bool) -> str | None:
         etag = res.get_etag()
         return None if etag is None else f"<D:getetag>{escape(etag)}</D:getetag>"
     return None
+
+
+def _dead_xml(name: str, stored: str) -> str:
+    """A dead property as stored by PROPPATCH (a self-contained element), or text set by another face."""
+    return stored if stored.startswith("<") else _element(name, escape(stored))
 
 
 def _serialise(name: str, value: Any) -> str:

@@ -20,7 +20,6 @@ from urllib.parse import quote
 from wsgidav import util, xml_tools
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
-    HTTP_FORBIDDEN,
     HTTP_LOCKED,
     HTTP_NOT_FOUND,
     DAVError,
@@ -37,7 +36,6 @@ from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
-_LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
 #: environ key of the request's path -> Entry look-ups (dropped on every change).
 STAT_CACHE = "davserver.stat_cache"
 #: environ flag set by a native MOVE/COPY whose destination did not exist.
@@ -105,7 +103,7 @@ class _Shared:
         return names + list(self._dead_properties())
 
     def get_property_value(self, name: str) -> Any:
-        if name.startswith("{DAV:}") or name in _LOCK_PROPS:
+        if name.startswith("{DAV:}"):
             return super().get_property_value(name)  # type: ignore[misc]
         value = self._dead_properties().get(name)
         if value is None:
@@ -199,23 +197,13 @@ class _Shared:
         return True
 
     def _note_destination(self, dest_path: str) -> None:
-        """WsgiDAV answers 204 after a native MOVE/COPY; RFC 4918 wants 201 for a new target."""
-        try:
-            self.volume.stat(storage_path(dest_path))
-        except NotFound:
+        """WsgiDAV answers 204 after a native MOVE/COPY; RFC 4918 wants 201 for a new target.
+
+        WsgiDAV looked the destination up already: the request's cache answers.
+        """
+        if self.provider.get_resource_inst(dest_path, self.environ) is None:
             self.environ[DEST_CREATED] = True
 
-    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        raise DAVError(HTTP_FORBIDDEN, "handled natively")
-
-    def support_recursive_move(self, dest_path: str) -> bool:
-        return True
-
-    @translated
-    def delete(self) -> None:
-        self.volume.delete(storage_path(self.path))
-        self._changed()
-        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
 
 
 class FileResource(_Shared, DAVNonCollection):
@@ -428,9 +416,6 @@ class FolderResource(_Shared, DAVCollection):
         if add_self:
             found.insert(0, self)
         return list(reversed(found)) if depth_first else found
-
-    def support_recursive_delete(self) -> bool:
-        return True
 
     @translated
     def create_empty_resource(self, name: str) -> FileResource:
