@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.harness import DavServer
@@ -51,3 +53,18 @@ def dav_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DavServer]:
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log, srv.log
+
+
+@pytest.fixture
+def c(dav_server: DavServer) -> Iterator[httpx.Client]:
+    """alice's client on the module's server."""
+    with dav_server.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+def base(c: httpx.Client) -> str:
+    """A fresh folder per test on the shared server."""
+    path = f"/dav/t-{uuid.uuid4().hex[:10]}"
+    assert c.request("MKCOL", path).status_code == 201
+    return path

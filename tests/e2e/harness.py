@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from davserver import config as config_mod
 from storage.engine import Engine
@@ -143,6 +145,16 @@ class DavServer:
             return httpx.get(self.url + "/healthz", timeout=10).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """The path of a client binary; missing is a failure under CI and a skip elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (apt-get install {package or name})")
+        pytest.skip(f"{name} is not installed")
+    return found
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> bool:

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
-
-from tests.e2e.harness import DavServer
 
 LOCKINFO = (
     '<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
@@ -25,19 +20,6 @@ WIN32_PROPS = (
     "<Z:Win32FileAttributes>00000020</Z:Win32FileAttributes>"
     "</D:prop></D:set></D:propertyupdate>"
 )
-
-
-@pytest.fixture
-def c(dav_server: DavServer) -> Iterator[httpx.Client]:
-    with dav_server.client("alice") as client:
-        yield client
-
-
-@pytest.fixture
-def base(c: httpx.Client) -> str:
-    path = f"/dav/flow-{uuid.uuid4().hex[:8]}"
-    assert c.request("MKCOL", path).status_code == 201
-    return path
 
 
 def test_windows_explorer_copy(c: httpx.Client, base: str) -> None:

@@ -12,26 +12,11 @@ from collections.abc import Iterator
 from urllib.parse import quote, unquote
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import CAROL_QUOTA
 from tests.e2e.harness import DavServer
 
 D = "{DAV:}"
-
-
-@pytest.fixture
-def c(dav_server: DavServer) -> Iterator[httpx.Client]:
-    with dav_server.client("alice") as client:
-        yield client
-
-
-@pytest.fixture
-def base(c: httpx.Client) -> str:
-    """A fresh folder per test on the shared server."""
-    path = f"/dav/t-{uuid.uuid4().hex[:10]}"
-    assert c.request("MKCOL", path).status_code == 201
-    return path
 
 
 def propfind(c: httpx.Client, path: str, depth: str = "1", body: str | None = None) -> ET.Element:

@@ -16,19 +16,6 @@ from tests.e2e.conftest import PASSWORDS
 from tests.e2e.harness import DavServer
 
 
-@pytest.fixture
-def c(dav_server: DavServer) -> Iterator[httpx.Client]:
-    with dav_server.client("alice") as client:
-        yield client
-
-
-@pytest.fixture
-def base(c: httpx.Client) -> str:
-    path = f"/dav/h-{uuid.uuid4().hex[:10]}"
-    assert c.request("MKCOL", path).status_code == 201
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _still_serving(dav_server: DavServer) -> Iterator[None]:
     yield

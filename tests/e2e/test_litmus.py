@@ -11,32 +11,23 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import DavServer
+from tests.e2e.harness import DavServer, require_tool
 
-LITMUS = shutil.which("litmus")
 SUITES = ("basic", "copymove", "props", "locks", "http")
 _SUMMARY = re.compile(r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed")
 _SKIPPED = re.compile(r"-> (\d+) tests? were skipped")
 _FAILED_TEST = re.compile(r"^\s*\d+\.\s+(\w+)\.*\s.*?\bFAIL\b.*$", re.MULTILINE)
 
 
-def _require_litmus() -> str:
-    if LITMUS is None:
-        if os.environ.get("CI"):
-            pytest.fail("litmus is not installed (apt-get install litmus)")
-        pytest.skip("litmus is not installed")
-    return LITMUS
-
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_litmus_suite(dav_server: DavServer, tmp_path: Path, suite: str) -> None:
-    binary = _require_litmus()
+    binary = require_tool("litmus")
     with dav_server.client("alice") as c:
         r = c.request("MKCOL", f"/dav/litmus-{suite}/")
         assert r.status_code == 201, r.text

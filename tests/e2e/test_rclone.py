@@ -9,7 +9,6 @@ variables only; no rclone.conf is read or written.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import unicodedata
 from pathlib import Path
@@ -17,9 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.harness import DavServer
+from tests.e2e.harness import DavServer, require_tool
 
-RCLONE = shutil.which("rclone")
 #: One name per awkward character class; the NFD one is decomposed on disk.
 CAFE_NFD = unicodedata.normalize("NFD", "café.txt")
 CAFE_NFC = unicodedata.normalize("NFC", "café.txt")
@@ -36,13 +34,6 @@ TREE: dict[str, bytes | int] = {
     "deep/a/b/c/d/leaf.txt": b"leaf",
 }
 
-
-def _require_rclone() -> str:
-    if RCLONE is None:
-        if os.environ.get("CI"):
-            pytest.fail("rclone is not installed (apt-get install rclone)")
-        pytest.skip("rclone is not installed")
-    return RCLONE
 
 
 def _nfc(rel: str) -> str:
@@ -98,7 +89,7 @@ class Rclone:
 
 @pytest.mark.parametrize("vendor", ["other", "owncloud"])
 def test_copy_sync_check(dav_server: DavServer, tmp_path: Path, vendor: str) -> None:
-    binary = _require_rclone()
+    binary = require_tool("rclone")
     folder = f"rclone-{vendor}"
     with dav_server.client("alice") as c:
         # rclone assumes the remote root exists and never MKCOLs it (a PUT below it would get 409).
