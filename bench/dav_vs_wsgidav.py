@@ -56,13 +56,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
 
-from bench.storage_throughput import machine_busy_seconds, text_pieces, text_pool, text_stream
+from bench.storage_throughput import (
+    cpu_seconds,
+    machine_busy_seconds,
+    raise_interrupt,
+    text_pieces,
+    text_pool,
+    text_stream,
+)
 from bench.wsgidav_server import PASSWORD_ENV
 from davserver import config as config_mod
 from storage.config import PasswordHashing
@@ -423,11 +429,11 @@ class Monitor:
         with self._lock:
             self._phase = name
         self.sample()
-        cpu0, own0, t0 = self._cpu(), _own_cpu(), time.perf_counter()
+        cpu0, own0, t0 = self._cpu(), cpu_seconds(), time.perf_counter()
         try:
             yield
         finally:
-            wall, cpu, own = time.perf_counter() - t0, self._cpu() - cpu0, _own_cpu() - own0
+            wall, cpu, own = time.perf_counter() - t0, self._cpu() - cpu0, cpu_seconds() - own0
             self.sample()
             with self._lock:
                 self._phase = None
@@ -764,7 +770,7 @@ def run_server(server: ServerProcess, params: Params, sources: Sources, password
     """Start ``server``, run every workload against it while watching it, stop it."""
     result = ServerResult(server.name)
     server.start()
-    t_start, busy0, own0 = time.perf_counter(), machine_busy_seconds(), _own_cpu()
+    t_start, busy0, own0 = time.perf_counter(), machine_busy_seconds(), cpu_seconds()
     server_cpu0 = _proc_cpu(server.pid)
     work = Workloads(server, params, sources, password)
     result.metrics = m = work.m
@@ -791,7 +797,7 @@ def run_server(server: ServerProcess, params: Params, sources: Sources, password
         busy1 = machine_busy_seconds()
         server_cpu = _proc_cpu(server.pid) - server_cpu0 if server.alive() else None
         if busy0 is not None and busy1 is not None and server_cpu is not None:
-            own = _own_cpu() - own0
+            own = cpu_seconds() - own0
             result.others_cpu_cores = max(0.0, busy1 - busy0 - own - server_cpu) / result.seconds
         server.stop()
         result.log_problems = server.problems()
@@ -808,11 +814,6 @@ def _check_tree(c: Client, folder: str, files: int, probe_name: str, probe: byte
 
 def _check_gone(c: Client, folder: str) -> None:
     c.expect("PROPFIND", folder, (404,), None, {"Depth": "0"})
-
-
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def _proc_cpu(pid: int) -> float:
@@ -1024,12 +1025,12 @@ def wait_quiet(limit: float, cores: float = 0.3, window: float = 2.0) -> str:
     deadline = time.monotonic() + limit
     busy = None
     while True:
-        b0, own0 = machine_busy_seconds(), _own_cpu()
+        b0, own0 = machine_busy_seconds(), cpu_seconds()
         time.sleep(window)
         b1 = machine_busy_seconds()
         if b0 is None or b1 is None:
             return "cannot read /proc/stat"
-        busy = max(0.0, b1 - b0 - (_own_cpu() - own0)) / window
+        busy = max(0.0, b1 - b0 - (cpu_seconds() - own0)) / window
         if busy < cores:
             return f"machine quiet ({busy:.2f} cores busy)"
         if time.monotonic() >= deadline:
@@ -1037,10 +1038,6 @@ def wait_quiet(limit: float, cores: float = 0.3, window: float = 2.0) -> str:
 
 
 # -- main -----------------------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1094,7 +1091,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"not enough free disk space in {parent}: need {need / MiB:,.0f} MiB", file=sys.stderr)
         return 2
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     root = Path(tempfile.mkdtemp(prefix="dav-vs-wsgidav-", dir=parent))
     password = secrets.token_urlsafe(16)
     results: dict[str, ServerResult] = {}

@@ -751,7 +751,8 @@ def report_targets(p: Printer, ts: Sequence[Target]) -> None:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: unwind like Ctrl-C so the bench folder is removed."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -786,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     root = Path(tempfile.mkdtemp(prefix="davserver-bench-", dir=args.dir))
     p = Printer()
     try:
