@@ -32,11 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from davserver.wsgi import StartResponse, WSGIApp, plain
+from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.accounts import Accounts
 from storage.errors import AuthenticationFailed, BackendUnavailable
 
-ACCOUNT_KEY = "davserver.account_id"
 ACCOUNT_NAME_KEY = "davserver.account_name"
 
 

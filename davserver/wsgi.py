@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+#: environ key of the authenticated account's id, set by davserver.auth and read by
+#: the faces (the extension API, which may not import davserver, uses the same string).
+ACCOUNT_KEY = "davserver.account_id"
+
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 

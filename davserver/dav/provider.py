@@ -21,6 +21,7 @@ from wsgidav.dav_provider import DAVProvider
 from davserver.dav import propfind
 from davserver.dav.errors import dav_errors
 from davserver.dav.resources import DEST_CREATED, STAT_CACHE, FileResource, FolderResource, storage_path
+from davserver.wsgi import ACCOUNT_KEY
 from storage.engine import Engine
 from storage.errors import NotFound
 from storage.model import Entry
@@ -33,9 +34,6 @@ _CONDITIONAL_HEADERS = (
     "HTTP_IF_MODIFIED_SINCE",
     "HTTP_IF_UNMODIFIED_SINCE",
 )
-
-#: environ key where the authentication middleware puts the account id.
-ACCOUNT_KEY = "davserver.account_id"
 
 StartResponse = Callable[..., Any]
 
