@@ -24,6 +24,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from davserver.auth import Authenticator, AuthSettings
 from davserver.config import ServerConfig
 from davserver.dav.errors import ErrorResponses
+from davserver.dav.fastlane import FastLane
 from davserver.dav.lock_storage import SqlLockStorage
 from davserver.dav.provider import VolumeProvider
 from davserver.wsgi import StartResponse, WSGIApp, plain
@@ -48,6 +49,8 @@ class AppSettings:
     propfind_infinity: bool = False
     #: Depth 0/1 PROPFIND written as text from one listing (False: WsgiDAV's handler; for comparison).
     fast_propfind: bool = True
+    #: Plain GET/HEAD/PUT of files answered without WsgiDAV's pipeline (davserver.dav.fastlane).
+    fast_lane: bool = True
     #: "store": ._* and .DS_Store are ordinary files (Finder metadata round-trips);
     #: "refuse": creating them is answered 403, keeping shared trees clean.
     apple_double: str = "store"
@@ -73,7 +76,9 @@ class AppSettings:
 
 
 def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
-    dav = _dav_app(engine, settings)
+    dav, provider = _dav_app(engine, settings)
+    if settings.fast_lane:
+        dav = FastLane(dav, provider, DAV_PREFIX, settings.block_size)
     router = Router(dav)
     authed = Authenticator(router, engine.accounts, settings.auth)
     return Guard(authed, settings)
@@ -91,7 +96,7 @@ def _lock_storage(engine: Engine, settings: AppSettings) -> Any:
     )
 
 
-def _dav_app(engine: Engine, settings: AppSettings) -> WSGIApp:
+def _dav_app(engine: Engine, settings: AppSettings) -> tuple[WSGIApp, VolumeProvider]:
     provider = VolumeProvider(
         engine, propfind_infinity=settings.propfind_infinity, fast_propfind=settings.fast_propfind
     )
@@ -110,7 +115,7 @@ def _dav_app(engine: Engine, settings: AppSettings) -> WSGIApp:
         "dir_browser": {"enable": True, "response_trailer": "davserver", "davmount": True},
         "http_authenticator": {},
     }
-    return WsgiDAVApp(config)
+    return WsgiDAVApp(config), provider
 
 
 class Router:

@@ -220,7 +220,7 @@ class Volume:
             raise QuotaExceeded("the account's quota has no room for this file")
         return max(room, 0)
 
-    def _commit(self, path: str, writer: BlockWriter, options: _WriteOptions) -> tuple[Entry, int]:
+    def _commit(self, path: str, writer: BlockWriter, options: _WriteOptions) -> tuple[Entry, int, bool]:
         for _ in range(4):
             try:
                 with self._db.write() as conn:
@@ -234,7 +234,8 @@ class Volume:
 
     def _commit_in(
         self, conn: Connection, path: str, writer: BlockWriter, options: _WriteOptions
-    ) -> tuple[Entry, int]:
+    ) -> tuple[Entry, int, bool]:
+        """Commit the version; returns its entry, the change sequence and whether the file is new."""
         change = tree.Change(conn, self.account.id, self._clock())
         writer.finish_in(conn)
         node = tree.live_node(conn, self.account.id, path, lock=True)
@@ -251,9 +252,9 @@ class Volume:
                 kind=t.KIND_FILE,
                 mtime=mtime,
             )
-            op, old_size = "create", 0
+            op, old_size, created_at = "create", 0, change.now
         else:
-            node_id, op, old_size = node.id, "modify", int(node.size)
+            node_id, op, old_size, created_at = node.id, "modify", int(node.size), node.created_at
         change.grow(writer.size - old_size)
         version_id = int(
             conn.execute(
@@ -285,9 +286,18 @@ class Volume:
         )
         change.journal(op, node_id, t.KIND_FILE, path, version_id=version_id, size=writer.size)
         seq = change.finish()
-        row = tree.live_node(conn, self.account.id, path)
-        assert row is not None
-        return tree.to_entry(row), seq
+        entry = Entry(
+            node_id,
+            path,
+            paths.name_of(path),
+            False,
+            writer.size,
+            mtime,
+            created_at,
+            version_id,
+            writer.sha256,
+        )
+        return entry, seq, op == "create"
 
     def delete(self, path: str) -> None:
         """Move a file or folder (with everything below it) to the trash."""
@@ -525,6 +535,8 @@ class PendingWrite:
         self._room = room
         self._options = options
         self._state = "open"
+        #: After the commit: whether it created the file (False: a new version of an existing one).
+        self.created = False
 
     @property
     def size(self) -> int:
@@ -547,7 +559,7 @@ class PendingWrite:
         if mtime is not None:
             self._options.mtime = mtime
         try:
-            entry, seq = self._volume._commit(self.path, self._writer, self._options)
+            entry, seq, self.created = self._volume._commit(self.path, self._writer, self._options)
         except BaseException:
             self.abort()
             raise

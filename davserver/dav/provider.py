@@ -62,7 +62,11 @@ class VolumeProvider(DAVProvider):
             environ["davserver.volume"] = vol
         return vol
 
-    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> FileResource | FolderResource | None:
+    def get_resource_inst(
+        self, path: str | None, environ: dict[str, Any]
+    ) -> FileResource | FolderResource | None:
+        if path is None:
+            return None  # the parent of the share root (WsgiDAV's PUT asks for it)
         vol = self.volume(environ)
         key = storage_path(path)
         cache: dict[str, Entry | None] = environ.setdefault(STAT_CACHE, {})
@@ -93,7 +97,7 @@ class VolumeProvider(DAVProvider):
         default_handler: Callable[..., Iterable[bytes]],
         depth: str,
     ) -> Iterable[bytes]:
-        with self._lock_snapshot(environ):
+        with self.lock_snapshot(environ):
             conditional = any(k in environ for k in _CONDITIONAL_HEADERS)
             if self.fast_propfind and depth in ("0", "1") and not conditional:
                 try:
@@ -102,7 +106,7 @@ class VolumeProvider(DAVProvider):
                     pass
             return list(default_handler(environ, start_response))
 
-    def _lock_snapshot(self, environ: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+    def lock_snapshot(self, environ: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
         """Serve the request's lock look-ups from one query (SQL lock storage only).
 
         WsgiDAV checks the locks of a resource and each of its parents one by
@@ -175,7 +179,7 @@ class VolumeProvider(DAVProvider):
             return self._propfind(environ, start_response, default_handler, depth)
         if method in ("MOVE", "COPY"):
             start_response = _CreatedStatus(environ, start_response)
-        with self._lock_snapshot(environ):
+        with self.lock_snapshot(environ):
             # The do_* handlers check locks when called, before returning a body.
             return default_handler(environ, start_response)
 

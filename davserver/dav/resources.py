@@ -245,7 +245,7 @@ class FileResource(_Shared, DAVNonCollection):
         self._pending = self.volume.begin_write(
             storage_path(self.path),
             size_hint=declared_length(env),
-            if_match=_single_etag(env.get("HTTP_IF_MATCH")),
+            if_match=single_etag(env.get("HTTP_IF_MATCH")),
             if_none_match="*" if env.get("HTTP_IF_NONE_MATCH", "").strip() == "*" else None,
             mtime=oc_mtime(env),
             device=env.get("HTTP_USER_AGENT", "")[:200] or None,
@@ -499,7 +499,7 @@ def parse_time(value: Any) -> float:
         raise DAVError(HTTP_BAD_REQUEST, f"not a date: {text[:60]!r}") from None
 
 
-def _single_etag(header: str | None) -> str | None:
+def single_etag(header: str | None) -> str | None:
     if not header:
         return None
     header = header.strip()
