@@ -17,6 +17,7 @@ from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
 from storage.metadata import schema as t
 from storage.metadata.db import Database
+from storage.metadata.prepared import Prepared
 
 c = t.lock_records.c
 
@@ -32,7 +33,7 @@ def _find_query(include_root: bool, include_below: bool) -> Any:
 
 
 # Built once: every WebDAV write request runs one of these.
-_FIND = {(r, b): _find_query(r, b) for r in (True, False) for b in (True, False) if r or b}
+_FIND = {(r, b): Prepared(_find_query(r, b)) for r in (True, False) for b in (True, False) if r or b}
 
 
 class LockRecords:
@@ -76,7 +77,7 @@ class LockRecords:
         below = root.rstrip("/")
         params = {"b_root": root, "b_low": below + "/", "b_high": below + "0", "b_now": self._clock()}
         with self._db.read() as conn:
-            rows = conn.execute(query, params).all()
+            rows = query.all(conn, params)
         return [dict(json.loads(r.data)) for r in rows]
 
     def purge_expired(self) -> int:

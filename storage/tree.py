@@ -26,6 +26,7 @@ from sqlalchemy import (
 from storage import paths
 from storage.errors import Conflict, NotFound, QuotaExceeded
 from storage.metadata import schema as t
+from storage.metadata.prepared import Prepared
 from storage.model import Entry
 
 n = t.nodes.c
@@ -65,15 +66,16 @@ def to_entry(row: Row[Any]) -> Entry:
 
 # The hottest look-up, built once: constructing and hashing a SELECT costs more
 # than running it on SQLite.
-_LIVE_NODE = select_nodes().where(
+_LIVE_NODE_SELECT = select_nodes().where(
     n.account_id == bindparam("b_account"), n.path == bindparam("b_path"), n.deleted_at.is_(None)
 )
-_LIVE_NODE_FOR_UPDATE = _LIVE_NODE.with_for_update(of=t.nodes)
+_LIVE_NODE = Prepared(_LIVE_NODE_SELECT)
+_LIVE_NODE_FOR_UPDATE = Prepared(_LIVE_NODE_SELECT.with_for_update(of=t.nodes))
 
 
 def live_node(conn: Connection, account_id: int, path: str, *, lock: bool = False) -> Row[Any] | None:
     q = _LIVE_NODE_FOR_UPDATE if lock else _LIVE_NODE
-    return conn.execute(q, {"b_account": account_id, "b_path": path}).first()
+    return q.first(conn, {"b_account": account_id, "b_path": path})  # type: ignore[no-any-return]
 
 
 def existing_node(conn: Connection, account_id: int, path: str, *, lock: bool = False) -> Row[Any]:
@@ -101,18 +103,20 @@ def in_subtree(path: str) -> ColumnElement[bool]:
     return and_(n.path > path + "/", n.path < path + "0")
 
 
-_LOCK_ACCOUNT = (
+_LOCK_ACCOUNT = Prepared(
     select(t.accounts.c.change_seq, t.accounts.c.used_bytes, t.accounts.c.quota_bytes)
     .where(t.accounts.c.id == bindparam("b_account"))
     .with_for_update()
 )
-_INSERT_JOURNAL = insert(t.journal)
-_FINISH = (
+_JOURNAL_KEYS = ("account_id", "seq", "node_id", "op", "kind", "path", "old_path", "version_id", "size", "at")
+_INSERT_JOURNAL = Prepared(insert(t.journal), keys=_JOURNAL_KEYS)
+_FINISH = Prepared(
     update(t.accounts)
     .where(t.accounts.c.id == bindparam("b_account"))
     .values(change_seq=bindparam("b_seq"), used_bytes=t.accounts.c.used_bytes + bindparam("b_delta"))
 )
-_INSERT_NODE = insert(t.nodes).returning(t.nodes.c.id)
+_NODE_KEYS = ("account_id", "parent_id", "name", "path", "kind", "mtime", "created_at")
+_INSERT_NODE = Prepared(insert(t.nodes).returning(t.nodes.c.id), keys=_NODE_KEYS)
 
 
 class Change:
@@ -124,7 +128,9 @@ class Change:
     """
 
     def __init__(self, conn: Connection, account_id: int, now: float) -> None:
-        row = conn.execute(_LOCK_ACCOUNT, {"b_account": account_id}).one()
+        row = _LOCK_ACCOUNT.first(conn, {"b_account": account_id})
+        if row is None:
+            raise NotFound(f"no account {account_id}")
         self.conn = conn
         self.account_id = account_id
         self.now = now
@@ -145,8 +151,8 @@ class Change:
         size: int | None = None,
     ) -> None:
         self.seq += 1
-        self.conn.execute(
-            _INSERT_JOURNAL,
+        _INSERT_JOURNAL.execute(
+            self.conn,
             {
                 "account_id": self.account_id,
                 "seq": self.seq,
@@ -189,7 +195,7 @@ class Change:
 
     def finish(self) -> int:
         self.seq = max(self.seq, self.start + 1)
-        self.conn.execute(_FINISH, {"b_account": self.account_id, "b_seq": self.seq, "b_delta": self.delta})
+        _FINISH.execute(self.conn, {"b_account": self.account_id, "b_seq": self.seq, "b_delta": self.delta})
         return self.seq
 
 
@@ -228,7 +234,7 @@ def insert_node(change: Change, *, parent_id: int, path: str, name: str, kind: s
         "mtime": mtime,
         "created_at": change.now,
     }
-    return int(change.conn.execute(_INSERT_NODE, params).scalar_one())
+    return int(_INSERT_NODE.scalar(change.conn, params))
 
 
 def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:

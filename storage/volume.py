@@ -34,6 +34,7 @@ from storage.errors import (
 )
 from storage.metadata import schema as t
 from storage.metadata.db import Database
+from storage.metadata.prepared import Prepared
 from storage.model import Change, Entry, Quota, Revision
 from storage.reader import BlockLocation, VersionReader
 from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
@@ -208,11 +209,7 @@ class Volume:
             tree.live_folder(conn, self.account.id, paths.parent_of(path))
             node = tree.live_node(conn, self.account.id, path)
             _check_target(node, if_match, if_none_match)
-            q = conn.execute(
-                select(t.accounts.c.used_bytes, t.accounts.c.quota_bytes).where(
-                    t.accounts.c.id == self.account.id
-                )
-            ).one()
+            q = _QUOTA.first(conn, {"b_account": self.account.id})
         if q.quota_bytes is None:
             return None
         room = int(q.quota_bytes) - int(q.used_bytes) + (int(node.size) if node is not None else 0)
@@ -257,8 +254,8 @@ class Volume:
             node_id, op, old_size, created_at = node.id, "modify", int(node.size), node.created_at
         change.grow(writer.size - old_size)
         version_id = int(
-            conn.execute(
-                _INSERT_VERSION,
+            _INSERT_VERSION.scalar(
+                conn,
                 {
                     "node_id": node_id,
                     "account_id": self.account.id,
@@ -270,18 +267,17 @@ class Volume:
                     "chunker_id": self.account.chunker_id,
                     "block_count": len(writer.refs),
                 },
-            ).scalar_one()
-        )
-        if writer.refs:
-            conn.execute(
-                insert(t.version_blocks),
-                [
-                    {"version_id": version_id, "idx": i, "block_id": r.block_id, "offset": r.offset}
-                    for i, r in enumerate(writer.refs)
-                ],
             )
-        conn.execute(
-            _SET_NODE_VERSION,
+        )
+        _INSERT_VERSION_BLOCKS.execute_many(
+            conn,
+            (
+                {"version_id": version_id, "idx": i, "block_id": r.block_id, "offset": r.offset}
+                for i, r in enumerate(writer.refs)
+            ),
+        )
+        _SET_NODE_VERSION.execute(
+            conn,
             {"b_node": node_id, "b_version": version_id, "b_size": writer.size, "b_mtime": mtime},
         )
         change.journal(op, node_id, t.KIND_FILE, path, version_id=version_id, size=writer.size)
@@ -580,24 +576,39 @@ class PendingWrite:
         self.abort()
 
 
-_BLOCK_LOCATIONS = (
+_BLOCK_LOCATIONS = Prepared(
     select(t.version_blocks.c.offset, t.blocks.c.size, t.blocks.c.name, t.blocks.c.sha256)
     .join(t.blocks, t.blocks.c.id == t.version_blocks.c.block_id)
     .where(t.version_blocks.c.version_id == bindparam("b_version"))
     .order_by(t.version_blocks.c.idx)
 )
-_INSERT_VERSION = insert(t.versions).returning(t.versions.c.id)
-_SET_NODE_VERSION = (
+_VERSION_KEYS = (
+    "node_id",
+    "account_id",
+    "size",
+    "sha256",
+    "mtime",
+    "created_at",
+    "device",
+    "chunker_id",
+    "block_count",
+)
+_INSERT_VERSION = Prepared(insert(t.versions).returning(t.versions.c.id), keys=_VERSION_KEYS)
+_INSERT_VERSION_BLOCKS = Prepared(insert(t.version_blocks), keys=("version_id", "idx", "block_id", "offset"))
+_SET_NODE_VERSION = Prepared(
     update(t.nodes)
     .where(t.nodes.c.id == bindparam("b_node"))
     .values(version_id=bindparam("b_version"), size=bindparam("b_size"), mtime=bindparam("b_mtime"))
+)
+_QUOTA = Prepared(
+    select(t.accounts.c.used_bytes, t.accounts.c.quota_bytes).where(t.accounts.c.id == bindparam("b_account"))
 )
 
 
 def _block_locations(conn: Connection, version_id: int | None) -> list[BlockLocation]:
     if version_id is None:
         return []
-    rows = conn.execute(_BLOCK_LOCATIONS, {"b_version": version_id}).all()
+    rows = _BLOCK_LOCATIONS.all(conn, {"b_version": version_id})
     return [BlockLocation(r.offset, r.size, r.name, bytes(r.sha256)) for r in rows]
 
 

@@ -37,10 +37,17 @@ from storage.chunker import Chunker, Readable, ReadableInto
 from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
 from storage.metadata.db import Database
+from storage.metadata.prepared import Prepared
 
-_LOOKUP_BLOCK = select(t.blocks.c.id).where(
-    t.blocks.c.account_id == bindparam("b_account"), t.blocks.c.sha256 == bindparam("b_sha")
+_LOOKUP_BLOCK = Prepared(
+    select(t.blocks.c.id).where(
+        t.blocks.c.account_id == bindparam("b_account"), t.blocks.c.sha256 == bindparam("b_sha")
+    )
 )
+_BLOCK_KEYS = ("account_id", "sha256", "name", "size", "stored_size", "codec", "key_epoch", "created_at")
+_INSERT_BLOCKS = Prepared(insert(t.blocks), keys=_BLOCK_KEYS)
+#: Up to this many hashes are looked up one by one (prepared); more go in one IN query.
+_FEW_HASHES = 4
 _BLOCK_IDS = select(t.blocks.c.id, t.blocks.c.sha256).where(
     t.blocks.c.account_id == bindparam("b_account"),
     t.blocks.c.sha256.in_(bindparam("b_shas", expanding=True)),
@@ -219,8 +226,8 @@ class BlockWriter:
 
     def _lookup(self, sha: bytes) -> int | None:
         with self._db.read() as conn:
-            found = conn.execute(_LOOKUP_BLOCK, {"b_account": self._ctx.id, "b_sha": sha}).scalar()
-        return None if found is None else int(found)
+            found = _LOOKUP_BLOCK.first(conn, {"b_account": self._ctx.id, "b_sha": sha})
+        return None if found is None else int(found.id)
 
     def _accept(self, ref: BlockRef) -> None:
         self.refs.append(ref)
@@ -312,7 +319,7 @@ class BlockWriter:
         ids = self._block_ids(conn, wanted)
         missing_new = [row for sha, row in new_rows.items() if sha not in ids]
         if missing_new:
-            conn.execute(insert(t.blocks), missing_new)
+            _INSERT_BLOCKS.execute_many(conn, missing_new)
             ids.update(self._block_ids(conn, set(new_rows) - set(ids)))
         if any(sha not in ids for sha in wanted):
             raise VanishedBlocks()
@@ -323,6 +330,12 @@ class BlockWriter:
     def _block_ids(self, conn: Connection, shas: set[bytes]) -> dict[bytes, int]:
         ordered = sorted(shas)
         ids: dict[bytes, int] = {}
+        if len(ordered) <= _FEW_HASHES:
+            for sha in ordered:
+                row = _LOOKUP_BLOCK.first(conn, {"b_account": self._ctx.id, "b_sha": sha})
+                if row is not None:
+                    ids[sha] = int(row.id)
+            return ids
         for i in range(0, len(ordered), 500):
             params = {"b_account": self._ctx.id, "b_shas": ordered[i : i + 500]}
             ids.update((bytes(row.sha256), int(row.id)) for row in conn.execute(_BLOCK_IDS, params))
