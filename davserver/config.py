@@ -51,6 +51,7 @@ class ServerConfig:
     keyfile: Path | None = None
     durable: bool = True
     zstd_level: int = 1
+    rehash_reads: bool = False
     max_file_size: int = 10 << 30
     gc_grace_seconds: float = 6 * 3600
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class ServerConfig:
             master_key=MasterKey.load(self.master_key_file),
             durable=self.durable,
             zstd_level=self.zstd_level,
+            rehash_reads=self.rehash_reads,
             max_file_size=self.max_file_size,
             gc_grace_seconds=self.gc_grace_seconds,
             db_pool_size=max(5, self.threads + 4),
@@ -145,8 +147,9 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("port", "threads", "zstd_level"):
         if key in kwargs:
             kwargs[key] = int(kwargs[key])
-    if "durable" in kwargs and isinstance(kwargs["durable"], str):
-        kwargs["durable"] = kwargs["durable"].lower() not in ("0", "false", "no", "off")
+    for key in ("durable", "rehash_reads"):
+        if key in kwargs and isinstance(kwargs[key], str):
+            kwargs[key] = kwargs[key].lower() not in ("0", "false", "no", "off")
     try:
         cfg = ServerConfig(data_dir=root, extra=extra, **kwargs)
     except TypeError as exc:

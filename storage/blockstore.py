@@ -33,9 +33,10 @@ class StoredBlock:
 
 
 class BlockStore:
-    def __init__(self, backend: Backend, codec: Codec) -> None:
+    def __init__(self, backend: Backend, codec: Codec, *, rehash_reads: bool = False) -> None:
         self.backend = backend
         self.codec = codec
+        self.rehash_reads = rehash_reads
 
     @staticmethod
     def object_name(account_id: int, keys: AccountKeys, sha256: bytes) -> str:
@@ -51,8 +52,20 @@ class BlockStore:
         self.backend.put(name, blob)
         return StoredBlock(sha256, len(data), name, len(blob), codec, keys.epoch)
 
-    def fetch(self, keys: AccountKeys, name: str, sha256: bytes, size: int) -> bytes:
-        """The verified plaintext of one block, or :class:`IntegrityError`."""
+    def fetch(
+        self, keys: AccountKeys, name: str, sha256: bytes, size: int, *, rehash: bool | None = None
+    ) -> bytes:
+        """The verified plaintext of one block, or :class:`IntegrityError`.
+
+        Verified means: the AES-GCM tag holds under the account's key with the
+        block id (a keyed MAC of the plaintext hash) and the header as associated
+        data, so the payload is exactly what this account sealed for this hash, and
+        the size matches. Re-hashing the plaintext as well (``rehash``, default
+        ``rehash_reads``) only adds a check that the writer hashed the bytes it
+        sealed; it costs a SHA-256 pass (~1.1 GB/s per core) on every read and
+        took a large GET from ~1.1 GB/s to ~0.76 GB/s, so it is left to
+        ``fsck --deep`` unless configured.
+        """
         try:
             blob = self.backend.get(name)
         except NotFound:
@@ -63,6 +76,8 @@ class BlockStore:
             raise UnsupportedFormat(f"block {name} was sealed under another key epoch")
         header, payload = open_sealed(keys.block_cipher, keys.block_id(sha256), blob)
         data = self.codec.decode(header.codec, payload)
-        if len(data) != size or hashlib.sha256(data).digest() != sha256:
+        if len(data) != size:
+            raise IntegrityError(f"block object {name} has {len(data)} bytes, not {size}")
+        if (self.rehash_reads if rehash is None else rehash) and hashlib.sha256(data).digest() != sha256:
             raise IntegrityError(f"block object {name} does not match its recorded hash")
         return data

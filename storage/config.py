@@ -35,6 +35,8 @@ class StorageConfig:
     durable: bool = True
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     zstd_level: int = 1
+    #: Re-hash every block read with SHA-256 on top of the AES-GCM check (fsck --deep always does).
+    rehash_reads: bool = False
     max_file_size: int = 10 * GiB
     #: threads hashing, compressing, encrypting and storing blocks (shared by all writes).
     workers: int = 3

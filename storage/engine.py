@@ -35,7 +35,7 @@ class Engine:
         self.db = db
         self.backend = backend
         self.codec = Codec(level=config.zstd_level)
-        self.blocks = BlockStore(backend, self.codec)
+        self.blocks = BlockStore(backend, self.codec, rehash_reads=config.rehash_reads)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="davserver-blocks")
         self.accounts = Accounts(db, config.master_key, config.password_hashing, config.chunker, config.clock)
         self.locks = LockRecords(db, config.clock)

@@ -184,7 +184,7 @@ def check(db: Database, store: BlockStore, accounts: Accounts, *, deep: bool) ->
             report.blocks_checked += 1
             try:
                 keys = accounts.context(row.account_id).keys
-                store.fetch(keys, row.name, bytes(row.sha256), row.size)
+                store.fetch(keys, row.name, bytes(row.sha256), row.size, rehash=True)
             except (IntegrityError, NotFound) as exc:
                 problems.append(f"block {row.id} ({row.name}): {exc}")
     return report

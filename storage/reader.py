@@ -2,7 +2,8 @@
 
 :class:`VersionReader` is a seekable binary file object (what WsgiDAV's GET
 expects) and also offers :meth:`iter_range` for faces that stream ranges
-themselves. Every block is authenticated and re-hashed before a byte of it is
+themselves. Every block is authenticated (AES-GCM tag and size; the SHA-256
+re-hash too when configured, see BlockStore.fetch) before a byte of it is
 returned; a block that fails raises :class:`IntegrityError` instead of returning
 bad or short data, so a face can abort the response rather than send it as
 whole. While block *i* is consumed, the next :data:`PREFETCH` blocks are

@@ -205,7 +205,6 @@ class _Shared:
             self.environ[DEST_CREATED] = True
 
 
-
 class FileResource(_Shared, DAVNonCollection):
     def __init__(self, path: str, environ: dict[str, Any], volume: Volume, entry: Entry | None) -> None:
         super().__init__(path, environ)

@@ -37,6 +37,9 @@ class Database:
         """A connection for reads; one snapshot per statement (or per transaction on SQLite)."""
         try:
             with self.engine.connect() as conn:
+                # Begun here, not on the first execute: prepared statements bypass
+                # SQLAlchemy's autobegin, and SQLite's snapshot starts with BEGIN.
+                conn.begin()
                 yield conn
                 conn.rollback()
         except OperationalError as exc:
@@ -104,7 +107,8 @@ def _configure_sqlite(engine: Engine, *, durable: bool, wal: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # On the DBAPI connection: a full SQLAlchemy execute costs 40 µs here.
+        conn.connection.dbapi_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
 
 
 _DISCONNECT_MARKERS = (

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from davserver import config
+from storage.keys import MasterKey
 
 
 def test_defaults_live_in_the_data_dir(tmp_path: Path) -> None:
@@ -73,3 +74,11 @@ def test_the_example_config_loads_and_unknown_keys_are_errors(tmp_path: Path) ->
     typo.write_text('apple_doubel = "refuse"\n')
     with pytest.raises(config.ConfigError, match="apple_doubel"):
         config.load(data_dir=tmp_path, config_file=typo, env={})
+
+
+def test_rehash_reads_reaches_the_storage_config(tmp_path: Path) -> None:
+    MasterKey.generate().save(tmp_path / config.MASTER_KEY_NAME)
+    (tmp_path / "davserver.toml").write_text("[storage]\nrehash_reads = true\n")
+    assert config.load(data_dir=tmp_path, env={}).storage_config().rehash_reads is True
+    (tmp_path / "davserver.toml").write_text("")
+    assert config.load(data_dir=tmp_path, env={}).storage_config().rehash_reads is False

@@ -71,4 +71,3 @@ def test_every_storage_error_is_in_the_table() -> None:
             continue
         assert any(base in STATUS for base in cls.__mro__), cls
         assert status_for(cls("x")) == next(STATUS[b] for b in cls.__mro__ if b in STATUS)
-

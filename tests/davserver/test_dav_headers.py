@@ -39,9 +39,7 @@ def test_valid_ranges(header: str) -> None:
     assert valid_range(header)
 
 
-@pytest.mark.parametrize(
-    "header", ["bytes=9-3", "items=0-1", "bytes=abc", "bytes=", "bytes=1-2-3"]
-)
+@pytest.mark.parametrize("header", ["bytes=9-3", "items=0-1", "bytes=abc", "bytes=", "bytes=1-2-3"])
 def test_invalid_ranges_are_ignored(header: str) -> None:
     assert not valid_range(header)
 

@@ -24,7 +24,6 @@ _SKIPPED = re.compile(r"-> (\d+) tests? were skipped")
 _FAILED_TEST = re.compile(r"^\s*\d+\.\s+(\w+)\.*\s.*?\bFAIL\b.*$", re.MULTILINE)
 
 
-
 @pytest.mark.parametrize("suite", SUITES)
 def test_litmus_suite(dav_server: DavServer, tmp_path: Path, suite: str) -> None:
     binary = require_tool("litmus")

@@ -35,7 +35,6 @@ TREE: dict[str, bytes | int] = {
 }
 
 
-
 def _nfc(rel: str) -> str:
     return unicodedata.normalize("NFC", rel)
 

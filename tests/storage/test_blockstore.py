@@ -212,6 +212,21 @@ def test_fetch_with_the_wrong_sha_is_an_integrity_error(
             store.fetch(keys, stored.name, wrong, len(data))
 
 
+def test_bytes_sealed_under_the_wrong_hash_are_caught_by_rehashing(
+    backend: MemoryBackend, keys: AccountKeys
+) -> None:
+    """A writer bug (sealing other bytes than it hashed) passes the tag check; re-hashing catches it."""
+    data, sealed_instead = b"what the file holds" * 50, b"what a buggy writer sealed" * 40
+    sealed_instead = sealed_instead[: len(data)].ljust(len(data), b".")
+    store = BlockStore(backend, Codec())
+    stored = store.store(ACCOUNT, keys, sealed_instead, sha(data), compress=True)
+    assert store.fetch(keys, stored.name, sha(data), len(data)) == sealed_instead  # tag and size hold
+    with pytest.raises(IntegrityError, match="recorded hash"):
+        store.fetch(keys, stored.name, sha(data), len(data), rehash=True)
+    with pytest.raises(IntegrityError, match="recorded hash"):
+        BlockStore(backend, Codec(), rehash_reads=True).fetch(keys, stored.name, sha(data), len(data))
+
+
 def test_fetch_with_another_accounts_keys_is_an_integrity_error(
     store: BlockStore, stored_text: tuple[bytes, StoredBlock]
 ) -> None:

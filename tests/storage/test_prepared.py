@@ -10,6 +10,7 @@ from storage.engine import Engine
 from storage.metadata import schema as t
 from storage.metadata.prepared import Prepared
 from storage.tree import select_nodes
+from tests.storage.conftest import EngineFactory
 
 a = t.accounts.c
 
@@ -70,3 +71,15 @@ def test_expanding_parameters_are_refused(engine: Engine) -> None:
     stmt = Prepared(select(a.id).where(a.name.in_(bindparam("b_names", expanding=True))))
     with pytest.raises(ValueError, match="expanding"), engine.db.read() as conn:
         stmt.first(conn, {"b_names": ["a"]})
+
+
+def test_a_read_is_one_snapshot_on_sqlite(make_engine: EngineFactory) -> None:
+    """Prepared statements skip SQLAlchemy's autobegin: Database.read must begin itself."""
+    engine = make_engine()
+    engine.accounts.create("alice", "alice-password")
+    with engine.db.read() as conn:
+        before = _BY_NAME.first(conn, {"b_name": "alice"}).quota_bytes
+        engine.accounts.set_quota("alice", 777)  # commits on another connection
+        assert _BY_NAME.first(conn, {"b_name": "alice"}).quota_bytes == before
+    with engine.db.read() as conn:
+        assert _BY_NAME.first(conn, {"b_name": "alice"}).quota_bytes == 777
