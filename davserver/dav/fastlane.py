@@ -179,6 +179,10 @@ def _failed(start_response: StartResponse, status: int, reason: str) -> list[byt
     return plain(start_response, f"{status} {HTTPStatus(status).phrase}", reason + "\n", close=True)
 
 
+#: Largest single read from the request body (the chunker asks for up to a whole block).
+READ_MAX = 1 << 20
+
+
 class _Input:
     """The request body as a reader: at most Content-Length bytes, or to EOF when chunked.
 
@@ -191,7 +195,9 @@ class _Input:
         self._left = length
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
-        view = memoryview(buffer)
+        # At most READ_MAX at a time: cheroot's buffered reader joins and slices what
+        # it receives, holding about three copies of each read in memory at once.
+        view = memoryview(buffer)[:READ_MAX]
         if self._left is not None:
             if self._left <= 0:
                 return 0
