@@ -78,7 +78,7 @@ class AppSettings:
 def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
     dav, provider = _dav_app(engine, settings)
     if settings.fast_lane:
-        dav = FastLane(dav, provider, DAV_PREFIX, settings.block_size)
+        dav = FastLane(dav, provider, DAV_PREFIX)
     router = Router(dav)
     authed = Authenticator(router, engine.accounts, settings.auth)
     return Guard(authed, settings)

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -128,7 +127,7 @@ class AccountKeys:
 
     def block_id(self, sha256_digest: bytes) -> bytes:
         """The block's keyed id: HMAC-SHA256 of its plaintext SHA-256."""
-        return hmac.new(self.block_mac_key, sha256_digest, hashlib.sha256).digest()
+        return hmac.digest(self.block_mac_key, sha256_digest, "sha256")
 
 
 def new_data_key() -> bytes:

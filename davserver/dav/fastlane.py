@@ -25,7 +25,7 @@ is being received.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -61,11 +61,10 @@ _PUT_DEFERRED = (
 
 
 class FastLane:
-    def __init__(self, dav: WSGIApp, provider: VolumeProvider, share: str, read_size: int) -> None:
+    def __init__(self, dav: WSGIApp, provider: VolumeProvider, share: str) -> None:
         self._dav = dav
         self._provider = provider
         self._share = share
-        self._read_size = read_size
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -113,7 +112,7 @@ class FastLane:
         if head:
             reader.close()
             return []
-        return _Body(reader, self._read_size, environ)
+        return _Body(reader, environ)
 
     # -- PUT -------------------------------------------------------------------------
 
@@ -221,18 +220,16 @@ class _Input:
 
 
 class _Body:
-    """A GET body: the version's bytes block by block; an error mid-way drops the connection."""
+    """A GET body: the version's blocks in order; an error mid-way drops the connection."""
 
-    def __init__(self, reader: VersionReader, read_size: int, environ: dict[str, Any]) -> None:
+    def __init__(self, reader: VersionReader, environ: dict[str, Any]) -> None:
         self._reader = reader
-        self._read_size = read_size
         self._environ = environ
 
     def __iter__(self) -> Iterator[bytes]:
-        read1: Callable[[int], bytes] = self._reader.read1
         try:
-            while chunk := read1(self._read_size):
-                yield chunk
+            # Whole blocks, as decrypted: no slicing copies; larger writes measured faster.
+            yield from self._reader.iter_range(0, self._reader.size)
         except Exception as exc:
             # Headers are out: the only honest signal left is a short body and a closed connection.
             log.error("GET %s failed mid-response: %s", self._environ.get("PATH_INFO"), exc)

@@ -26,6 +26,7 @@ class LocalBackend:
         self.root = Path(root)
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
         self._known_dirs: set[Path] = set()
 
     def _path(self, name: str) -> Path:
@@ -71,9 +72,9 @@ class LocalBackend:
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        path = self._path(name)
+        check_name(name)
         try:
-            with open(path, "rb") as f:
+            with open(os.path.join(self._root, name), "rb") as f:
                 if offset:
                     f.seek(offset)
                 return f.read() if length is None else f.read(length)
