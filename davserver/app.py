@@ -1,7 +1,8 @@
 """The composition root: one WSGI application for every face.
 
     Guard (sizes, name policy) -> Authenticator -> Router
-        /dav/...     WsgiDAV (VolumeProvider over the engine)
+        /dav/...     fast lane, else WsgiDAV (VolumeProvider over the engine)
+        /api/v1/...  the extension API (sync_ext.api)
         /healthz     liveness, no authentication
         /            redirect to /dav/ (OPTIONS answered for Windows' probe)
 
@@ -27,8 +28,10 @@ from davserver.dav.errors import ErrorResponses
 from davserver.dav.fastlane import FastLane
 from davserver.dav.lock_storage import SqlLockStorage
 from davserver.dav.provider import VolumeProvider
-from davserver.wsgi import StartResponse, WSGIApp, plain
+from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.engine import Engine
+from sync_ext.api import PREFIX as API_PREFIX
+from sync_ext.api import create_api
 
 log = logging.getLogger("davserver")
 
@@ -79,7 +82,8 @@ def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
     dav, provider = _dav_app(engine, settings)
     if settings.fast_lane:
         dav = FastLane(dav, provider, DAV_PREFIX)
-    router = Router(dav)
+    api = create_api(engine, account_key=ACCOUNT_KEY)
+    router = Router(dav, api)
     authed = Authenticator(router, engine.accounts, settings.auth)
     return Guard(authed, settings)
 
@@ -119,14 +123,17 @@ def _dav_app(engine: Engine, settings: AppSettings) -> tuple[WSGIApp, VolumeProv
 
 
 class Router:
-    def __init__(self, dav: WSGIApp) -> None:
+    def __init__(self, dav: WSGIApp, api: WSGIApp) -> None:
         self._dav = dav
+        self._api = api
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         if path == DAV_PREFIX or path.startswith(DAV_PREFIX + "/"):
             return self._dav(environ, _DavHeader(start_response))
+        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            return self._api(environ, start_response)
         if path == "/healthz":
             return plain(start_response, "200 OK", "ok\n")
         if path in ("/", "*"):

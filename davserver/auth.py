@@ -30,11 +30,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.accounts import Accounts
 from storage.errors import AuthenticationFailed, BackendUnavailable
+from sync_ext.api.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from sync_ext.api.problems import Problem, bad_request, from_storage_error
 
 ACCOUNT_NAME_KEY = "davserver.account_name"
 
@@ -44,6 +47,8 @@ class AuthSettings:
     realm: str = "davserver"
     protected_prefixes: tuple[str, ...] = ("/dav", "/api/v1")
     public_paths: frozenset[str] = frozenset({"/api/v1/openapi.json"})
+    #: Where refusals are RFC 9457 problem details rather than text.
+    problem_prefixes: tuple[str, ...] = ("/api/v1",)
     allow_insecure_basic: bool = False
     trust_forwarded_proto: bool = False
     cache_seconds: float = 30.0
@@ -111,19 +116,21 @@ class Authenticator:
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         if scheme not in ("basic", "bearer"):
-            return self._challenge(start_response)
+            return self._challenge(environ, start_response)
         if not self._secure_channel(environ):
-            return plain(
+            return self._refuse(
+                environ,
                 start_response,
-                "403 Forbidden",
-                "credentials over plain HTTP are refused from this address: use HTTPS\n",
+                Problem(
+                    403, "insecure-channel", "Forbidden", "credentials over plain HTTP are refused: use HTTPS"
+                ),
             )
         if scheme == "basic":
             try:
                 decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
                 name, _, secret = decoded.partition(":")
             except (binascii.Error, UnicodeDecodeError):
-                return plain(start_response, "400 Bad Request", "malformed Basic credentials\n")
+                return self._refuse(environ, start_response, bad_request("malformed Basic credentials"))
         else:
             name, secret = "", value.strip()
         keys = (
@@ -133,21 +140,18 @@ class Authenticator:
         )
         wait = self.throttle.retry_after(keys)
         if wait > 0:
-            return plain(
-                start_response,
-                "429 Too Many Requests",
-                "too many failed logins; try again later\n",
-                [("Retry-After", str(int(wait) + 1))],
+            problem = Problem(
+                429, "too-many-failed-logins", "Too many requests", "too many failed logins; retry later"
             )
+            problem.headers.append(("Retry-After", str(int(wait) + 1)))
+            return self._refuse(environ, start_response, problem)
         try:
             account_id, account_name = self._verify(name, secret)
         except AuthenticationFailed:
             self.throttle.failed(keys)
-            return self._challenge(start_response)
-        except BackendUnavailable:
-            return plain(
-                start_response, "503 Service Unavailable", "try again shortly\n", [("Retry-After", "5")]
-            )
+            return self._challenge(environ, start_response)
+        except BackendUnavailable as exc:
+            return self._refuse(environ, start_response, from_storage_error(exc))
         self.throttle.succeeded(f"account:{account_name.lower()}")
         environ[ACCOUNT_KEY] = account_id
         environ[ACCOUNT_NAME_KEY] = account_name
@@ -185,10 +189,24 @@ class Authenticator:
                 self._cache.popitem(last=False)
         return info.id, info.name
 
-    def _challenge(self, start_response: StartResponse) -> Iterable[bytes]:
-        return plain(
-            start_response,
-            "401 Unauthorized",
-            "authentication required\n",
-            [("WWW-Authenticate", f'Basic realm="{self._s.realm}", charset="UTF-8"')],
-        )
+    def _challenge(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        problem = Problem(401, "unauthorized", "Authentication required")
+        problem.headers.append(("WWW-Authenticate", f'Basic realm="{self._s.realm}", charset="UTF-8"'))
+        return self._refuse(environ, start_response, problem)
+
+    def _refuse(
+        self, environ: dict[str, Any], start_response: StartResponse, problem: Problem
+    ) -> Iterable[bytes]:
+        """problem+json on the extension API, short text elsewhere (WebDAV clients show it as is)."""
+        path = environ.get("PATH_INFO", "")
+        status = f"{problem.status} {HTTPStatus(problem.status).phrase}"
+        if any(path == p or path.startswith(p + "/") for p in self._s.problem_prefixes):
+            body = problem.body()
+            headers = [
+                ("Content-Type", PROBLEM_CONTENT_TYPE),
+                ("Content-Length", str(len(body))),
+                *problem.headers,
+            ]
+            start_response(status, headers)
+            return [body]
+        return plain(start_response, status, (problem.detail or problem.title) + "\n", problem.headers)

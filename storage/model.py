@@ -18,6 +18,8 @@ class Entry:
     created_at: float
     version_id: int | None = None
     sha256: bytes | None = None
+    #: When the file or folder went to the trash (only set by look-ups that include the trash).
+    deleted_at: float | None = None
 
     @property
     def etag(self) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
-from storage import paths, tree
+from storage import paths, revisions, tree
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore
 from storage.chunker import Readable
@@ -453,28 +453,41 @@ class Volume:
 
     # -- revisions and content -----------------------------------------------------------
 
-    def revisions(self, path: str) -> list[Revision]:
+    def lookup(self, path: str, *, include_deleted: bool = False) -> Entry:
+        """Like :meth:`stat`; with ``include_deleted`` a path whose file is in the trash finds it
+        (``deleted_at`` set) instead of :class:`NotFound`."""
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            node = tree.existing_node(conn, self.account.id, path)
-            rows = conn.execute(
-                select(v.id, v.size, v.sha256, v.mtime, v.created_at, v.device, v.pinned)
-                .where(v.node_id == node.id, v.account_id == self.account.id)
-                .order_by(v.id.desc())
-            ).all()
-        return [
-            Revision(
-                r.id,
-                r.size,
-                bytes(r.sha256),
-                r.mtime,
-                r.created_at,
-                r.device,
-                bool(r.pinned),
-                r.id == node.version_id,
-            )
-            for r in rows
-        ]
+            row = revisions.find_node(conn, self.account.id, path, include_deleted=include_deleted)
+        return revisions.to_entry(row)
+
+    def revisions(
+        self,
+        path: str,
+        *,
+        include_deleted: bool = False,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[Revision]:
+        """A file's revisions, newest first (``before``: older than that version id)."""
+        path = paths.normalize_path(path)
+        with self._db.read() as conn:
+            node = revisions.find_node(conn, self.account.id, path, include_deleted=include_deleted)
+            if node.kind == t.KIND_DIR:
+                raise Conflict(f"{path or '/'!r} is a folder")
+            return revisions.list_revisions(conn, self.account.id, node, limit=limit, before=before)
+
+    def restore(self, path: str, version_id: int, *, device: str | None = None) -> Entry:
+        """Make an older revision current again, as a new version (brings a trashed file back)."""
+        path = paths.normalize_path(path)
+        if path == "":
+            raise Conflict("the root folder has no revisions")
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            entry, _ = revisions.restore(change, path, version_id, device)
+            seq = change.finish()
+        self._s.notify(self.account.id, seq)
+        return entry
 
     def open(self, path: str, *, version_id: int | None = None) -> VersionReader:
         """A seekable reader of the current (or a given) version of a file."""

@@ -1,0 +1,210 @@
+"""``/files/*``: metadata, revisions, restore, download and simple upload."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from storage.model import Entry, Revision
+from storage.reader import VersionReader
+from sync_ext.api.problems import Problem, bad_request
+from sync_ext.api.routing import Request, Response
+
+#: list_revisions pages at most this many revisions.
+MAX_REVISIONS_PAGE = 1000
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "path": "/" + entry.path,
+        "name": entry.name,
+        "is_dir": entry.is_dir,
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "rev": entry.version_id,
+        "content_sha256": entry.sha256.hex() if entry.sha256 is not None else None,
+        "etag": entry.etag,
+        "is_deleted": entry.deleted_at is not None,
+        "deleted_at": entry.deleted_at,
+    }
+
+
+def revision_json(rev: Revision) -> dict[str, Any]:
+    return {
+        "rev": rev.version_id,
+        "size": rev.size,
+        "content_sha256": rev.sha256.hex(),
+        "mtime": rev.mtime,
+        "created_at": rev.created_at,
+        "device": rev.device,
+        "pinned": rev.pinned,
+        "is_current": rev.is_current,
+    }
+
+
+def metadata(req: Request) -> Response:
+    entry = req.volume.lookup(req.param("path"), include_deleted=True)
+    return Response.json(200, entry_json(entry))
+
+
+def list_revisions(req: Request) -> Response:
+    path = req.param("path")
+    limit = req.int_param("limit", default=100, minimum=1)
+    assert limit is not None
+    before = req.int_param("before_rev")
+    revs = req.volume.revisions(
+        path, include_deleted=True, limit=min(limit, MAX_REVISIONS_PAGE) + 1, before=before
+    )
+    page = revs[: min(limit, MAX_REVISIONS_PAGE)]
+    return Response.json(
+        200,
+        {
+            "path": "/" + req.volume.lookup(path, include_deleted=True).path,
+            "revisions": [revision_json(r) for r in page],
+            "has_more": len(revs) > len(page),
+        },
+    )
+
+
+def restore(req: Request) -> Response:
+    doc = req.json()
+    path, rev = doc.get("path"), doc.get("rev")
+    if not isinstance(path, str) or not path:
+        raise bad_request("'path' (a string) is required")
+    if not isinstance(rev, int) or isinstance(rev, bool) or rev <= 0:
+        raise bad_request("'rev' (a revision id, an integer) is required")
+    entry = req.volume.restore(path, rev, device=_device(req))
+    return Response.json(200, entry_json(entry))
+
+
+def upload(req: Request) -> Response:
+    kind = req.param("uploadType")
+    if kind != "media":
+        raise bad_request(f"uploadType {kind!r} is not supported here (use 'media')")
+    path = req.param("path")
+    mtime = _mtime(req)
+    length = req.content_length()
+    pending = req.volume.begin_write(
+        path,
+        size_hint=length,
+        if_match=_if_match(req),
+        if_none_match="*" if (req.header("If-None-Match") or "").strip() == "*" else None,
+        mtime=mtime,
+        device=_device(req),
+    )
+    with pending:
+        body = req.body()
+        pending.feed(body)
+        if length is not None and body.received != length:
+            raise bad_request(f"body ended after {body.received} of {length} bytes")
+        entry = pending.commit()
+    return Response.json(201 if pending.created else 200, entry_json(entry), [("ETag", entry.etag or "")])
+
+
+def download(req: Request) -> Response:
+    path = req.param("path")
+    rev = req.int_param("rev", minimum=1)
+    reader = req.volume.open(path, version_id=rev)
+    try:
+        return _send(req, reader)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def _send(req: Request, reader: VersionReader) -> Response:
+    entry = reader.entry
+    etag = entry.etag or ""
+    headers = [("ETag", etag), ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+    inm = req.header("If-None-Match")
+    if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+        reader.close()
+        return Response(304, headers)
+    start, end = 0, entry.size
+    status = 200
+    spec = req.header("Range")
+    if_range = req.header("If-Range")
+    if spec is not None and (if_range is None or if_range.strip() == etag):
+        chosen = parse_range(spec, entry.size)
+        if chosen is not None:
+            start, end = chosen
+            status = 206
+            headers.append(("Content-Range", f"bytes {start}-{end - 1}/{entry.size}"))
+    headers.append(("Content-Length", str(end - start)))
+    return Response(status, headers, _Stream(reader, start, end))
+
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def parse_range(spec: str, size: int) -> tuple[int, int] | None:
+    """One byte range as [start, end); None to serve the whole file (a header that does not parse,
+    or several ranges); :class:`Problem` 416 when nothing of the file is selected."""
+    m = _RANGE.match(spec)
+    if m is None:
+        return None
+    first, last = m.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - suffix), size
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if last != "" and int(last) < start:
+        return None  # syntactically invalid: ignored (RFC 9110 14.2)
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> Problem:
+    problem = Problem(416, "range-not-satisfiable", "Range not satisfiable", f"the file has {size} bytes")
+    problem.headers.append(("Content-Range", f"bytes */{size}"))
+    return problem
+
+
+class _Stream:
+    def __init__(self, reader: VersionReader, start: int, end: int) -> None:
+        self._reader = reader
+        self._start = start
+        self._end = end
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._reader.iter_range(self._start, self._end)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _device(req: Request) -> str | None:
+    agent = req.header("User-Agent")
+    return agent[:200] if agent else None
+
+
+def _mtime(req: Request) -> float | None:
+    raw = req.query.get("mtime")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request("mtime must be seconds since the epoch") from None
+    if not 0 <= value < 2**40:
+        raise bad_request("mtime out of range")
+    return value
+
+
+def _if_match(req: Request) -> str | None:
+    raw = req.header("If-Match")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw == "*":
+        return "*"
+    if "," in raw:
+        raise bad_request("If-Match takes one entity tag here")
+    return raw if raw.startswith('"') else f'"{raw}"'

@@ -1,0 +1,138 @@
+"""The OpenAPI 3.1 document, generated from the route table.
+
+Each route carries its operation object; this module adds the shared schemas,
+the security schemes and the document's frame. Served at ``/api/v1/openapi.json``
+without credentials. ``tests/sync_ext/test_openapi.py`` validates the document
+and checks real answers of every operation against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sync_ext.api.routing import Route
+
+VERSION = "1.0.0"
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": ref("Problem")}}}
+
+
+def query(
+    name: str, description: str, *, required: bool = False, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+PATH_PARAM = query("path", "File path in the account's home, e.g. /docs/report.pdf", required=True)
+
+#: Answers every authenticated operation can give.
+COMMON_PROBLEMS = {
+    "400": problem("Bad request (a missing or malformed parameter)"),
+    "401": problem("Missing or wrong credentials"),
+    "403": problem("Credentials sent over plain HTTP from another host (use HTTPS)"),
+    "429": problem("Too many failed logins; retry after Retry-After seconds"),
+    "503": problem("Storage temporarily unavailable; retry after Retry-After seconds"),
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details; `type` is urn:davserver:problem:<slug>",
+        "required": ["type", "title", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+    },
+    "Metadata": {
+        "type": "object",
+        "required": ["path", "name", "is_dir", "size", "mtime", "rev", "content_sha256", "is_deleted"],
+        "properties": {
+            "path": {"type": "string"},
+            "name": {"type": "string"},
+            "is_dir": {"type": "boolean"},
+            "size": {"type": "integer", "minimum": 0},
+            "mtime": {"type": "number", "description": "seconds since the epoch"},
+            "rev": {"type": ["integer", "null"], "description": "current revision (null for folders)"},
+            "content_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+            "etag": {"type": ["string", "null"]},
+            "is_deleted": {"type": "boolean"},
+            "deleted_at": {"type": ["number", "null"]},
+        },
+    },
+    "Revision": {
+        "type": "object",
+        "required": ["rev", "size", "content_sha256", "mtime", "created_at", "pinned", "is_current"],
+        "properties": {
+            "rev": {"type": "integer"},
+            "size": {"type": "integer", "minimum": 0},
+            "content_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "mtime": {"type": "number"},
+            "created_at": {"type": "number"},
+            "device": {"type": ["string", "null"]},
+            "pinned": {"type": "boolean"},
+            "is_current": {"type": "boolean"},
+        },
+    },
+    "RevisionList": {
+        "type": "object",
+        "required": ["path", "revisions", "has_more"],
+        "properties": {
+            "path": {"type": "string"},
+            "revisions": {"type": "array", "items": ref("Revision")},
+            "has_more": {"type": "boolean"},
+        },
+    },
+    "RestoreRequest": {
+        "type": "object",
+        "required": ["path", "rev"],
+        "properties": {"path": {"type": "string"}, "rev": {"type": "integer", "minimum": 1}},
+    },
+}
+
+
+def document(routes: list[Route], prefix: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        op = dict(route.operation)
+        if route.public:
+            op["security"] = []
+        else:
+            op["responses"] = {**COMMON_PROBLEMS, **op["responses"]}
+        paths.setdefault(prefix + route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "davserver extension API",
+            "version": VERSION,
+            "description": "Smart-client API beside WebDAV: revisions, restore, download, upload.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"basic": []}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic", "description": "password or device token"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "device token"},
+            },
+        },
+    }

@@ -1,0 +1,236 @@
+"""The API's small WSGI core: requests, responses, routes, and the one error boundary.
+
+Routes are declared once, with their OpenAPI operation next to the handler, so
+the served document (:mod:`sync_ext.api.openapi`) is generated from the same
+table that dispatches requests and cannot list a route that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from storage import errors as e
+from storage.engine import Engine
+from storage.volume import Volume
+from sync_ext.api import problems
+from sync_ext.api.body import RequestBody
+from sync_ext.api.problems import Problem, bad_request
+
+log = logging.getLogger("davserver.api")
+
+StartResponse = Callable[..., Any]
+#: JSON request bodies are small documents; anything larger is refused.
+MAX_JSON_BODY = 1 << 20
+
+
+class Request:
+    def __init__(self, environ: dict[str, Any], volume: Volume | None) -> None:
+        self.environ = environ
+        self._volume = volume
+        try:
+            query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise bad_request("the query string is not valid UTF-8") from None
+        duplicated = sorted(k for k, values in query.items() if len(values) > 1)
+        if duplicated:
+            raise bad_request(f"parameter given more than once: {', '.join(duplicated)}")
+        self.query: dict[str, str] = {k: values[0] for k, values in query.items()}
+
+    @property
+    def volume(self) -> Volume:
+        if self._volume is None:
+            raise Problem(401, "unauthorized", "Authentication required")
+        return self._volume
+
+    def header(self, name: str) -> str | None:
+        value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return None if value is None else str(value)
+
+    def param(self, name: str) -> str:
+        value = self.query.get(name)
+        if value is None or value == "":
+            raise bad_request(f"the {name!r} parameter is required")
+        return value
+
+    def int_param(self, name: str, *, default: int | None = None, minimum: int = 0) -> int | None:
+        raw = self.query.get(name)
+        if raw is None or raw == "":
+            return default
+        if not raw.isdigit() or int(raw) < minimum:
+            raise bad_request(f"{name} must be an integer >= {minimum}")
+        return int(raw)
+
+    def content_length(self) -> int | None:
+        raw = self.environ.get("CONTENT_LENGTH", "").strip()
+        if not raw:
+            return None
+        if not raw.isdigit():
+            raise bad_request("bad Content-Length")
+        return int(raw)
+
+    def body(self) -> RequestBody:
+        return RequestBody(self.environ["wsgi.input"], self.content_length())
+
+    def json(self) -> dict[str, Any]:
+        ctype = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise Problem(415, "unsupported-media-type", "Unsupported media type", "send application/json")
+        length = self.content_length()
+        if length is not None and length > MAX_JSON_BODY:
+            raise Problem(413, "too-large", "Too large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+        raw = self.body().read(MAX_JSON_BODY + 1) if length is None else self.body().read()
+        if len(raw) > MAX_JSON_BODY:
+            raise Problem(413, "too-large", "Too large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad_request(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise bad_request("the body must be a JSON object")
+        return doc
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: Iterable[bytes] = ()
+
+    @classmethod
+    def json(cls, status: int, doc: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        out = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        return cls(status, out + (headers or []), [data])
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    #: The OpenAPI operation object (summary, parameters, requestBody, responses).
+    operation: dict[str, Any]
+    #: Served without credentials (the OpenAPI document).
+    public: bool = False
+
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    206: "Partial Content",
+    304: "Not Modified",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    423: "Locked",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    507: "Insufficient Storage",
+}
+
+
+def status_line(status: int) -> str:
+    return f"{status} {_REASONS.get(status, 'Unknown')}"
+
+
+class Api:
+    """The WSGI app mounted at ``prefix`` (``/api/v1``), behind the authenticator."""
+
+    def __init__(self, engine: Engine, routes: list[Route], *, prefix: str, account_key: str) -> None:
+        self.engine = engine
+        self.routes = routes
+        self.prefix = prefix
+        self._account_key = account_key
+        self._by_path: dict[str, dict[str, Route]] = {}
+        for route in routes:
+            self._by_path.setdefault(route.path, {})[route.method] = route
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            response = self._dispatch(environ)
+        except Problem as problem:
+            response = _problem_response(problem)
+        except e.StorageError as exc:
+            response = _problem_response(problems.from_storage_error(exc))
+        except Exception:
+            log.exception("%s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            response = _problem_response(Problem(500, "internal-error", "Internal server error"))
+        start_response(status_line(response.status), response.headers)
+        return _guarded(response.body, environ)
+
+    def _dispatch(self, environ: dict[str, Any]) -> Response:
+        path = environ.get("PATH_INFO", "")[len(self.prefix) :] or "/"
+        methods = self._by_path.get(path)
+        if methods is None:
+            raise Problem(404, "not-found", "Not found", f"no API endpoint {path!r}")
+        method = environ.get("REQUEST_METHOD", "GET")
+        route = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
+        if route is None:
+            problem = Problem(405, "method-not-allowed", "Method not allowed")
+            problem.headers.append(("Allow", ", ".join(sorted(methods))))
+            raise problem
+        volume = None
+        account_id = environ.get(self._account_key)
+        if account_id is not None:
+            volume = self.engine.volume(int(account_id))
+        elif not route.public:
+            raise Problem(401, "unauthorized", "Authentication required")
+        response = route.handler(Request(environ, volume))
+        if method == "HEAD":
+            _close(response.body)
+            response.body = ()
+        return response
+
+
+def _problem_response(problem: Problem) -> Response:
+    data = problem.body()
+    headers = [("Content-Type", problems.CONTENT_TYPE), ("Content-Length", str(len(data))), *problem.headers]
+    if problem.status == 413:
+        headers.append(("Connection", "close"))
+    return Response(problem.status, headers, [data])
+
+
+def _guarded(body: Iterable[bytes], environ: dict[str, Any]) -> Iterable[bytes]:
+    """Pass the body through; an error after the headers drops the connection (never a short 200)."""
+    if isinstance(body, list | tuple):
+        return body
+    return _Guarded(body, environ)
+
+
+class _Guarded:
+    def __init__(self, body: Iterable[bytes], environ: dict[str, Any]) -> None:
+        self._body = body
+        self._environ = environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        except Exception as exc:
+            log.error("%s failed mid-response: %s", self._environ.get("PATH_INFO"), exc)
+            raise
+
+    def close(self) -> None:
+        _close(self._body)
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
