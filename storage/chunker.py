@@ -84,7 +84,7 @@ class Chunker:
             if head:
                 yield head
             return
-        for chunk in self._cdc.cut_stream(_Prefixed(head, stream)):
+        for chunk in self._cdc.cut_stream(Prefixed(head, stream)):
             yield bytes(chunk.data)
 
     def split_bytes(self, data: bytes) -> Iterator[bytes]:
@@ -109,7 +109,7 @@ def _read_up_to(stream: Readable | ReadableInto, n: int) -> bytes:
     return bytes(buf[:got])
 
 
-class _Prefixed:
+class Prefixed:
     """``readinto`` that serves ``head`` first, then the rest of ``stream``."""
 
     def __init__(self, head: bytes, stream: Readable | ReadableInto) -> None:

@@ -48,6 +48,8 @@ class StorageConfig:
     gc_grace_seconds: float = 6 * 3600
     #: a streaming write's lease; refreshed while data arrives.
     write_lease_seconds: float = 3600
+    #: an upload session (tus, resumable) expires this long after its last data.
+    upload_session_seconds: float = 7 * 86400
     #: pool size for the metadata database (follows the server's thread count).
     db_pool_size: int = 10
     #: migrate the schema on open (the embedded default) instead of refusing.

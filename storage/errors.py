@@ -7,12 +7,14 @@ should escape from storage on a path a client can trigger::
     ├── NotFound                 no such file, folder, revision, account or object
     ├── AlreadyExists            the target exists and overwriting was not allowed
     ├── Conflict                 the tree forbids it: parent missing, not a folder, ...
+    │   └── OffsetMismatch       an upload resumed from another offset than the server's
     ├── InvalidName              a path or name that cannot be stored (NUL, '\\', ...)
     ├── PreconditionFailed       If-Match / parent revision did not hold
     ├── Locked                   a lock held by someone else
     ├── QuotaExceeded            the account has no room for it
     ├── TooLarge                 over the per-file limit (10 GB by default)
     ├── AuthenticationFailed     wrong password or token, unknown account
+    ├── ChecksumMismatch         uploaded data does not match the checksum sent with it
     ├── IntegrityError           stored data failed authentication or hashing
     │   └── UnsupportedFormat    a stored block of a format version we do not read
     ├── SchemaMismatch           the metadata database is at an unknown or newer revision
@@ -35,6 +37,16 @@ class AlreadyExists(StorageError):
 
 
 class Conflict(StorageError):
+    pass
+
+
+class OffsetMismatch(Conflict):
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+class ChecksumMismatch(StorageError):
     pass
 
 

@@ -134,3 +134,19 @@ class Stats:
     @property
     def compression_ratio(self) -> float:
         return self.unique_block_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSession:
+    """A resumable upload: ``offset`` bytes of ``length`` (None: not declared yet) are durable."""
+
+    id: str
+    kind: str
+    path: str | None
+    length: int | None
+    offset: int
+    meta: str | None
+    created_at: float
+    expires_at: float
+    #: The file as committed, once the last byte arrived (None before).
+    completed: Entry | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, update
@@ -37,6 +37,7 @@ from storage.metadata.db import Database
 from storage.metadata.prepared import Prepared
 from storage.model import Change, Entry, Quota, Revision
 from storage.reader import BlockLocation, VersionReader
+from storage.uploads import HasherCache, Uploads
 from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
 
 n = t.nodes.c
@@ -52,6 +53,7 @@ class Services:
     blocks: BlockStore
     executor: ThreadPoolExecutor
     notify: Callable[[int, int], None]
+    hashers: HasherCache = field(default_factory=HasherCache)
 
 
 class Volume:
@@ -60,6 +62,11 @@ class Volume:
         self._s = services
         self._db = services.db
         self._clock = services.config.clock
+
+    @property
+    def uploads(self) -> Uploads:
+        """This account's resumable upload sessions."""
+        return Uploads(self, self._s.hashers, self._clock)
 
     # -- reading the tree ------------------------------------------------------------
 
@@ -216,6 +223,14 @@ class Volume:
         if size_hint is not None and size_hint > room:
             raise QuotaExceeded("the account's quota has no room for this file")
         return max(room, 0)
+
+    def _commit_session(
+        self, path: str, source: Any, if_match: str | None, mtime: float | None, device: str | None
+    ) -> Entry:
+        """Commit a finished upload session's blocks as the file's new version (storage.uploads)."""
+        entry, seq, _ = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
+        self._s.notify(self.account.id, seq)
+        return entry
 
     def _commit(self, path: str, writer: BlockWriter, options: _WriteOptions) -> tuple[Entry, int, bool]:
         for _ in range(4):

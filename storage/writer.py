@@ -147,6 +147,17 @@ class _WholeHash:
         return self._h.digest()
 
 
+class _NoHash:
+    def update(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def digest(self) -> bytes:
+        return b""
+
+
 class BlockWriter:
     """Collects the blocks of one write; :meth:`commit_blocks` records them in a transaction."""
 
@@ -162,8 +173,11 @@ class BlockWriter:
         pin_every_bytes: int,
         lease_seconds: float,
         clock: Callable[[], float],
+        whole_hash: bool = True,
     ) -> None:
+        """``whole_hash=False``: the caller hashes the content itself (``sha256`` stays empty)."""
         self._ctx = ctx
+        self._whole_hash = whole_hash
         self._db = db
         self._store = store
         self._executor = executor
@@ -183,7 +197,7 @@ class BlockWriter:
     # -- streaming -----------------------------------------------------------------
 
     def consume(self, stream: Readable | ReadableInto) -> None:
-        whole = _WholeHash(self._depth)
+        whole = _WholeHash(self._depth) if self._whole_hash else _NoHash()
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0

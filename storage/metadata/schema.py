@@ -226,3 +226,27 @@ lock_records = Table(
     Column("data", Text, nullable=False),
     Column("expire", Float, nullable=False),
 )
+
+upload_sessions = Table(
+    "upload_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    #: The pin row holding the session's blocks (upload_blocks), expiring with the session.
+    Column("upload_id", ForeignKey("uploads.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("path", PathText),
+    Column("length", BigInteger),
+    Column("offset", BigInteger, nullable=False),
+    #: upload_blocks rows of the session (idx 0..count-1); the last is the tail when tail is true.
+    Column("block_count", Integer, nullable=False),
+    Column("tail", Boolean, nullable=False),
+    Column("mtime", Float),
+    Column("if_match", String(200)),
+    Column("device", String(200)),
+    Column("meta", Text),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("completed_at", Float),
+    Index("ix_upload_sessions_account", "account_id"),
+)

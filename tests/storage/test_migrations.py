@@ -32,3 +32,19 @@ def test_a_schema_from_a_newer_release_is_refused(database_url: str) -> None:
             ensure_schema(db, auto_migrate=True)
     finally:
         db.dispose()
+
+
+def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from storage.metadata.schema import metadata
+
+    db = Database(database_url)
+    try:
+        ensure_schema(db, auto_migrate=True)
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
+    finally:
+        db.dispose()

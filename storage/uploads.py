@@ -1,0 +1,419 @@
+"""Upload sessions: resumable uploads that survive restarts and move between nodes.
+
+One engine under both wire protocols of the extension API (tus 1.0 and the
+resumable protocol). A session row records the target, the declared length and
+the offset up to which data is durable; the data itself is already in blocks,
+pinned to the session by ``upload_blocks`` rows (so garbage collection leaves
+them alone until the session expires), in order.
+
+Each append runs the content-defined chunker over *tail + new data*, where the
+tail is the session's last block: the piece after the last real cut point,
+which is not a real block boundary until more data (or the end) arrives.
+FastCDC's cut points depend only on the bytes since the previous cut, so the
+blocks come out exactly as if the file had arrived in one request, and the tail
+lives in the block store like any block (sealed, shared by every node), never
+in a node's memory or local disk.
+
+An append commits in one transaction: the new blocks replace the old tail and
+the offset moves, or nothing changes (client gone, checksum mismatch, crash:
+the blocks written meanwhile are pinned by their own expiring lease and
+collected). The offset check inside that transaction makes concurrent appends
+from one offset safe: the second one gets :class:`OffsetMismatch`.
+
+When the last byte is durable the session is *finalised*: one more transaction
+commits the file's version exactly like any write (journal entry, ETag,
+If-Match, quota) and marks the session complete (it stays answerable until it
+expires). A crash between the two transactions is finished by the next status
+request. The whole-file SHA-256 is kept in memory per session while the
+appends come to the same process; otherwise it is computed at the end by
+reading the blocks back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Row, delete, insert, select, update
+
+from storage import paths
+from storage.chunker import Prefixed, Readable
+from storage.codec import is_precompressed
+from storage.errors import ChecksumMismatch, Conflict, NotFound, OffsetMismatch, TooLarge
+from storage.metadata import schema as t
+from storage.model import Entry, UploadSession
+from storage.reader import BlockLocation, VersionReader
+from storage.writer import BlockWriter, LimitedReader
+
+if TYPE_CHECKING:
+    from storage.volume import Volume
+
+s_ = t.upload_sessions.c
+ub = t.upload_blocks.c
+b = t.blocks.c
+
+#: Whole-file hashers kept for sessions being appended to in this process.
+HASHERS_KEPT = 1024
+
+
+@dataclass
+class Checksum:
+    """A checksum the client sent with an append (tus ``Upload-Checksum``)."""
+
+    algorithm: str  # a hashlib name: sha1, sha256, md5...
+    digest: bytes
+
+
+class HasherCache:
+    """session id -> (offset, hashlib object) for the appends this process has seen."""
+
+    def __init__(self, size: int = HASHERS_KEPT) -> None:
+        self._items: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def take(self, session_id: str, offset: int) -> Any:
+        """A hasher that has seen exactly ``offset`` bytes (a fresh one at 0), or None."""
+        with self._lock:
+            item = self._items.pop(session_id, None)
+        if item is not None and item[0] == offset:
+            return item[1]
+        return hashlib.sha256() if offset == 0 else None
+
+    def keep(self, session_id: str, offset: int, hasher: Any) -> None:
+        with self._lock:
+            self._items[session_id] = (offset, hasher)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class _Tee:
+    """Reads the body, feeding the whole-file hasher and the append's checksum as it goes."""
+
+    def __init__(self, stream: LimitedReader, hashers: list[Any]) -> None:
+        self._stream = stream
+        self._hashers = hashers
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self._stream.readinto(buffer)
+        if n:
+            data = buffer[:n]
+            for h in self._hashers:
+                h.update(data)
+        return n
+
+
+class Uploads:
+    """The upload sessions of one account (reached through :class:`storage.volume.Volume`)."""
+
+    def __init__(self, volume: Volume, hashers: HasherCache, clock: Callable[[], float]) -> None:
+        self._vol = volume
+        self._account_id = volume.account.id
+        self._s = volume._s
+        self._db = volume._s.db
+        self._hashers = hashers
+        self._clock = clock
+
+    # -- create, look up, delete -----------------------------------------------------
+
+    def create(
+        self,
+        *,
+        kind: str,
+        path: str | None,
+        length: int | None,
+        mtime: float | None = None,
+        if_match: str | None = None,
+        device: str | None = None,
+        meta: str | None = None,
+    ) -> UploadSession:
+        cfg = self._s.config
+        if length is not None and length > cfg.max_file_size:
+            raise TooLarge(f"files are limited to {cfg.max_file_size} bytes")
+        if path is not None:
+            path = paths.normalize_path(path)
+            if path == "":
+                raise Conflict("cannot write to the root folder")
+            self._vol._precheck(path, if_match, None, length)
+        now = self._clock()
+        session_id, pin_id = secrets.token_urlsafe(24), secrets.token_hex(16)
+        expires = now + cfg.upload_session_seconds
+        with self._db.write() as conn:
+            conn.execute(
+                insert(t.uploads).values(
+                    id=pin_id, account_id=self._account_id, kind="session", created_at=now, expires_at=expires
+                )
+            )
+            conn.execute(
+                insert(t.upload_sessions).values(
+                    id=session_id,
+                    account_id=self._account_id,
+                    upload_id=pin_id,
+                    kind=kind,
+                    path=path,
+                    length=length,
+                    offset=0,
+                    block_count=0,
+                    tail=False,
+                    mtime=mtime,
+                    if_match=if_match,
+                    device=device,
+                    meta=meta,
+                    created_at=now,
+                    expires_at=expires,
+                )
+            )
+        session = self.get(session_id)
+        if length == 0 and path is not None:
+            return self._finalize(session_id)
+        return session
+
+    def get(self, session_id: str) -> UploadSession:
+        """The session's state; finishes a session whose last byte is durable but not yet committed."""
+        with self._db.read() as conn:
+            row = self._row(conn, session_id)
+        if _needs_finalizing(row):
+            return self._finalize(session_id)
+        return self._to_session(row)
+
+    def delete(self, session_id: str) -> None:
+        """Terminate: the session and its pins go; its blocks become garbage."""
+        with self._db.write() as conn:
+            row = self._row(conn, session_id)
+            conn.execute(delete(t.uploads).where(t.uploads.c.id == row.upload_id))
+        self._hashers.take(session_id, -1)
+
+    def declare_length(self, session_id: str, length: int) -> UploadSession:
+        """tus ``Upload-Defer-Length``: the length, once known."""
+        if length > self._s.config.max_file_size:
+            raise TooLarge(f"files are limited to {self._s.config.max_file_size} bytes")
+        with self._db.write() as conn:
+            row = self._row(conn, session_id, lock=True)
+            if row.length is not None and row.length != length:
+                raise Conflict("the upload's length is already declared")
+            if length < row.offset:
+                raise Conflict(f"{row.offset} bytes were already received")
+            conn.execute(update(t.upload_sessions).where(s_.id == session_id).values(length=length))
+        return self.get(session_id)
+
+    # -- append ------------------------------------------------------------------------
+
+    def append(
+        self, session_id: str, offset: int, stream: Readable, *, checksum: Checksum | None = None
+    ) -> UploadSession:
+        """Append the stream at ``offset`` (which must be the session's); returns the new state."""
+        with self._db.read() as conn:
+            row = self._row(conn, session_id)
+            if row.completed_at is not None:
+                raise OffsetMismatch("the upload is complete", int(row.offset))
+            if offset != row.offset:
+                raise OffsetMismatch(f"the upload is at offset {row.offset}, not {offset}", int(row.offset))
+            tail = self._tail(conn, row)
+        prefix = (
+            self._s.blocks.fetch(self._vol.account.keys, tail.name, tail.sha256, tail.size) if tail else b""
+        )
+        limit = (row.length if row.length is not None else self._s.config.max_file_size) - offset
+        whole = self._hashers.take(session_id, offset)
+        whole_before = whole.copy() if whole is not None else None
+        check = hashlib.new(checksum.algorithm) if checksum is not None else None
+        body = LimitedReader(stream, limit, None)
+        writer = self._writer(row.path)
+        try:
+            tee = _Tee(body, [h for h in (whole, check) if h is not None])
+            writer.consume(Prefixed(prefix, tee))
+            if check is not None and checksum is not None and check.digest() != checksum.digest:
+                raise ChecksumMismatch(f"the data does not match its {checksum.algorithm} checksum")
+            if body.count == 0:
+                writer.abort()
+                if whole_before is not None:
+                    self._hashers.keep(session_id, offset, whole_before)
+                return self.get(session_id)
+            start = tail.offset if tail else offset
+            with self._db.write() as conn:
+                self._commit_append(conn, row, writer, start, offset + body.count)
+        except BaseException:
+            writer.abort()
+            if whole_before is not None:
+                self._hashers.keep(session_id, offset, whole_before)
+            raise
+        writer.committed()
+        new_offset = offset + body.count
+        if whole is not None:
+            self._hashers.keep(session_id, new_offset, whole)
+        return self.get(session_id)
+
+    def _commit_append(
+        self, conn: Connection, row: Row[Any], writer: BlockWriter, start: int, end: int
+    ) -> None:
+        current = self._row(conn, row.id, lock=True)
+        if current.offset != row.offset or current.completed_at is not None:
+            raise OffsetMismatch("another request appended to this upload meanwhile", int(current.offset))
+        writer.finish_in(conn)
+        first = current.block_count - (1 if current.tail else 0)
+        conn.execute(delete(t.upload_blocks).where(ub.upload_id == current.upload_id, ub.idx >= first))
+        conn.execute(
+            insert(t.upload_blocks),
+            [
+                {
+                    "upload_id": current.upload_id,
+                    "idx": first + i,
+                    "block_id": r.block_id,
+                    "offset": start + r.offset,
+                }
+                for i, r in enumerate(writer.refs)
+            ],
+        )
+        complete = current.length is not None and end == current.length
+        expires = self._clock() + self._s.config.upload_session_seconds
+        conn.execute(
+            update(t.upload_sessions)
+            .where(s_.id == current.id)
+            .values(offset=end, block_count=first + len(writer.refs), tail=not complete, expires_at=expires)
+        )
+        conn.execute(update(t.uploads).where(t.uploads.c.id == current.upload_id).values(expires_at=expires))
+
+    # -- finishing -----------------------------------------------------------------------
+
+    def _finalize(self, session_id: str) -> UploadSession:
+        with self._db.read() as conn:
+            row = self._row(conn, session_id)
+            if not _needs_finalizing(row):
+                return self._to_session(row)
+            blocks = self._blocks(conn, row)
+        whole = self._hashers.take(session_id, int(row.offset))
+        sha = whole.digest() if whole is not None else self._read_back_hash(row, blocks)
+        source = _SessionBlocks(row, blocks, sha, self._clock)
+        self._vol._commit_session(row.path, source, row.if_match, row.mtime, row.device)
+        return self.get(session_id)
+
+    def _read_back_hash(self, row: Row[Any], blocks: list[_Block]) -> bytes:
+        h = hashlib.sha256()
+        entry = Entry(0, row.path or "", "", False, int(row.offset), 0.0, 0.0)
+        locations = [BlockLocation(x.offset, x.size, x.name, x.sha256) for x in blocks]
+        reader = VersionReader(entry, locations, self._s.blocks, self._vol.account.keys, self._s.executor)
+        with reader:
+            for data in reader.iter_range(0, int(row.offset)):
+                h.update(data)
+        return h.digest()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _row(self, conn: Connection, session_id: str, *, lock: bool = False) -> Row[Any]:
+        query = select(t.upload_sessions).where(
+            s_.id == session_id, s_.account_id == self._account_id, s_.expires_at >= self._clock()
+        )
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound("no such upload (it may have expired)")
+        return row
+
+    def _blocks(self, conn: Connection, row: Row[Any]) -> list[_Block]:
+        rows = conn.execute(
+            select(ub.idx, ub.offset, ub.block_id, b.size, b.name, b.sha256)
+            .join(t.blocks, b.id == ub.block_id)
+            .where(ub.upload_id == row.upload_id, ub.idx < row.block_count)
+            .order_by(ub.idx)
+        ).all()
+        return [_Block(int(r.block_id), int(r.offset), int(r.size), r.name, bytes(r.sha256)) for r in rows]
+
+    def _tail(self, conn: Connection, row: Row[Any]) -> _Block | None:
+        """The session's last block when it is a tail (not ended at a real cut point)."""
+        if not row.tail or row.block_count == 0:
+            return None
+        return self._blocks(conn, row)[-1]
+
+    def _writer(self, path: str | None) -> BlockWriter:
+        cfg = self._s.config
+        return BlockWriter(
+            self._vol.account,
+            self._db,
+            self._s.blocks,
+            self._s.executor,
+            compress=not is_precompressed(paths.name_of(path) if path else None),
+            depth=cfg.pipeline_depth,
+            pin_every_bytes=cfg.pin_every_bytes,
+            lease_seconds=cfg.write_lease_seconds,
+            clock=self._clock,
+            whole_hash=False,
+        )
+
+    def _to_session(self, row: Row[Any]) -> UploadSession:
+        completed = None
+        if row.completed_at is not None and row.path is not None:
+            try:
+                completed = self._vol.stat(row.path)
+            except NotFound:
+                completed = None  # committed, then deleted or moved away since
+        return UploadSession(
+            row.id,
+            row.kind,
+            row.path,
+            row.length,
+            int(row.offset),
+            row.meta,
+            row.created_at,
+            row.expires_at,
+            completed,
+        )
+
+
+def _needs_finalizing(row: Row[Any]) -> bool:
+    return (
+        row.completed_at is None
+        and row.path is not None
+        and row.length is not None
+        and row.offset == row.length
+        and row.kind != "partial"
+    )
+
+
+@dataclass(frozen=True)
+class _Block:
+    block_id: int
+    offset: int
+    size: int
+    name: str
+    sha256: bytes
+
+
+@dataclass
+class _Ref:
+    block_id: int
+    offset: int
+
+
+class _SessionBlocks:
+    """What :meth:`Volume._commit` needs from a write, for a finished session."""
+
+    def __init__(
+        self, row: Row[Any], blocks: list[_Block], sha256: bytes, clock: Callable[[], float]
+    ) -> None:
+        self._row = row
+        self._clock = clock
+        self.refs = [_Ref(x.block_id, x.offset) for x in blocks]
+        self.size = int(row.offset)
+        self.sha256 = sha256
+
+    def finish_in(self, conn: Connection) -> None:
+        """Inside the commit: the session completes (its pins can go: the version holds the blocks)."""
+        done = conn.execute(
+            update(t.upload_sessions)
+            .where(s_.id == self._row.id, s_.completed_at.is_(None), s_.offset == self._row.offset)
+            .values(completed_at=self._clock(), tail=False)
+        ).rowcount
+        if done != 1:
+            raise OffsetMismatch("the upload changed while it was being finished", int(self._row.offset))
+        conn.execute(delete(t.upload_blocks).where(ub.upload_id == self._row.upload_id))
+
+    def retry_after(self, exc: Exception) -> None:
+        raise exc
+
+    def committed(self) -> None:
+        pass

@@ -1,0 +1,208 @@
+"""Upload sessions: appends in pieces, resumption, checksums, restarts, expiry, isolation."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from storage.engine import Engine
+from storage.errors import ChecksumMismatch, Conflict, NotFound, OffsetMismatch, QuotaExceeded, TooLarge
+from storage.metadata import schema as t
+from storage.uploads import Checksum
+from storage.volume import Volume
+from tests.storage.conftest import EngineFactory
+
+
+@pytest.fixture
+def vol(engine: Engine) -> Volume:
+    engine.accounts.create("alice", "alice-password")
+    return engine.volume("alice")
+
+
+def _data(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _pieces(data: bytes, sizes: list[int]) -> Iterator[bytes]:
+    at = 0
+    for size in sizes:
+        yield data[at : at + size]
+        at += size
+    if at < len(data):
+        yield data[at:]
+
+
+def _block_hashes(engine: Engine, vol: Volume, path: str) -> list[bytes]:
+    version = vol.stat(path).version_id
+    with engine.db.read() as conn:
+        rows = conn.execute(
+            select(t.blocks.c.sha256)
+            .join(t.version_blocks, t.version_blocks.c.block_id == t.blocks.c.id)
+            .where(t.version_blocks.c.version_id == version)
+            .order_by(t.version_blocks.c.idx)
+        )
+        return [bytes(r.sha256) for r in rows]
+
+
+def test_appends_in_pieces_make_the_same_blocks_as_one_write(engine: Engine, vol: Volume) -> None:
+    data = _data(1_500_000)
+    up = vol.uploads.create(kind="tus", path="big.bin", length=len(data), mtime=1_600_000_000)
+    offset = 0
+    for piece in _pieces(data, [1, 70_001, 333_333, 4096, 500_000]):
+        state = vol.uploads.append(up.id, offset, io.BytesIO(piece))
+        offset += len(piece)
+        assert state.offset == offset
+    assert state.completed is not None and state.completed.size == len(data)
+    assert state.completed.sha256 == hashlib.sha256(data).digest()
+    with vol.open("big.bin") as r:
+        assert r.read() == data
+    assert vol.stat("big.bin").mtime == 1_600_000_000
+    vol.write("copy.bin", io.BytesIO(data))
+    assert _block_hashes(engine, vol, "big.bin") == _block_hashes(engine, vol, "copy.bin")
+    assert [c.op for c in vol.journal()][-2:] == ["create", "create"]
+    assert len(vol.revisions("big.bin")) == 1
+    assert vol.uploads.get(up.id).completed is not None  # still answerable until it expires
+
+
+def test_resuming_from_the_wrong_offset_is_refused(vol: Volume) -> None:
+    up = vol.uploads.create(kind="tus", path="f", length=10)
+    vol.uploads.append(up.id, 0, io.BytesIO(b"01234"))
+    with pytest.raises(OffsetMismatch) as err:
+        vol.uploads.append(up.id, 3, io.BytesIO(b"34567"))
+    assert err.value.offset == 5
+    assert vol.uploads.append(up.id, 5, io.BytesIO(b"56789")).completed is not None
+    with pytest.raises(OffsetMismatch):
+        vol.uploads.append(up.id, 10, io.BytesIO(b"x"))
+
+
+def test_a_checksum_mismatch_discards_the_piece(vol: Volume) -> None:
+    up = vol.uploads.create(kind="tus", path="f", length=8)
+    bad = Checksum("sha1", hashlib.sha1(b"other").digest())
+    with pytest.raises(ChecksumMismatch):
+        vol.uploads.append(up.id, 0, io.BytesIO(b"abcd"), checksum=bad)
+    assert vol.uploads.get(up.id).offset == 0
+    good = Checksum("sha256", hashlib.sha256(b"abcd").digest())
+    assert vol.uploads.append(up.id, 0, io.BytesIO(b"abcd"), checksum=good).offset == 4
+    done = vol.uploads.append(up.id, 4, io.BytesIO(b"efgh"))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(b"abcdefgh").digest()
+
+
+class Breaks(io.RawIOBase):
+    """Gives ``good`` bytes, then fails like a dropped connection."""
+
+    def __init__(self, good: bytes) -> None:
+        self._good = io.BytesIO(good)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._good.readinto(buffer)
+        if n:
+            return n
+        raise ConnectionResetError("client went away")
+
+
+def test_an_interrupted_append_changes_nothing_and_resumes(engine: Engine, vol: Volume) -> None:
+    data = _data(900_000, seed=2)
+    up = vol.uploads.create(kind="resumable", path="f.bin", length=len(data))
+    vol.uploads.append(up.id, 0, io.BytesIO(data[:300_000]))
+    with pytest.raises(ConnectionResetError):
+        vol.uploads.append(up.id, 300_000, Breaks(data[300_000:700_000]))
+    assert vol.uploads.get(up.id).offset == 300_000
+    with pytest.raises(NotFound):
+        vol.stat("f.bin")
+    done = vol.uploads.append(up.id, 300_000, io.BytesIO(data[300_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    engine.gc(grace_seconds=0)
+    check = engine.fsck(deep=True)
+    assert check.clean and check.leak_free, check
+
+
+def test_another_engine_on_the_same_database_resumes_and_hashes_by_reading_back(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    """What a second node, or this one after a restart, sees: only the database and the block store."""
+    first = make_engine(database_url)
+    first.accounts.create("alice", "alice-password")
+    data = _data(700_000, seed=3)
+    up = first.volume("alice").uploads.create(kind="tus", path="f.bin", length=len(data))
+    first.volume("alice").uploads.append(up.id, 0, io.BytesIO(data[:250_000]))
+    second = make_engine(database_url, master_key=first.config.master_key, blocks_url=first.config.blocks_url)
+    vol2 = second.volume("alice")
+    assert vol2.uploads.get(up.id).offset == 250_000
+    done = vol2.uploads.append(up.id, 250_000, io.BytesIO(data[250_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    with vol2.open("f.bin") as r:
+        assert r.read() == data
+
+
+def test_deferred_length_and_empty_uploads(vol: Volume) -> None:
+    up = vol.uploads.create(kind="tus", path="later.txt", length=None)
+    assert vol.uploads.append(up.id, 0, io.BytesIO(b"hello ")).completed is None
+    vol.uploads.append(up.id, 6, io.BytesIO(b"world"))
+    with pytest.raises(Conflict):
+        vol.uploads.declare_length(up.id, 3)
+    done = vol.uploads.declare_length(up.id, 11)
+    assert done.completed is not None
+    with vol.open("later.txt") as r:
+        assert r.read() == b"hello world"
+    empty = vol.uploads.create(kind="tus", path="empty", length=0)
+    assert empty.completed is not None and vol.stat("empty").size == 0
+
+
+def test_limits_are_checked_when_the_session_is_created(engine: Engine, vol: Volume) -> None:
+    with pytest.raises(TooLarge):
+        vol.uploads.create(kind="tus", path="huge", length=engine.config.max_file_size + 1)
+    engine.accounts.set_quota("alice", 1000)
+    with pytest.raises(QuotaExceeded):
+        vol.uploads.create(kind="tus", path="big", length=1001)
+    with pytest.raises(Conflict):
+        vol.uploads.create(kind="tus", path="no/such/folder/f", length=1)
+    up = vol.uploads.create(kind="tus", path="f", length=4)
+    with pytest.raises(TooLarge):
+        vol.uploads.append(up.id, 0, io.BytesIO(b"12345"))
+    assert vol.uploads.get(up.id).offset == 0
+
+
+def test_sessions_belong_to_their_account(engine: Engine, vol: Volume) -> None:
+    up = vol.uploads.create(kind="tus", path="f", length=3)
+    engine.accounts.create("bob", "bob-password-1")
+    bob = engine.volume("bob")
+    for attempt in (
+        lambda: bob.uploads.get(up.id),
+        lambda: bob.uploads.append(up.id, 0, io.BytesIO(b"abc")),
+        lambda: bob.uploads.delete(up.id),
+    ):
+        with pytest.raises(NotFound):
+            attempt()
+    assert vol.uploads.get(up.id).offset == 0
+
+
+def test_expired_and_deleted_sessions_are_reclaimed(make_engine: EngineFactory, database_url: str) -> None:
+    now = [1_000_000.0]
+    engine = make_engine(database_url, clock=lambda: now[0])
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    expiring = vol.uploads.create(kind="tus", path="a", length=400_000)
+    vol.uploads.append(expiring.id, 0, io.BytesIO(os.urandom(200_000)))
+    terminated = vol.uploads.create(kind="tus", path="b", length=400_000)
+    vol.uploads.append(terminated.id, 0, io.BytesIO(os.urandom(200_000)))
+    vol.uploads.delete(terminated.id)
+    with pytest.raises(NotFound):
+        vol.uploads.get(terminated.id)
+    now[0] += engine.config.upload_session_seconds + 1
+    with pytest.raises(NotFound):
+        vol.uploads.get(expiring.id)
+    report = engine.gc(grace_seconds=0)
+    assert report.blocks_deleted > 0
+    with engine.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.upload_sessions)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(t.blocks)).scalar_one() == 0
+    assert engine.fsck().leak_free
