@@ -41,8 +41,9 @@ class Conflict(StorageError):
 
 
 class OffsetMismatch(Conflict):
-    def __init__(self, message: str, offset: int) -> None:
+    def __init__(self, message: str, offset: int | None = None) -> None:
         super().__init__(message)
+        #: The offset the server holds, when known.
         self.offset = offset
 
 

@@ -150,3 +150,5 @@ class UploadSession:
     expires_at: float
     #: The file as committed, once the last byte arrived (None before).
     completed: Entry | None = None
+    #: Set by the call that committed the file: whether that created it (False: a new version).
+    created: bool = False

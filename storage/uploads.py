@@ -36,7 +36,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row, delete, insert, select, update
@@ -201,6 +201,79 @@ class Uploads:
             conn.execute(update(t.upload_sessions).where(s_.id == session_id).values(length=length))
         return self.get(session_id)
 
+    def concat(
+        self,
+        path: str,
+        partial_ids: list[str],
+        *,
+        mtime: float | None = None,
+        if_match: str | None = None,
+        device: str | None = None,
+        meta: str | None = None,
+    ) -> UploadSession:
+        """Join finished partial uploads (tus concatenation) into the file at ``path``.
+
+        The blocks are taken over as they are (no data moves); the partial sessions go.
+        """
+        path = paths.normalize_path(path)
+        if path == "" or not partial_ids:
+            raise Conflict("a concatenation needs a file path and at least one partial upload")
+        with self._db.read() as conn:
+            parts = [self._row(conn, pid) for pid in partial_ids]
+        for part in parts:
+            if part.kind != "partial" or part.length is None or part.offset != part.length:
+                raise Conflict(f"upload {part.id} is not a finished partial upload")
+        total = sum(int(p.length) for p in parts)
+        if total > self._s.config.max_file_size:
+            raise TooLarge(f"files are limited to {self._s.config.max_file_size} bytes")
+        self._vol._precheck(path, if_match, None, total)
+        now = self._clock()
+        session_id, pin_id = secrets.token_urlsafe(24), secrets.token_hex(16)
+        expires = now + self._s.config.upload_session_seconds
+        with self._db.write() as conn:
+            rows: list[dict[str, Any]] = []
+            base = 0
+            for pid in partial_ids:
+                part = self._row(conn, pid, lock=True)
+                for blk in self._blocks(conn, part):
+                    rows.append(
+                        {
+                            "upload_id": pin_id,
+                            "idx": len(rows),
+                            "block_id": blk.block_id,
+                            "offset": base + blk.offset,
+                        }
+                    )
+                base += int(part.length)
+            conn.execute(
+                insert(t.uploads).values(
+                    id=pin_id, account_id=self._account_id, kind="session", created_at=now, expires_at=expires
+                )
+            )
+            conn.execute(
+                insert(t.upload_sessions).values(
+                    id=session_id,
+                    account_id=self._account_id,
+                    upload_id=pin_id,
+                    kind="final",
+                    path=path,
+                    length=total,
+                    offset=total,
+                    block_count=len(rows),
+                    tail=False,
+                    mtime=mtime,
+                    if_match=if_match,
+                    device=device,
+                    meta=meta,
+                    created_at=now,
+                    expires_at=expires,
+                )
+            )
+            if rows:
+                conn.execute(insert(t.upload_blocks), rows)
+            conn.execute(delete(t.uploads).where(t.uploads.c.id.in_([p.upload_id for p in parts])))
+        return self._finalize(session_id)
+
     # -- append ------------------------------------------------------------------------
 
     def append(
@@ -288,8 +361,8 @@ class Uploads:
         whole = self._hashers.take(session_id, int(row.offset))
         sha = whole.digest() if whole is not None else self._read_back_hash(row, blocks)
         source = _SessionBlocks(row, blocks, sha, self._clock)
-        self._vol._commit_session(row.path, source, row.if_match, row.mtime, row.device)
-        return self.get(session_id)
+        _, created = self._vol._commit_session(row.path, source, row.if_match, row.mtime, row.device)
+        return replace(self.get(session_id), created=created)
 
     def _read_back_hash(self, row: Row[Any], blocks: list[_Block]) -> bytes:
         h = hashlib.sha256()

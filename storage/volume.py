@@ -226,11 +226,14 @@ class Volume:
 
     def _commit_session(
         self, path: str, source: Any, if_match: str | None, mtime: float | None, device: str | None
-    ) -> Entry:
-        """Commit a finished upload session's blocks as the file's new version (storage.uploads)."""
-        entry, seq, _ = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
+    ) -> tuple[Entry, bool]:
+        """Commit a finished upload session's blocks as the file's new version (storage.uploads).
+
+        Returns the entry and whether the file is new.
+        """
+        entry, seq, created = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
         self._s.notify(self.account.id, seq)
-        return entry
+        return entry, created
 
     def _commit(self, path: str, writer: BlockWriter, options: _WriteOptions) -> tuple[Entry, int, bool]:
         for _ in range(4):

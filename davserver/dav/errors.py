@@ -39,6 +39,7 @@ STATUS: dict[type[e.StorageError], int] = {
     e.AlreadyExists: HTTP_PRECONDITION_FAILED,
     e.Conflict: HTTP_CONFLICT,
     e.InvalidName: HTTP_BAD_REQUEST,
+    e.ChecksumMismatch: HTTP_BAD_REQUEST,
     e.PreconditionFailed: HTTP_PRECONDITION_FAILED,
     e.Locked: HTTP_LOCKED,
     e.QuotaExceeded: HTTP_INSUFFICIENT_STORAGE,

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from storage.engine import Engine
-from sync_ext.api import files
+from sync_ext.api import files, tus
 from sync_ext.api.openapi import PATH_PARAM, document, json_body, problem, query, ref
-from sync_ext.api.routing import Api, Request, Response, Route
+from sync_ext.api.routing import PREFIX, Api, Request, Response, Route
 
-PREFIX = "/api/v1"
+__all__ = ["PREFIX", "create_api"]
 
 
 def create_api(engine: Engine, *, account_key: str) -> Api:
+    """The API over ``engine``; the authenticated account's id is read from ``environ[account_key]``."""
     served: dict[str, Any] = {}
 
     def openapi(req: Request) -> Response:
@@ -28,7 +29,11 @@ def create_api(engine: Engine, *, account_key: str) -> Api:
         "summary": "This document",
         "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {}}}},
     }
-    routes = [*_routes(), Route("GET", "/openapi.json", openapi, operation, public=True)]
+    routes = [
+        *_routes(),
+        *_tus_routes(tus.make_handlers(PREFIX, engine.config.max_file_size)),
+        Route("GET", "/openapi.json", openapi, operation, public=True),
+    ]
     served["document"] = document(routes, PREFIX)
     return Api(engine, routes, prefix=PREFIX, account_key=account_key)
 
@@ -125,22 +130,178 @@ def _routes() -> list[Route]:
             files.upload,
             {
                 "operationId": "files_upload",
-                "summary": "Store the request body as the file's new content (uploadType=media)",
+                "summary": "media: store the body as the file's content; resumable: start a session",
                 "parameters": [
                     PATH_PARAM,
-                    query("uploadType", "media", required=True, schema={"enum": ["media"]}),
+                    query(
+                        "uploadType",
+                        "media or resumable",
+                        required=True,
+                        schema={"enum": ["media", "resumable"]},
+                    ),
                     query("mtime", "Modification time, seconds since the epoch", schema={"type": "number"}),
                     {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "X-Upload-Content-Length",
+                        "in": "header",
+                        "required": False,
+                        "description": "resumable: the total size, when known",
+                        "schema": {"type": "string"},
+                    },
                 ],
-                "requestBody": {"required": True, "content": binary},
+                "requestBody": {"required": False, "content": binary},
                 "responses": {
-                    "200": json_body(ref("Metadata"), "A new revision of an existing file"),
+                    "200": json_body(
+                        {"oneOf": [ref("Metadata"), ref("ResumableSession")]},
+                        "media: a new revision; resumable: the session (its URL also in Location)",
+                    ),
                     "201": json_body(ref("Metadata"), "A new file"),
                     "409": problem("The parent folder does not exist, or the path is a folder"),
                     "412": problem("If-Match did not hold"),
                     "413": problem("Over the per-file limit"),
                     "507": problem("Over quota"),
                 },
+            },
+        ),
+        Route(
+            "PUT",
+            "/files/upload",
+            files.resume,
+            {
+                "operationId": "files_upload_resume",
+                "summary": "Send a piece of a resumable upload, or ask for its state",
+                "parameters": [
+                    query("upload_id", "The session (from the Location of the POST)", required=True),
+                    {
+                        "name": "Content-Range",
+                        "in": "header",
+                        "required": False,
+                        "description": "bytes a-b/total (total may be *); bytes */total asks the state",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": {"required": False, "content": binary},
+                "responses": {
+                    "200": json_body(ref("Metadata"), "Complete: a new revision of an existing file"),
+                    "201": json_body(ref("Metadata"), "Complete: a new file"),
+                    "308": {
+                        "description": "Incomplete; Range: bytes=0-N is what the server holds (none: nothing)"
+                    },
+                    "404": problem("No such session (or it expired)"),
+                    "409": problem("The target's folder disappeared, or the path became a folder"),
+                    "412": problem("If-Match no longer holds"),
+                    "413": problem("More data than the declared total"),
+                    "507": problem("Over quota"),
+                },
+            },
+        ),
+    ]
+
+
+def _tus_routes(h: dict[str, Any]) -> list[Route]:
+    def header(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "header",
+            "required": required,
+            "description": description,
+            "schema": {"type": "string"},
+        }
+
+    resumable = header("Tus-Resumable", "1.0.0", required=True)
+    upload_id = {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    chunk: dict[str, Any] = {
+        "application/offset+octet-stream": {"schema": {"type": "string", "format": "binary"}}
+    }
+    tus_problems = {
+        "404": problem("No such upload (or it expired)"),
+        "412": problem("Unsupported Tus-Resumable version"),
+    }
+    return [
+        Route(
+            "OPTIONS",
+            "/uploads/",
+            h["options"],
+            {
+                "operationId": "tus_options",
+                "summary": "tus capabilities (Tus-Version, Tus-Extension, Tus-Max-Size, ...)",
+                "responses": {"204": {"description": "Capabilities in the headers"}},
+            },
+        ),
+        Route(
+            "POST",
+            "/uploads/",
+            h["create"],
+            {
+                "operationId": "tus_create",
+                "summary": "Create an upload: creation, creation-with-upload, defer-length, concatenation",
+                "parameters": [
+                    resumable,
+                    header("Upload-Length", "Total size in bytes"),
+                    header("Upload-Defer-Length", "1 when the size is not known yet"),
+                    header("Upload-Metadata", "base64 pairs: path (or filename), mtime"),
+                    header("Upload-Concat", "partial, or final;<upload URLs>"),
+                    header("Upload-Checksum", "with a body: '<sha1|sha256|md5> <base64>'"),
+                ],
+                "requestBody": {"required": False, "content": chunk},
+                "responses": {
+                    "201": {"description": "Created; Location is the upload's URL"},
+                    **tus_problems,
+                    "409": problem("The target's folder does not exist, or a partial upload is unfinished"),
+                    "413": problem("Upload-Length over Tus-Max-Size"),
+                    "415": problem("A body that is not application/offset+octet-stream"),
+                    "460": problem("The body does not match Upload-Checksum"),
+                    "507": problem("Over quota"),
+                },
+            },
+        ),
+        Route(
+            "HEAD",
+            "/uploads/{upload_id}",
+            h["head"],
+            {
+                "operationId": "tus_head",
+                "summary": "The upload's offset (Upload-Offset) and length",
+                "parameters": [resumable, upload_id],
+                "responses": {"200": {"description": "State in the headers"}, **tus_problems},
+            },
+        ),
+        Route(
+            "PATCH",
+            "/uploads/{upload_id}",
+            h["patch"],
+            {
+                "operationId": "tus_patch",
+                "summary": "Append data at Upload-Offset",
+                "parameters": [
+                    resumable,
+                    upload_id,
+                    header("Upload-Offset", "Where this data starts", required=True),
+                    header("Upload-Length", "The total size, if it was deferred"),
+                    header("Upload-Checksum", "'<sha1|sha256|md5> <base64>' of this body"),
+                ],
+                "requestBody": {"required": True, "content": chunk},
+                "responses": {
+                    "204": {"description": "Appended; Upload-Offset is the new offset"},
+                    **tus_problems,
+                    "403": problem("A final (concatenated) upload takes no data"),
+                    "409": problem("Upload-Offset is not the upload's offset"),
+                    "413": problem("More data than Upload-Length"),
+                    "415": problem("The body is not application/offset+octet-stream"),
+                    "460": problem("The body does not match Upload-Checksum; it was discarded"),
+                    "507": problem("Over quota"),
+                },
+            },
+        ),
+        Route(
+            "DELETE",
+            "/uploads/{upload_id}",
+            h["terminate"],
+            {
+                "operationId": "tus_terminate",
+                "summary": "Terminate the upload (tus termination)",
+                "parameters": [resumable, upload_id],
+                "responses": {"204": {"description": "Terminated"}, **tus_problems},
             },
         ),
     ]

@@ -6,10 +6,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from storage.model import Entry, Revision
+from storage import errors as e
+from storage.model import Entry, Revision, UploadSession
 from storage.reader import VersionReader
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response
+from sync_ext.api.routing import PREFIX, Request, Response
 
 #: list_revisions pages at most this many revisions.
 MAX_REVISIONS_PAGE = 1000
@@ -80,8 +81,10 @@ def restore(req: Request) -> Response:
 
 def upload(req: Request) -> Response:
     kind = req.param("uploadType")
+    if kind == "resumable":
+        return _start_resumable(req)
     if kind != "media":
-        raise bad_request(f"uploadType {kind!r} is not supported here (use 'media')")
+        raise bad_request(f"uploadType must be 'media' or 'resumable', not {kind!r}")
     path = req.param("path")
     mtime = _mtime(req)
     length = req.content_length()
@@ -100,6 +103,84 @@ def upload(req: Request) -> Response:
             raise bad_request(f"body ended after {body.received} of {length} bytes")
         entry = pending.commit()
     return Response.json(201 if pending.created else 200, entry_json(entry), [("ETag", entry.etag or "")])
+
+
+# -- the resumable protocol: POST starts a session, PUTs with Content-Range fill it -----------
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def _start_resumable(req: Request) -> Response:
+    declared = (req.header("X-Upload-Content-Length") or "").strip()
+    if declared and not declared.isdigit():
+        raise bad_request("X-Upload-Content-Length must be a byte count")
+    session = req.volume.uploads.create(
+        kind="resumable",
+        path=req.param("path"),
+        length=int(declared) if declared else None,
+        mtime=_mtime(req),
+        if_match=_if_match(req),
+        device=_device(req),
+    )
+    location = f"{req.environ.get('SCRIPT_NAME', '')}{PREFIX}/files/upload?upload_id={session.id}"
+    if session.completed is not None:
+        return Response.json(201 if session.created else 200, entry_json(session.completed))
+    return Response.json(200, {"upload_id": session.id, "location": location}, [("Location", location)])
+
+
+def resume(req: Request) -> Response:
+    """``PUT ...?upload_id=``: data with ``Content-Range: bytes a-b/total``, or a status query
+    (``bytes */total``, no body). 308 with ``Range: bytes=0-N`` until the file is complete."""
+    session_id = req.param("upload_id")
+    uploads = req.volume.uploads
+    raw = req.header("Content-Range")
+    length = req.content_length() or 0
+    if raw is None:
+        if length == 0:
+            return _resumable_state(uploads.get(session_id))
+        raw = f"bytes 0-{length - 1}/{length}"
+    m = _CONTENT_RANGE.match(raw)
+    if m is None:
+        raise bad_request(
+            "Content-Range must be 'bytes a-b/total', 'bytes */total' or with '*' for an unknown total"
+        )
+    first, last, total = m.groups()
+    session = uploads.get(session_id)
+    if total != "*" and session.length is None and session.completed is None:
+        session = uploads.declare_length(session_id, int(total))
+    elif total != "*" and session.length is not None and int(total) != session.length:
+        raise bad_request(f"the upload's total is {session.length} bytes, not {total}")
+    if first is None:
+        return _resumable_state(session)
+    start, end = int(first), int(last) + 1
+    if end <= start or (length and end - start != length):
+        raise bad_request("Content-Range does not match the body's length")
+    if session.completed is not None or start != session.offset:
+        # The client is out of step: tell it where the server is; its body is not read.
+        response = _resumable_state(session)
+        response.headers.append(("Connection", "close"))
+        return response
+    body = req.body()
+    try:
+        session = uploads.append(session_id, start, body)
+    except e.OffsetMismatch:
+        # Another request (say, the client's previous one, dropped but still finishing)
+        # moved the offset meanwhile: answer the state, the client resumes from there.
+        response = _resumable_state(uploads.get(session_id))
+        response.headers.append(("Connection", "close"))
+        return response
+    if body.received != end - start:
+        raise bad_request(f"the body ended after {body.received} of {end - start} bytes")
+    return _resumable_state(session)
+
+
+def _resumable_state(session: UploadSession) -> Response:
+    if session.completed is not None:
+        return Response.json(201 if session.created else 200, entry_json(session.completed))
+    headers = [("Content-Length", "0")]
+    if session.offset > 0:
+        headers.append(("Range", f"bytes=0-{session.offset - 1}"))
+    return Response(308, headers)
 
 
 def download(req: Request) -> Response:

@@ -101,6 +101,11 @@ SCHEMAS: dict[str, Any] = {
             "has_more": {"type": "boolean"},
         },
     },
+    "ResumableSession": {
+        "type": "object",
+        "required": ["upload_id", "location"],
+        "properties": {"upload_id": {"type": "string"}, "location": {"type": "string"}},
+    },
     "RestoreRequest": {
         "type": "object",
         "required": ["path", "rev"],

@@ -42,6 +42,8 @@ class Problem(Exception):
 #: storage error class -> (status, problem slug, title). Looked up along the class's MRO.
 STORAGE_PROBLEMS: dict[type[e.StorageError], tuple[int, str, str]] = {
     e.NotFound: (404, "not-found", "Not found"),
+    e.OffsetMismatch: (409, "offset-mismatch", "Offset mismatch"),
+    e.ChecksumMismatch: (460, "checksum-mismatch", "Checksum mismatch"),
     e.AlreadyExists: (409, "already-exists", "Already exists"),
     e.Conflict: (409, "conflict", "Conflict with the current tree"),
     e.InvalidName: (400, "invalid-name", "Invalid name"),
@@ -61,6 +63,8 @@ def from_storage_error(exc: e.StorageError) -> Problem:
         if cls in STORAGE_PROBLEMS:
             status, slug, title = STORAGE_PROBLEMS[cls]
             problem = Problem(status, slug, title, str(exc) or None)
+            if isinstance(exc, e.OffsetMismatch) and exc.offset is not None:
+                problem.extra["offset"] = exc.offset
             if status == 503:
                 problem.headers.append(("Retry-After", "5"))
             return problem

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +25,20 @@ from sync_ext.api.problems import Problem, bad_request
 log = logging.getLogger("davserver.api")
 
 StartResponse = Callable[..., Any]
+#: Where the API is mounted.
+PREFIX = "/api/v1"
 #: JSON request bodies are small documents; anything larger is refused.
 MAX_JSON_BODY = 1 << 20
 
 
 class Request:
-    def __init__(self, environ: dict[str, Any], volume: Volume | None) -> None:
+    def __init__(
+        self, environ: dict[str, Any], volume: Volume | None, path_params: dict[str, str] | None = None
+    ) -> None:
         self.environ = environ
         self._volume = volume
+        #: Values of ``{name}`` segments of the route's path.
+        self.path_params = path_params or {}
         try:
             query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
@@ -48,7 +55,9 @@ class Request:
         return self._volume
 
     def header(self, name: str) -> str | None:
-        value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        key = name.upper().replace("-", "_")
+        # WSGI keeps these two without the HTTP_ prefix.
+        value = self.environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key)
         return None if value is None else str(value)
 
     def param(self, name: str) -> str:
@@ -128,7 +137,7 @@ _REASONS = {
     204: "No Content",
     206: "Partial Content",
     304: "Not Modified",
-    308: "Permanent Redirect",
+    308: "Resume Incomplete",  # the resumable upload protocol's meaning of 308
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -140,6 +149,7 @@ _REASONS = {
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     423: "Locked",
+    460: "Checksum Mismatch",
     500: "Internal Server Error",
     503: "Service Unavailable",
     507: "Insufficient Storage",
@@ -159,8 +169,14 @@ class Api:
         self.prefix = prefix
         self._account_key = account_key
         self._by_path: dict[str, dict[str, Route]] = {}
+        self._templates: list[tuple[re.Pattern[str], dict[str, Route]]] = []
         for route in routes:
             self._by_path.setdefault(route.path, {})[route.method] = route
+        for template, methods in self._by_path.items():
+            if "{" in template:
+                # Route paths are plain segments and {name} placeholders (one segment each).
+                pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+                self._templates.append((re.compile(f"^{pattern}$"), methods))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -178,9 +194,16 @@ class Api:
     def _dispatch(self, environ: dict[str, Any]) -> Response:
         path = environ.get("PATH_INFO", "")[len(self.prefix) :] or "/"
         methods = self._by_path.get(path)
+        params: dict[str, str] = {}
+        if methods is None:
+            for pattern, candidates in self._templates:
+                m = pattern.match(path)
+                if m is not None:
+                    methods, params = candidates, m.groupdict()
+                    break
         if methods is None:
             raise Problem(404, "not-found", "Not found", f"no API endpoint {path!r}")
-        method = environ.get("REQUEST_METHOD", "GET")
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE") or environ.get("REQUEST_METHOD", "GET")
         route = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
         if route is None:
             problem = Problem(405, "method-not-allowed", "Method not allowed")
@@ -192,7 +215,7 @@ class Api:
             volume = self.engine.volume(int(account_id))
         elif not route.public:
             raise Problem(401, "unauthorized", "Authentication required")
-        response = route.handler(Request(environ, volume))
+        response = route.handler(Request(environ, volume, params))
         if method == "HEAD":
             _close(response.body)
             response.body = ()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import random
 from collections.abc import Iterator
@@ -206,3 +207,25 @@ def test_expired_and_deleted_sessions_are_reclaimed(make_engine: EngineFactory, 
         assert conn.execute(select(func.count()).select_from(t.upload_sessions)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(t.blocks)).scalar_one() == 0
     assert engine.fsck().leak_free
+
+
+def test_partial_uploads_concatenate_into_one_file(engine: Engine, vol: Volume) -> None:
+    data = _data(1_000_000, seed=4)
+    cuts = [0, 123_457, 500_000, 777_777, len(data)]
+    parts = []
+    for lo, hi in itertools.pairwise(cuts):
+        part = vol.uploads.create(kind="partial", path=None, length=hi - lo)
+        vol.uploads.append(part.id, 0, io.BytesIO(data[lo:hi]))
+        parts.append(part.id)
+    unfinished = vol.uploads.create(kind="partial", path=None, length=10)
+    with pytest.raises(Conflict):
+        vol.uploads.concat("joined.bin", [*parts, unfinished.id])
+    final = vol.uploads.concat("joined.bin", parts, mtime=1_500_000_000)
+    assert final.completed is not None and final.completed.sha256 == hashlib.sha256(data).digest()
+    with vol.open("joined.bin") as r:
+        assert r.read() == data
+    with pytest.raises(NotFound):
+        vol.uploads.get(parts[0])  # taken over by the final upload
+    engine.gc(grace_seconds=0)
+    check = engine.fsck(deep=True)
+    assert check.clean, check

@@ -165,3 +165,18 @@ def test_credentials_are_required_except_for_the_document(transport: httpx.WSGIT
         transport=transport, base_url="http://127.0.0.1/api/v1", auth=("alice", "wrong-password")
     ) as wrong:
         assert wrong.get("/files/metadata", params={"path": "/x"}).status_code == 401
+
+
+def test_every_storage_error_has_a_problem_type() -> None:
+    """A new storage error must be given a status and a type, not fall through to 500."""
+    from storage import errors
+    from sync_ext.api.problems import STORAGE_PROBLEMS, from_storage_error
+
+    public = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.StorageError)]
+    for cls in public:
+        if cls is errors.StorageError:
+            continue
+        assert any(base in STORAGE_PROBLEMS for base in cls.__mro__), cls
+        assert from_storage_error(cls("x")).status == next(
+            STORAGE_PROBLEMS[b][0] for b in cls.__mro__ if b in STORAGE_PROBLEMS
+        )

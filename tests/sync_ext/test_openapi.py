@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,8 +37,17 @@ class Checker:
         self.doc = document
         self.seen: set[tuple[str, str]] = set()
 
+    def _template(self, path: str) -> str:
+        if path in self.doc["paths"]:
+            return path
+        for template in self.doc["paths"]:
+            pattern = re.sub(r"\{\w+\}", "[^/]+", template)
+            if re.fullmatch(pattern, path):
+                return str(template)
+        return path
+
     def check(self, r: httpx.Response) -> httpx.Response:
-        path, method = r.request.url.path, r.request.method.lower()
+        path, method = self._template(r.request.url.path), r.request.method.lower()
         op = self.doc["paths"].get(path, {}).get(method)
         assert op is not None, f"{method.upper()} {path} answered but is not documented"
         self.seen.add((path, method))
@@ -99,10 +111,104 @@ def test_every_operation_answers_as_documented(api: httpx.Client, engine: Engine
     assert c(api.get("/files/download", params={"path": "/nope"})).status_code == 404
     assert c(api.get("/files/download", params={"path": "/folder"})).status_code == 409
     assert c(api.get("/openapi.json")).status_code == 200
+    _exercise_tus(api, c)
+    _exercise_resumable(api, c)
     engine.accounts.set_quota("alice", 1)
+    tus_meta = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "path " + base64.b64encode(b"/q").decode()}
+    assert c(api.post("/uploads/", headers={**tus_meta, "Upload-Length": "100"})).status_code == 507
     assert up("/big", b"too big").status_code == 507
     assert up("/big", b"z" * 20, headers={"Content-Length": str(11 << 30)}).status_code == 413
     with httpx.Client(transport=api._transport, base_url=str(api.base_url)) as anon:
         assert c(anon.get("/files/metadata", params={"path": "/doc.txt"})).status_code == 401
     documented = {(p, m) for p, ops in checker.doc["paths"].items() for m in ops}
     assert documented == checker.seen, f"not exercised: {sorted(documented - checker.seen)}"
+
+
+def _exercise_tus(api: httpx.Client, c: Any) -> None:
+    tus = {"Tus-Resumable": "1.0.0"}
+    octets = {**tus, "Content-Type": "application/offset+octet-stream"}
+    meta = "path " + base64.b64encode(b"/tus.bin").decode()
+    assert c(api.options("/uploads/")).status_code == 204
+    assert c(api.post("/uploads/", headers={**tus, "Upload-Length": "6"})).status_code == 400  # no target
+    assert (
+        c(api.post("/uploads/", headers={"Upload-Length": "6", "Upload-Metadata": meta})).status_code == 400
+    )
+    assert (
+        c(api.post("/uploads/", headers={"Tus-Resumable": "0.2.2", "Upload-Length": "6"})).status_code == 412
+    )
+    huge = {**tus, "Upload-Length": str(11 << 30), "Upload-Metadata": meta}
+    assert c(api.post("/uploads/", headers=huge)).status_code == 413
+    nowhere = "path " + base64.b64encode(b"/no/such/dir/f").decode()
+    assert (
+        c(
+            api.post("/uploads/", headers={**tus, "Upload-Length": "1", "Upload-Metadata": nowhere})
+        ).status_code
+        == 409
+    )
+    wrong_type = {**tus, "Upload-Length": "6", "Upload-Metadata": meta, "Content-Type": "text/plain"}
+    assert c(api.post("/uploads/", headers=wrong_type, content=b"abc")).status_code == 415
+    bad_sum = {
+        **octets,
+        "Upload-Length": "6",
+        "Upload-Metadata": meta,
+        "Upload-Checksum": "sha1 " + base64.b64encode(hashlib.sha1(b"x").digest()).decode(),
+    }
+    assert c(api.post("/uploads/", headers=bad_sum, content=b"abc")).status_code == 460
+    created = c(api.post("/uploads/", headers={**tus, "Upload-Length": "6", "Upload-Metadata": meta}))
+    assert created.status_code == 201
+    url = "http://127.0.0.1" + created.headers["Location"]
+    assert c(api.head(url, headers=tus)).status_code == 200
+    assert c(api.patch(url, headers={**octets, "Upload-Offset": "0"}, content=b"abc")).status_code == 204
+    assert c(api.patch(url, headers={**octets, "Upload-Offset": "1"}, content=b"bc")).status_code == 409
+    assert c(api.patch(url, headers={**tus, "Upload-Offset": "3"}, content=b"def")).status_code == 415
+    assert c(api.patch(url, headers={**octets, "Upload-Offset": "3"}, content=b"defghi")).status_code == 413
+    sha = "sha256 " + base64.b64encode(hashlib.sha256(b"zzz").digest()).decode()
+    assert (
+        c(
+            api.patch(url, headers={**octets, "Upload-Offset": "3", "Upload-Checksum": sha}, content=b"def")
+        ).status_code
+        == 460
+    )
+    assert c(api.patch(url, headers={**octets, "Upload-Offset": "3"}, content=b"def")).status_code == 204
+    partial = c(api.post("/uploads/", headers={**tus, "Upload-Length": "2", "Upload-Concat": "partial"}))
+    c(
+        api.patch(
+            "http://127.0.0.1" + partial.headers["Location"],
+            headers={**octets, "Upload-Offset": "0"},
+            content=b"xy",
+        )
+    )
+    final = {**tus, "Upload-Concat": "final;" + partial.headers["Location"], "Upload-Metadata": meta}
+    joined = c(api.post("/uploads/", headers=final))
+    assert joined.status_code == 201
+    assert (
+        c(
+            api.patch(
+                "http://127.0.0.1" + joined.headers["Location"],
+                headers={**octets, "Upload-Offset": "2"},
+                content=b"z",
+            )
+        ).status_code
+        == 403
+    )
+    assert c(api.delete(url, headers=tus)).status_code == 204
+    assert c(api.head(url, headers=tus)).status_code == 404
+    assert c(api.delete(url, headers=tus)).status_code == 404
+    assert c(api.patch(url, headers={**octets, "Upload-Offset": "0"}, content=b"a")).status_code == 404
+
+
+def _exercise_resumable(api: httpx.Client, c: Any) -> None:
+    start = c(api.post("/files/upload", params={"uploadType": "resumable", "path": "/g.bin"}))
+    assert start.status_code == 200
+    url = "http://127.0.0.1" + start.headers["Location"]
+    status = c(api.put(url, headers={"Content-Range": "bytes */10"}))
+    assert status.status_code == 308 and "Range" not in status.headers
+    part = c(api.put(url, headers={"Content-Range": "bytes 0-3/10"}, content=b"0123"))
+    assert part.status_code == 308 and part.headers["Range"] == "bytes=0-3"
+    behind = c(api.put(url, headers={"Content-Range": "bytes 2-5/10"}, content=b"2345"))
+    assert behind.status_code == 308 and behind.headers["Range"] == "bytes=0-3"
+    assert c(api.put(url, headers={"Content-Range": "bytes 4-9/11"}, content=b"456789")).status_code == 400
+    done = c(api.put(url, headers={"Content-Range": "bytes 4-9/10"}, content=b"456789"))
+    assert done.status_code == 201 and done.json()["size"] == 10
+    assert c(api.put(url, headers={"Content-Range": "bytes */10"})).json() == done.json()
+    assert c(api.put(url + "x", headers={"Content-Range": "bytes */10"})).status_code == 404
