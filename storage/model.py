@@ -152,3 +152,15 @@ class UploadSession:
     completed: Entry | None = None
     #: Set by the call that committed the file: whether that created it (False: a new version).
     created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrashItem:
+    """Something deleted: restorable to ``path`` (where it was) or elsewhere, until purged."""
+
+    id: int
+    path: str
+    is_dir: bool
+    #: Bytes of the files in it.
+    size: int
+    deleted_at: float

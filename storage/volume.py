@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage import paths, revisions, tree
+from storage import trash as trash_mod
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore
 from storage.chunker import Readable
@@ -35,7 +36,7 @@ from storage.errors import (
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 from storage.metadata.prepared import Prepared
-from storage.model import Change, Entry, Quota, Revision
+from storage.model import Change, Entry, Quota, Revision, TrashItem
 from storage.reader import BlockLocation, VersionReader
 from storage.uploads import HasherCache, Uploads
 from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
@@ -313,8 +314,8 @@ class Volume:
         )
         return entry, seq, op == "create"
 
-    def delete(self, path: str) -> None:
-        """Move a file or folder (with everything below it) to the trash."""
+    def delete(self, path: str) -> int:
+        """Move a file or folder (with everything below it) to the trash; returns the trash item's id."""
         path = paths.normalize_path(path)
         if path == "":
             raise Conflict("the root folder cannot be deleted")
@@ -324,6 +325,27 @@ class Volume:
             tree.trash(change, node)
             seq = change.finish()
         self._s.notify(self.account.id, seq)
+        return int(node.id)
+
+    def trash(self, *, limit: int | None = None) -> list[TrashItem]:
+        """What was deleted, most recent first."""
+        with self._db.read() as conn:
+            return trash_mod.items(conn, self.account.id, limit=limit)
+
+    def restore_from_trash(self, item_id: int, path: str | None = None) -> Entry:
+        """Bring a trash item back, to where it was or to ``path``; an existing target is a conflict."""
+        target = None if path is None else paths.normalize_path(path)
+        with self._db.write() as conn:
+            change = tree.Change(conn, self.account.id, self._clock())
+            entry = trash_mod.restore(change, item_id, target)
+            seq = change.finish()
+        self._s.notify(self.account.id, seq)
+        return entry
+
+    def purge_trash_item(self, item_id: int) -> None:
+        """Delete one trash item for good; its blocks become garbage."""
+        with self._db.write() as conn:
+            trash_mod.purge(conn, self.account.id, item_id)
 
     def purge_trash(self, *, deleted_before: float | None = None) -> int:
         """Delete trashed nodes for good (with their versions); returns how many went.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage.engine import Engine
-from sync_ext.api import files, tus
+from sync_ext.api import files, trash, tus
 from sync_ext.api.openapi import PATH_PARAM, document, json_body, problem, query, ref
 from sync_ext.api.routing import PREFIX, Api, Request, Response, Route
 
@@ -32,6 +32,7 @@ def create_api(engine: Engine, *, account_key: str) -> Api:
     routes = [
         *_routes(),
         *_tus_routes(tus.make_handlers(PREFIX, engine.config.max_file_size)),
+        *_trash_routes(),
         Route("GET", "/openapi.json", openapi, operation, public=True),
     ]
     served["document"] = document(routes, PREFIX)
@@ -302,6 +303,69 @@ def _tus_routes(h: dict[str, Any]) -> list[Route]:
                 "summary": "Terminate the upload (tus termination)",
                 "parameters": [resumable, upload_id],
                 "responses": {"204": {"description": "Terminated"}, **tus_problems},
+            },
+        ),
+    ]
+
+
+def _trash_routes() -> list[Route]:
+    item_id = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    return [
+        Route(
+            "POST",
+            "/files/delete",
+            trash.delete,
+            {
+                "operationId": "files_delete",
+                "summary": "Move a file or folder to the trash",
+                "requestBody": json_body(ref("PathRequest"), "What to delete"),
+                "responses": {
+                    "200": json_body(ref("Deleted"), "The trashed file or folder, with its trash item id"),
+                    "404": problem("No such file or folder"),
+                    "409": problem("The root folder cannot be deleted"),
+                    "415": problem("The body is not JSON"),
+                },
+            },
+        ),
+        Route(
+            "GET",
+            "/trash",
+            trash.listing,
+            {
+                "operationId": "trash_list",
+                "summary": "What was deleted, most recent first",
+                "parameters": [
+                    query("limit", "At most this many (up to 1000)", schema={"type": "integer", "minimum": 1})
+                ],
+                "responses": {"200": json_body(ref("TrashList"), "The trash")},
+            },
+        ),
+        Route(
+            "POST",
+            "/trash/restore",
+            trash.restore,
+            {
+                "operationId": "trash_restore",
+                "summary": "Restore a trash item to where it was, or to 'path'; never over an existing file",
+                "requestBody": json_body(ref("TrashRestoreRequest"), "The item and, optionally, where to"),
+                "responses": {
+                    "200": json_body(ref("Metadata"), "The restored file or folder"),
+                    "404": problem("No such trash item"),
+                    "409": problem("Something exists at the target, or its folder does not"),
+                    "415": problem("The body is not JSON"),
+                    "507": problem("Over quota"),
+                },
+            },
+        ),
+        Route(
+            "DELETE",
+            "/trash/{item_id}",
+            trash.purge,
+            {
+                "operationId": "trash_purge",
+                "summary": "Delete a trash item for good",
+                "parameters": [item_id],
+                "responses": {"204": {"description": "Purged"}, "404": problem("No such trash item")},
             },
         ),
     ]

@@ -106,6 +106,34 @@ SCHEMAS: dict[str, Any] = {
         "required": ["upload_id", "location"],
         "properties": {"upload_id": {"type": "string"}, "location": {"type": "string"}},
     },
+    "PathRequest": {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}},
+    "Deleted": {
+        "allOf": [
+            ref("Metadata"),
+            {"type": "object", "required": ["trash_id"], "properties": {"trash_id": {"type": "integer"}}},
+        ]
+    },
+    "TrashItem": {
+        "type": "object",
+        "required": ["id", "path", "is_dir", "size", "deleted_at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "path": {"type": "string"},
+            "is_dir": {"type": "boolean"},
+            "size": {"type": "integer", "minimum": 0},
+            "deleted_at": {"type": "number"},
+        },
+    },
+    "TrashList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": ref("TrashItem")}},
+    },
+    "TrashRestoreRequest": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "integer"}, "path": {"type": "string"}},
+    },
     "RestoreRequest": {
         "type": "object",
         "required": ["path", "rev"],

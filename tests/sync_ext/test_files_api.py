@@ -180,3 +180,23 @@ def test_every_storage_error_has_a_problem_type() -> None:
         assert from_storage_error(cls("x")).status == next(
             STORAGE_PROBLEMS[b][0] for b in cls.__mro__ if b in STORAGE_PROBLEMS
         )
+
+
+def test_trash_round_trip_through_the_api(api: httpx.Client, transport: httpx.WSGITransport) -> None:
+    """A WebDAV delete lands in the API's trash; restore to the original path, then a clash."""
+    _upload(api, "/t.txt", b"keep me")
+    with httpx.Client(
+        transport=transport, base_url="http://127.0.0.1", auth=("alice", "alice-password")
+    ) as dav:
+        assert dav.delete("/dav/t.txt").status_code == 204
+    items = api.get("/trash").json()["items"]
+    assert [(i["path"], i["size"], i["is_dir"]) for i in items] == [("/t.txt", 7, False)]
+    restored = api.post("/trash/restore", json={"id": items[0]["id"]})
+    assert restored.status_code == 200 and restored.json()["path"] == "/t.txt"
+    assert api.get("/files/download", params={"path": "/t.txt"}).content == b"keep me"
+    assert api.get("/trash").json()["items"] == []
+    first = api.post("/files/delete", json={"path": "/t.txt"}).json()["trash_id"]
+    _upload(api, "/t.txt", b"a new file in its place")
+    clash = api.post("/trash/restore", json={"id": first})
+    assert clash.status_code == 409 and clash.json()["type"] == "urn:davserver:problem:already-exists"
+    assert api.get("/files/download", params={"path": "/t.txt"}).content == b"a new file in its place"

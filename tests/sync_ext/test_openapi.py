@@ -113,6 +113,7 @@ def test_every_operation_answers_as_documented(api: httpx.Client, engine: Engine
     assert c(api.get("/openapi.json")).status_code == 200
     _exercise_tus(api, c)
     _exercise_resumable(api, c)
+    _exercise_trash(api, c)
     engine.accounts.set_quota("alice", 1)
     tus_meta = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "path " + base64.b64encode(b"/q").decode()}
     assert c(api.post("/uploads/", headers={**tus_meta, "Upload-Length": "100"})).status_code == 507
@@ -212,3 +213,22 @@ def _exercise_resumable(api: httpx.Client, c: Any) -> None:
     assert done.status_code == 201 and done.json()["size"] == 10
     assert c(api.put(url, headers={"Content-Range": "bytes */10"})).json() == done.json()
     assert c(api.put(url + "x", headers={"Content-Range": "bytes */10"})).status_code == 404
+
+
+def _exercise_trash(api: httpx.Client, c: Any) -> None:
+    api.post("/files/upload", params={"uploadType": "media", "path": "/bin.txt"}, content=b"x")
+    gone = c(api.post("/files/delete", json={"path": "/bin.txt"}))
+    assert gone.status_code == 200 and gone.json()["is_deleted"] is True
+    assert c(api.post("/files/delete", json={"path": "/bin.txt"})).status_code == 404
+    assert c(api.post("/files/delete", json={"path": "/"})).status_code == 409
+    assert c(api.post("/files/delete", content=b"{}")).status_code == 415
+    items = c(api.get("/trash")).json()["items"]
+    item = next(i["id"] for i in items if i["path"] == "/bin.txt")
+    api.post("/files/upload", params={"uploadType": "media", "path": "/bin.txt"}, content=b"new")
+    assert c(api.post("/trash/restore", json={"id": item})).status_code == 409
+    assert c(api.post("/trash/restore", content=b"{}")).status_code == 415
+    assert c(api.post("/trash/restore", json={"id": item, "path": "/bin-restored.txt"})).status_code == 200
+    assert c(api.post("/trash/restore", json={"id": item})).status_code == 404
+    again = c(api.post("/files/delete", json={"path": "/bin-restored.txt"})).json()["trash_id"]
+    assert c(api.delete(f"/trash/{again}")).status_code == 204
+    assert c(api.delete(f"/trash/{again}")).status_code == 404

@@ -1,0 +1,57 @@
+"""``/trash``: what was deleted (through WebDAV or the API), restored or purged; and ``/files/delete``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.model import TrashItem
+from sync_ext.api.files import entry_json
+from sync_ext.api.problems import bad_request
+from sync_ext.api.routing import Request, Response
+
+MAX_PAGE = 1000
+
+
+def item_json(item: TrashItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "path": "/" + item.path,
+        "is_dir": item.is_dir,
+        "size": item.size,
+        "deleted_at": item.deleted_at,
+    }
+
+
+def delete(req: Request) -> Response:
+    path = req.json().get("path")
+    if not isinstance(path, str) or not path:
+        raise bad_request("'path' (a string) is required")
+    item_id = req.volume.delete(path)
+    return Response.json(
+        200, {"trash_id": item_id, **entry_json(req.volume.lookup(path, include_deleted=True))}
+    )
+
+
+def listing(req: Request) -> Response:
+    limit = req.int_param("limit", default=MAX_PAGE, minimum=1)
+    assert limit is not None
+    items = req.volume.trash(limit=min(limit, MAX_PAGE))
+    return Response.json(200, {"items": [item_json(i) for i in items]})
+
+
+def restore(req: Request) -> Response:
+    doc = req.json()
+    item_id, path = doc.get("id"), doc.get("path")
+    if not isinstance(item_id, int) or isinstance(item_id, bool):
+        raise bad_request("'id' (a trash item id) is required")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise bad_request("'path', when given, must be a non-empty string")
+    return Response.json(200, entry_json(req.volume.restore_from_trash(item_id, path)))
+
+
+def purge(req: Request) -> Response:
+    raw = req.path_params["item_id"]
+    if not raw.isdigit():
+        raise bad_request("a trash item id is a number")
+    req.volume.purge_trash_item(int(raw))
+    return Response(204)
