@@ -128,6 +128,7 @@ def serve(
 ) -> None:
     """Serve WebDAV at /dav/ until SIGTERM or Ctrl-C."""
     from davserver.app import AppSettings, create_app
+    from davserver.maintenance import RetentionTimer
     from davserver.server import ListenSettings, limit_malloc_arenas, make_server, serve_forever
 
     limit_malloc_arenas()
@@ -157,10 +158,14 @@ def serve(
         def ready(url: str) -> None:
             click.echo(f"davserver serving {url}/dav/ (data {cfg.data_dir})", err=True)
 
+        upkeep = RetentionTimer(engine, cfg.retention_interval_minutes * 60)
+        upkeep.start()
         try:
             serve_forever(server, on_ready=ready)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
+        finally:
+            upkeep.stop()
 
 
 @main.command()
@@ -214,6 +219,49 @@ def user_passwd(name: str, password_stdin: bool, data_dir: str | None, config_fi
     with _engine(cfg) as engine:
         engine.accounts.set_password(name, password)
     click.echo(f"password of {name} changed")
+
+
+@user.command("retention")
+@click.argument("name")
+@click.option("--max-versions", help="At most this many versions per file ('none': no limit).")
+@click.option("--max-version-age-days", help="No version older than this ('none': no limit).")
+@click.option("--trash-days", help="Purge trash items older than this ('none': never).")
+@click.option("--reset", is_flag=True, help="Drop the account's own settings: the server's apply.")
+@_data_options
+def user_retention(
+    name: str,
+    max_versions: str | None,
+    max_version_age_days: str | None,
+    trash_days: str | None,
+    reset: bool,
+    data_dir: str | None,
+    config_file: str | None,
+) -> None:
+    """Give an account its own retention settings (over the server's)."""
+    overrides: dict[str, Any] = {}
+    try:
+        if max_versions is not None:
+            overrides["max_versions"] = _limit(max_versions, int, 1)
+        if max_version_age_days is not None:
+            days = _limit(max_version_age_days, float, 86400)
+            overrides["max_age_seconds"] = days
+        if trash_days is not None:
+            overrides["trash_seconds"] = _limit(trash_days, float, 86400)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    with _engine(_load(data_dir, config_file)) as engine:
+        engine.accounts.set_retention(name, None if reset else overrides)
+    click.echo(f"retention of {name}: {'server default' if reset else overrides or 'server default'}")
+
+
+def _limit(text: str, kind: Any, scale: float) -> Any:
+    """A positive number times ``scale``, or None for 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    value = kind(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} must be positive (or 'none')")
+    return kind(value * scale)
 
 
 @user.command("quota")
@@ -281,10 +329,17 @@ def token_revoke(name: str, token_id: int, data_dir: str | None, config_file: st
 
 @main.command()
 @click.option("--grace", type=float, help="Seconds an unreferenced block is kept (default from config).")
+@click.option("--no-retention", is_flag=True, help="Skip the retention pass (old versions, old trash).")
 @_data_options
-def gc(grace: float | None, data_dir: str | None, config_file: str | None) -> None:
-    """Reclaim blocks no version or live upload references."""
+def gc(grace: float | None, no_retention: bool, data_dir: str | None, config_file: str | None) -> None:
+    """Apply retention, then reclaim blocks no version or live upload references."""
     with _engine(_load(data_dir, config_file)) as engine:
+        if not no_retention:
+            kept = engine.apply_retention()
+            click.echo(
+                f"retention: {kept.versions_removed} old versions removed, "
+                f"{kept.trash_nodes_purged} trashed entries purged"
+            )
         report = engine.gc(grace_seconds=grace)
     click.echo(
         f"expired uploads {report.expired_uploads}, blocks deleted {report.blocks_deleted} "

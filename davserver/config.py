@@ -18,6 +18,7 @@ from typing import Any
 
 from storage.config import PasswordHashing, StorageConfig
 from storage.keys import MasterKey
+from storage.retention import RetentionPolicy
 
 CONFIG_NAME = "davserver.toml"
 MASTER_KEY_NAME = "master.key"
@@ -54,6 +55,14 @@ class ServerConfig:
     rehash_reads: bool = False
     max_file_size: int = 10 << 30
     gc_grace_seconds: float = 6 * 3600
+    #: Retention (storage.retention): every version kept this long, then thinned by age.
+    keep_all_minutes: float = 10
+    max_versions: int | None = None
+    max_version_age_days: float | None = None
+    trash_days: float | None = 30
+    #: How often the server runs the retention pass (0: only `davserver gc` does).
+    retention_interval_minutes: float = 60
+    upload_session_days: float = 7
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def storage_config(
@@ -70,6 +79,15 @@ class ServerConfig:
             rehash_reads=self.rehash_reads,
             max_file_size=self.max_file_size,
             gc_grace_seconds=self.gc_grace_seconds,
+            upload_session_seconds=self.upload_session_days * 86400,
+            retention=RetentionPolicy(
+                keep_all_seconds=self.keep_all_minutes * 60,
+                max_versions=self.max_versions,
+                max_age_seconds=None
+                if self.max_version_age_days is None
+                else self.max_version_age_days * 86400,
+                trash_seconds=None if self.trash_days is None else self.trash_days * 86400,
+            ),
             db_pool_size=max(5, self.threads + 4),
             auto_migrate=self.database_url.startswith("sqlite") if auto_migrate is None else auto_migrate,
             password_hashing=password_hashing or PasswordHashing(),
@@ -147,6 +165,15 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("port", "threads", "zstd_level"):
         if key in kwargs:
             kwargs[key] = int(kwargs[key])
+    for key in ("max_versions",):
+        if key in kwargs:
+            kwargs[key] = _optional(kwargs[key], int)
+    for key in ("keep_all_minutes", "retention_interval_minutes", "upload_session_days"):
+        if key in kwargs:
+            kwargs[key] = float(kwargs[key])
+    for key in ("max_version_age_days", "trash_days"):
+        if key in kwargs:
+            kwargs[key] = _optional(kwargs[key], float)
     for key in ("durable", "rehash_reads"):
         if key in kwargs and isinstance(kwargs[key], str):
             kwargs[key] = kwargs[key].lower() not in ("0", "false", "no", "off")
@@ -159,6 +186,16 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     if (cfg.certfile is None) != (cfg.keyfile is None):
         raise ConfigError("certfile and keyfile go together")
     return cfg
+
+
+def _optional(value: Any, kind: Any) -> Any:
+    """A number, or None for "none" / "" (no limit)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"not a number: {value!r}") from None
 
 
 def with_overrides(cfg: ServerConfig, **changes: Any) -> ServerConfig:

@@ -9,11 +9,13 @@ wrong password, so response times do not reveal which names exist.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import argon2
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -25,6 +27,7 @@ from storage.keys import AccountKeys, MasterKey, new_data_key
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 from storage.model import AccountInfo, TokenInfo
+from storage.retention import RetentionPolicy
 
 TOKEN_PREFIX = "dst_"  # noqa: S105 (a marker, not a secret)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -157,6 +160,21 @@ class Accounts:
         with self._db.write() as conn:
             self._id(conn, name)
             conn.execute(update(t.accounts).where(t.accounts.c.name == name).values(quota_bytes=quota))
+
+    def set_retention(self, name: str, overrides: Mapping[str, Any] | None) -> None:
+        """The account's own retention settings over the server's (None: the server's)."""
+        if overrides is not None:
+            RetentionPolicy().with_overrides(overrides)  # refuse unknown keys now, not at the next pass
+        value = None if overrides is None else json.dumps(dict(overrides))
+        with self._db.write() as conn:
+            self._id(conn, name)
+            conn.execute(update(t.accounts).where(t.accounts.c.name == name).values(retention=value))
+
+    def retention_overrides(self) -> dict[int, dict[str, Any]]:
+        """account id -> its retention settings, for every account (those without: empty)."""
+        with self._db.read() as conn:
+            rows = conn.execute(select(t.accounts.c.id, t.accounts.c.retention)).all()
+        return {int(r.id): (json.loads(r.retention) if r.retention else {}) for r in rows}
 
     @staticmethod
     def _id(conn: Connection, name: str) -> int:

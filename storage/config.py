@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from storage.chunker import ChunkerParams
 from storage.keys import MasterKey
+from storage.retention import RetentionPolicy
 
 GiB = 1 << 30
 
@@ -50,6 +51,8 @@ class StorageConfig:
     write_lease_seconds: float = 3600
     #: an upload session (tus, resumable) expires this long after its last data.
     upload_session_seconds: float = 7 * 86400
+    #: which old versions and trash items the retention pass keeps (accounts may override).
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: pool size for the metadata database (follows the server's thread count).
     db_pool_size: int = 10
     #: migrate the schema on open (the embedded default) instead of refusing.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from storage import gc as gc_mod
+from storage import retention
 from storage.accounts import Accounts
 from storage.backends.base import Backend
 from storage.backends.url import open_backend
@@ -24,6 +25,7 @@ from storage.locks import LockRecords
 from storage.metadata.db import Database
 from storage.metadata.migrate import ensure_schema, upgrade
 from storage.model import FsckReport, GcReport, Stats
+from storage.retention import RetentionReport
 from storage.volume import Services, Volume
 
 Listener = Callable[[int, int], None]
@@ -116,6 +118,18 @@ class Engine:
             now=self.config.clock() if now is None else now,
             grace=self.config.gc_grace_seconds if grace_seconds is None else grace_seconds,
         )
+
+    def apply_retention(self, *, now: float | None = None) -> RetentionReport:
+        """Thin every account's old versions and purge its old trash, by policy."""
+        now = self.config.clock() if now is None else now
+        report = RetentionReport()
+        for account_id, overrides in self.accounts.retention_overrides().items():
+            policy = self.config.retention.with_overrides(overrides)
+            retention.apply(self.db, account_id, policy, now, report)
+            if policy.trash_seconds is not None:
+                purged = self.volume(account_id).purge_trash(deleted_before=now - policy.trash_seconds)
+                report.trash_nodes_purged += purged
+        return report
 
     def fsck(self, *, deep: bool = False) -> FsckReport:
         return gc_mod.check(self.db, self.blocks, self.accounts, deep=deep)

@@ -517,6 +517,21 @@ class Volume:
                 raise Conflict(f"{path or '/'!r} is a folder")
             return revisions.list_revisions(conn, self.account.id, node, limit=limit, before=before)
 
+    def pin_revision(self, path: str, version_id: int, *, pinned: bool = True) -> Revision:
+        """Pin a revision (retention never removes it), or unpin it."""
+        path = paths.normalize_path(path)
+        with self._db.write() as conn:
+            node = revisions.find_node(conn, self.account.id, path, include_deleted=True)
+            done = conn.execute(
+                update(t.versions)
+                .where(v.id == version_id, v.node_id == node.id, v.account_id == self.account.id)
+                .values(pinned=pinned)
+            ).rowcount
+            if not done:
+                raise NotFound(f"{path!r} has no revision {version_id}")
+            found = revisions.list_revisions(conn, self.account.id, node, limit=1, before=version_id + 1)
+        return found[0]
+
     def restore(self, path: str, version_id: int, *, device: str | None = None) -> Entry:
         """Make an older revision current again, as a new version (brings a trashed file back)."""
         path = paths.normalize_path(path)

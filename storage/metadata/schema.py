@@ -82,6 +82,8 @@ accounts = Table(
     Column("used_bytes", BigInteger, nullable=False, server_default=text("0")),
     Column("change_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", Float, nullable=False),
+    #: The account's own retention settings (JSON; storage.retention), over the server's.
+    Column("retention", Text),
     sqlite_autoincrement=True,
 )
 

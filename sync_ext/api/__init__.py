@@ -104,6 +104,21 @@ def _routes() -> list[Route]:
             },
         ),
         Route(
+            "POST",
+            "/files/pin_revision",
+            files.pin_revision,
+            {
+                "operationId": "files_pin_revision",
+                "summary": "Pin a revision so retention never removes it (pinned: false unpins)",
+                "requestBody": json_body(ref("PinRequest"), "The file, the revision, pinned or not"),
+                "responses": {
+                    "200": json_body(ref("Revision"), "The revision"),
+                    "404": problem("No such file or revision"),
+                    "415": problem("The body is not JSON"),
+                },
+            },
+        ),
+        Route(
             "GET",
             "/files/download",
             files.download,

@@ -79,6 +79,18 @@ def restore(req: Request) -> Response:
     return Response.json(200, entry_json(entry))
 
 
+def pin_revision(req: Request) -> Response:
+    doc = req.json()
+    path, rev, pinned = doc.get("path"), doc.get("rev"), doc.get("pinned", True)
+    if not isinstance(path, str) or not path:
+        raise bad_request("'path' (a string) is required")
+    if not isinstance(rev, int) or isinstance(rev, bool) or rev <= 0:
+        raise bad_request("'rev' (a revision id, an integer) is required")
+    if not isinstance(pinned, bool):
+        raise bad_request("'pinned' must be true or false")
+    return Response.json(200, revision_json(req.volume.pin_revision(path, rev, pinned=pinned)))
+
+
 def upload(req: Request) -> Response:
     kind = req.param("uploadType")
     if kind == "resumable":

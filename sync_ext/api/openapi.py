@@ -134,6 +134,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id"],
         "properties": {"id": {"type": "integer"}, "path": {"type": "string"}},
     },
+    "PinRequest": {
+        "type": "object",
+        "required": ["path", "rev"],
+        "properties": {"path": {"type": "string"}, "rev": {"type": "integer"}, "pinned": {"type": "boolean"}},
+    },
     "RestoreRequest": {
         "type": "object",
         "required": ["path", "rev"],

@@ -80,6 +80,24 @@ def test_maintenance_commands_report(data_dir: Path) -> None:
     assert "blocks deleted 0" in run(data_dir, "gc")
 
 
+def test_account_retention_applies_at_gc(data_dir: Path) -> None:
+    run(data_dir, "user", "add", "ivy", "--password-stdin", input="ivy password\n")
+    with _engine(data_dir) as engine:
+        vol = engine.volume("ivy")
+        for i in range(4):
+            vol.write("notes.txt", io.BytesIO(b"version %d" % i))
+    assert "max_versions" in run(data_dir, "user", "retention", "ivy", "--max-versions", "2")
+    result = CliRunner().invoke(
+        main, ["user", "retention", "ivy", "--trash-days", "-3", "--data-dir", str(data_dir)]
+    )
+    assert result.exit_code != 0 and "positive" in result.output
+    assert "retention: 2 old versions removed" in run(data_dir, "gc")
+    with _engine(data_dir) as engine:
+        assert len(engine.volume("ivy").revisions("notes.txt")) == 2
+    run(data_dir, "user", "retention", "ivy", "--reset")
+    assert "retention: 0 old versions removed" in run(data_dir, "gc")
+
+
 def test_fsck_exits_nonzero_on_damage(data_dir: Path) -> None:
     run(data_dir, "user", "add", "gus", "--password-stdin", input="gus password\n")
     with _engine(data_dir) as engine:

@@ -88,6 +88,10 @@ def test_every_operation_answers_as_documented(api: httpx.Client, engine: Engine
     engine.volume("alice").mkdir("folder")
     assert c(api.get("/files/list_revisions", params={"path": "/folder"})).status_code == 409
     first = c(api.get("/files/list_revisions", params={"path": "/doc.txt"})).json()["revisions"][-1]["rev"]
+    pin = c(api.post("/files/pin_revision", json={"path": "/doc.txt", "rev": first}))
+    assert pin.status_code == 200 and pin.json()["pinned"] is True
+    assert c(api.post("/files/pin_revision", json={"path": "/doc.txt", "rev": 10**9})).status_code == 404
+    assert c(api.post("/files/pin_revision", content=b"{}")).status_code == 415
     assert c(api.post("/files/restore", json={"path": "/doc.txt", "rev": first})).status_code == 200
     assert c(api.post("/files/restore", json={"path": "/doc.txt", "rev": 10**9})).status_code == 404
     assert c(api.post("/files/restore", json={"path": "/folder", "rev": first})).status_code == 409
