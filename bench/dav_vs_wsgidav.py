@@ -147,27 +147,38 @@ QUICK = Params(
 
 @dataclass
 class Sources:
-    random: Path
-    text: Path
+    """Test files, one per round and kind: a file uploaded twice would be stored once
+    (deduplication), which would flatter every round after the first."""
+
+    randoms: list[Path]
+    texts: list[Path]
     size: int
 
     @classmethod
-    def make(cls, root: Path, size: int) -> Sources:
-        random_path, text_path = root / "source-random.bin", root / "source-text.log"
-        with open(random_path, "wb") as f:
-            left = size
-            while left:
-                n = min(MiB, left)
-                f.write(os.urandom(n))
-                left -= n
-        stream = text_stream(text_pieces(text_pool()), size)
-        with open(text_path, "wb") as f:
-            while chunk := stream.read(MiB):
-                f.write(chunk)
-        return cls(random_path, text_path, size)
+    def make(cls, root: Path, size: int, rounds: int = 1) -> Sources:
+        randoms, texts = [], []
+        for r in range(max(rounds, 1)):
+            random_path, text_path = root / f"source-random-{r}.bin", root / f"source-text-{r}.log"
+            with open(random_path, "wb") as f:
+                left = size
+                while left:
+                    n = min(MiB, left)
+                    f.write(os.urandom(n))
+                    left -= n
+            stream = text_stream(text_pieces(text_pool()), size)  # salted: unique blocks per stream
+            with open(text_path, "wb") as f:
+                while chunk := stream.read(MiB):
+                    f.write(chunk)
+            randoms.append(random_path)
+            texts.append(text_path)
+        return cls(randoms, texts, size)
 
-    def path(self, kind: str) -> Path:
-        return self.random if kind == "incompressible" else self.text
+    @property
+    def random(self) -> Path:
+        return self.randoms[0]
+
+    def path(self, kind: str, round_: int = 0) -> Path:
+        return (self.randoms if kind == "incompressible" else self.texts)[round_]
 
 
 # -- the disk -------------------------------------------------------------------------------------
@@ -640,9 +651,9 @@ class Workloads:
         size = self.sources.size
         with self.connection() as c:
             for kind in ("incompressible", "compressible"):
-                src = self.sources.path(kind)
                 puts, gets = [], []
                 for r in range(self.params.large_reps):
+                    src = self.sources.path(kind, r)
                     path = f"/dav/large-{kind}-{r}.bin"
                     with mon.phase(f"large-put-{kind}"):
                         start = time.perf_counter()
@@ -1085,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     parent = args.workdir or Path(tempfile.gettempdir())
-    need = params.size * 4 + 512 * MiB
+    need = params.size * (2 * params.large_reps + 3) + 512 * MiB
     free = shutil.disk_usage(parent).free
     if free < need:
         print(f"not enough free disk space in {parent}: need {need / MiB:,.0f} MiB", file=sys.stderr)
@@ -1106,7 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-        sources = Sources.make(root, params.size)
+        sources = Sources.make(root, params.size, params.large_reps)
         for i in range(params.disk_reps):
             disks.append(measure_disk(root, sources.random, params.size, f"before#{i + 1}"))
         print("measured the disk; ", end="", flush=True)

@@ -24,7 +24,10 @@ When the last byte is durable the session is *finalised*: one more transaction
 commits the file's version exactly like any write (journal entry, ETag,
 If-Match, quota) and marks the session complete (it stays answerable until it
 expires). A crash between the two transactions is finished by the next status
-request. The whole-file SHA-256 is kept in memory per session while the
+request. A finalisation that cannot commit (If-Match no longer holds, the quota
+is full, the folder is gone) leaves the session with all its data but no file;
+every status request reports why, until the client terminates the session or it
+expires. The whole-file SHA-256 is kept in memory per session while the
 appends come to the same process; otherwise it is computed at the end by
 reading the blocks back.
 """

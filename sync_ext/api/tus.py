@@ -108,6 +108,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             path=None if partial else _target(meta),
             length=length,
             mtime=_mtime(meta),
+            if_match=_if_match(req),
             device=_device(req),
             meta=meta_raw,
         )
@@ -246,6 +247,18 @@ def _session_id(url: str, collection: str) -> str:
 
 def _expiry(session: UploadSession) -> list[tuple[str, str]]:
     return [("Upload-Expires", formatdate(session.expires_at, usegmt=True))]
+
+
+def _if_match(req: Request) -> str | None:
+    """If-Match on creation: the upload commits only over that version of the target."""
+    raw = (req.header("If-Match") or "").strip()
+    if not raw:
+        return None
+    if raw == "*":
+        return raw
+    if "," in raw:
+        raise bad_request("If-Match takes one entity tag here")
+    return raw if raw.startswith('"') else f'"{raw}"'
 
 
 def _device(req: Request) -> str | None:

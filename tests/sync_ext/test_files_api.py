@@ -200,3 +200,23 @@ def test_trash_round_trip_through_the_api(api: httpx.Client, transport: httpx.WS
     clash = api.post("/trash/restore", json={"id": first})
     assert clash.status_code == 409 and clash.json()["type"] == "urn:davserver:problem:already-exists"
     assert api.get("/files/download", params={"path": "/t.txt"}).content == b"a new file in its place"
+
+
+def test_tus_upload_with_if_match_commits_only_over_that_version(api: httpx.Client) -> None:
+    import base64
+
+    etag = _upload(api, "/m.txt", b"v1").headers["ETag"]
+    tus = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "path " + base64.b64encode(b"/m.txt").decode()}
+    stale = api.post("/uploads/", headers={**tus, "Upload-Length": "2", "If-Match": '"0-0"'})
+    assert stale.status_code == 412
+    ok = api.post("/uploads/", headers={**tus, "Upload-Length": "2", "If-Match": etag})
+    assert ok.status_code == 201
+    _upload(api, "/m.txt", b"v2 sneaks in")
+    octets = {
+        "Tus-Resumable": "1.0.0",
+        "Content-Type": "application/offset+octet-stream",
+        "Upload-Offset": "0",
+    }
+    late = api.patch("http://127.0.0.1" + ok.headers["Location"], headers=octets, content=b"v3")
+    assert late.status_code == 412  # the target changed after the upload began
+    assert api.get("/files/download", params={"path": "/m.txt"}).content == b"v2 sneaks in"

@@ -1,0 +1,194 @@
+"""Resumable uploads (tus, 8 MiB and 64 MiB chunks) against a plain WebDAV PUT, same server, same run.
+
+Run ``python -m bench.resumable_uploads [--size-mib N] [--rounds R] [--json FILE] [--workdir DIR]``.
+
+One ``davserver serve`` (durable, the default) in a fresh data folder. Each round uploads a
+file three ways, in turn: one WebDAV PUT, tus with 8 MiB PATCHes, tus with 64 MiB PATCHes
+(creation, then the PATCHes, one keep-alive connection). Every upload sends its own file of
+fresh random data, so deduplication never turns an upload into a hash-only pass. Bodies go
+out in 1 MiB writes for all three. Reported: MB/s (10**6 bytes of content per second, median
+of the rounds, range) and tus relative to PUT; the target is >= 0.9x. The upload is checked
+(size and SHA-256 through /api/v1/files/metadata). Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.dav_vs_wsgidav import USER, BenchError, ServerProcess, davserver_process
+
+MiB = 1 << 20
+MB = 1e6
+METHODS = ("put", "tus-8MiB", "tus-64MiB")
+TARGET = 0.9
+
+
+def _source(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with path.open("wb") as f:
+        for _ in range(size // MiB):
+            block = os.urandom(MiB)
+            h.update(block)
+            f.write(block)
+    return h.hexdigest()
+
+
+class Uploader:
+    def __init__(self, server: ServerProcess, password: str) -> None:
+        u = urlsplit(server.url)
+        self._conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=600)
+        self._auth = "Basic " + base64.b64encode(f"{USER}:{password}".encode()).decode()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], src: Path, offset: int, length: int
+    ) -> http.client.HTTPResponse:
+        c = self._conn
+        c.putrequest(method, path)
+        for k, v in {"Authorization": self._auth, "Content-Length": str(length), **headers}.items():
+            c.putheader(k, v)
+        c.endheaders()
+        with src.open("rb") as f:
+            f.seek(offset)
+            left = length
+            while left:
+                chunk = f.read(min(MiB, left))
+                c.send(chunk)
+                left -= len(chunk)
+        r = c.getresponse()
+        r.read()
+        return r
+
+    def put(self, name: str, src: Path, size: int) -> None:
+        r = self._send("PUT", f"/dav/{name}", {}, src, 0, size)
+        if r.status not in (201, 204):
+            raise BenchError(f"PUT answered {r.status}")
+
+    def tus(self, name: str, src: Path, size: int, chunk: int) -> None:
+        meta = "path " + base64.b64encode(f"/{name}".encode()).decode()
+        self._conn.request(
+            "POST",
+            "/api/v1/uploads/",
+            headers={
+                "Authorization": self._auth,
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(size),
+                "Upload-Metadata": meta,
+                "Content-Length": "0",
+            },
+        )
+        r = self._conn.getresponse()
+        r.read()
+        location = r.getheader("Location")
+        if r.status != 201 or not location:
+            raise BenchError(f"tus creation answered {r.status}")
+        offset = 0
+        while offset < size:
+            n = min(chunk, size - offset)
+            headers = {
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            }
+            r = self._send("PATCH", location, headers, src, offset, n)
+            if r.status != 204:
+                raise BenchError(f"tus PATCH answered {r.status}")
+            offset = int(r.getheader("Upload-Offset") or -1)
+
+    def check(self, name: str, size: int, digest: str) -> None:
+        self._conn.request(
+            "GET", f"/api/v1/files/metadata?path=/{name}", headers={"Authorization": self._auth}
+        )
+        r = self._conn.getresponse()
+        doc = json.loads(r.read())
+        if doc.get("size") != size or doc.get("content_sha256") != digest:
+            raise BenchError(f"{name}: stored size/hash differ from the source")
+
+
+def run(size_mib: int, rounds: int, workdir: Path) -> dict[str, list[float]]:
+    size = size_mib * MiB
+    root = Path(tempfile.mkdtemp(prefix="davserver-resumable-", dir=workdir))
+    password = "bench-" + os.urandom(8).hex()
+    server = davserver_process(root / "data", durable=True, threads=8, password=password)
+    rates: dict[str, list[float]] = {m: [] for m in METHODS}
+    try:
+        server.start()
+        up = Uploader(server, password)
+        try:
+            for r in range(rounds):
+                for method in METHODS:
+                    src = root / f"src-{method}-{r}.bin"
+                    digest = _source(src, size)
+                    name = f"{method}-{r}.bin"
+                    start = time.perf_counter()
+                    if method == "put":
+                        up.put(name, src, size)
+                    else:
+                        up.tus(name, src, size, int(method.split("-")[1].removesuffix("MiB")) * MiB)
+                    rates[method].append(size / (time.perf_counter() - start) / MB)
+                    up.check(name, size, digest)
+                    src.unlink()
+                    print(f"  round {r + 1} {method:10s} {rates[method][-1]:8,.0f} MB/s", file=sys.stderr)
+        finally:
+            up.close()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return rates
+
+
+def report(rates: dict[str, list[float]], size_mib: int) -> None:
+    put = statistics.median(rates["put"])
+    print(f"\n{size_mib} MiB uploads, durable davserver, median [min-max] of {len(rates['put'])} rounds")
+    print(f"{'method':12s} {'MB/s':>8s} {'range':>16s} {'vs PUT':>8s}  target")
+    for method in METHODS:
+        med = statistics.median(rates[method])
+        ratio = med / put
+        verdict = "" if method == "put" else f"tus >= {TARGET}x PUT: {'PASS' if ratio >= TARGET else 'FAIL'}"
+        span = f"{min(rates[method]):,.0f}-{max(rates[method]):,.0f}"
+        print(f"{method:12s} {med:8,.0f} {span:>16s} {ratio:7.2f}x  {verdict}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.size_mib < 64:
+        parser.error("--size-mib must be at least 64")
+    need = args.size_mib * MiB * (len(METHODS) * args.rounds + 2)
+    if shutil.disk_usage(args.workdir).free < need:
+        print(f"not enough free disk space in {args.workdir}", file=sys.stderr)
+        return 2
+    try:
+        rates = run(args.size_mib, args.rounds, args.workdir)
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    report(rates, args.size_mib)
+    if args.json:
+        args.json.write_text(json.dumps({"size_mib": args.size_mib, "rates_mbps": rates}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
