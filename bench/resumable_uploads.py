@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mib < 64:
         parser.error("--size-mib must be at least 64")
-    need = args.size_mib * MiB * (len(METHODS) * args.rounds + 2)
+    need = args.size_mib * MiB * 10
     if shutil.disk_usage(args.workdir).free < need:
         print(f"not enough free disk space in {args.workdir}", file=sys.stderr)
         return 2
