@@ -162,18 +162,14 @@ def check(db: Database, store: BlockStore, accounts: Accounts, *, deep: bool) ->
         problems.extend(
             f"node {r.id} ({r.path!r}): current version is missing or disagrees" for r in bad_nodes
         )
+        ver = t.versions.c
         usage = conn.execute(
-            select(t.accounts.c.id, t.accounts.c.used_bytes, func.coalesce(func.sum(n.size), 0))
-            .select_from(
-                t.accounts.outerjoin(
-                    t.nodes,
-                    and_(n.account_id == t.accounts.c.id, n.kind == t.KIND_FILE, n.deleted_at.is_(None)),
-                )
-            )
+            select(t.accounts.c.id, t.accounts.c.used_bytes, func.coalesce(func.sum(ver.size), 0))
+            .select_from(t.accounts.outerjoin(t.versions, ver.account_id == t.accounts.c.id))
             .group_by(t.accounts.c.id, t.accounts.c.used_bytes)
         ).all()
         problems.extend(
-            f"account {aid}: recorded usage {used} != {actual} bytes of live files"
+            f"account {aid}: recorded usage {used} != {actual} bytes of retained versions"
             for aid, used, actual in usage
             if used != actual
         )

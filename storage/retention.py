@@ -11,7 +11,8 @@ purged.
 The decision (:func:`versions_to_drop`) is a pure function of the versions and
 the clock, so it is tested with an injected time; :func:`apply` runs it over an
 account's files in short transactions. Removing a version removes its block
-list; blocks no version references any more are reclaimed by garbage collection.
+list and gives its size back to the account's quota; blocks no version
+references any more are reclaimed by garbage collection.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from storage import tree
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 
@@ -136,8 +138,11 @@ def apply(
             # The current version is re-checked in the delete: a write may have moved it meanwhile.
             current_ids = select(n.version_id).where(n.account_id == account_id, n.version_id.is_not(None))
             gone = conn.execute(
-                delete(t.versions).where(
+                delete(t.versions)
+                .where(
                     v.id.in_(batch), v.account_id == account_id, v.pinned.is_(False), v.id.not_in(current_ids)
                 )
-            ).rowcount
-        report.versions_removed += int(gone)
+                .returning(v.size)
+            ).all()
+            tree.release(conn, account_id, sum(int(r.size) for r in gone))
+        report.versions_removed += len(gone)

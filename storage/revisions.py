@@ -103,11 +103,11 @@ def restore(change: tree.Change, path: str, version_id: int, device: str | None)
             .where(n.id == old.node_id)
             .values(deleted_at=None, trash_id=None, parent_id=parent.id, name=paths.name_of(path))
         )
-        node_id, old_size, created_at = old.node_id, 0, _created_at(conn, old.node_id)
+        node_id, created_at = old.node_id, _created_at(conn, old.node_id)
     else:
         assert node is not None
-        node_id, old_size, created_at = node.id, int(node.size), node.created_at
-    change.grow(int(old.size) - old_size)
+        node_id, created_at = node.id, node.created_at
+    change.grow(int(old.size))
     new_id = int(
         conn.execute(
             insert(t.versions)

@@ -65,12 +65,6 @@ def restore(change: tree.Change, item_id: int, target: str | None) -> Entry:
     if tree.live_node(conn, account_id, dst, lock=True) is not None:
         raise AlreadyExists(f"{dst!r} exists; restore to another path")
     members = and_(n.account_id == account_id, n.trash_id == item.id, n.deleted_at.is_not(None))
-    restored = int(
-        conn.execute(
-            select(func.coalesce(func.sum(n.size), 0)).where(members, n.kind == t.KIND_FILE)
-        ).scalar_one()
-    )
-    change.grow(restored)
     if item.kind == t.KIND_DIR and dst != item.path:
         conn.execute(
             update(t.nodes)
@@ -88,6 +82,9 @@ def restore(change: tree.Change, item_id: int, target: str | None) -> Entry:
 
 
 def purge(conn: Connection, account_id: int, item_id: int) -> None:
+    """Delete the item and everything below it (also things trashed from inside it earlier)."""
     item = _item(conn, account_id, item_id)
-    conn.execute(delete(t.nodes).where(n.account_id == account_id, n.trash_id == item.id, n.id != item.id))
+    below = select(n.id).where(n.id == item.id).cte("below", recursive=True)
+    below = below.union_all(select(n.id).where(n.parent_id == below.c.id))
+    tree.release(conn, account_id, tree.version_bytes(conn, select(below.c.id)))
     conn.execute(delete(t.nodes).where(n.id == item.id))

@@ -188,7 +188,12 @@ class Change:
         self.conn.execute(insert(t.journal), rows)
 
     def grow(self, delta: int) -> None:
-        """Account for ``delta`` bytes of live file content; refuses to pass the quota."""
+        """Account for ``delta`` bytes of retained content; refuses to pass the quota.
+
+        Usage counts every version that is kept (current, older, in the trash): a new
+        version adds its size, and only removing versions (retention, purging the
+        trash) gives room back.
+        """
         if delta > 0 and self.quota is not None and self.used + self.delta + delta > self.quota:
             raise QuotaExceeded("the account's quota has no room for this")
         self.delta += delta
@@ -200,27 +205,18 @@ class Change:
 
 
 def trash(change: Change, node: Row[Any]) -> None:
-    """Move a node (and its subtree) to the trash; one journal entry for the top."""
+    """Move a node (and its subtree) to the trash; one journal entry for the top.
+
+    The quota keeps counting what is in the trash (it is retained) until it is purged.
+    """
     conn, account_id = change.conn, change.account_id
-    freed = int(node.size) if node.kind == t.KIND_FILE else 0
     if node.kind == t.KIND_DIR:
-        freed = int(
-            conn.execute(
-                select(func.coalesce(func.sum(n.size), 0)).where(
-                    n.account_id == account_id,
-                    n.deleted_at.is_(None),
-                    n.kind == t.KIND_FILE,
-                    in_subtree(node.path),
-                )
-            ).scalar_one()
-        )
         conn.execute(
             update(t.nodes)
             .where(n.account_id == account_id, n.deleted_at.is_(None), in_subtree(node.path))
             .values(deleted_at=change.now, trash_id=node.id)
         )
     conn.execute(update(t.nodes).where(n.id == node.id).values(deleted_at=change.now, trash_id=node.id))
-    change.grow(-freed)
     change.journal("delete", node.id, node.kind, node.path)
 
 
@@ -364,4 +360,22 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
             }
             for row in rows
         ]
+    )
+
+
+def release(conn: Connection, account_id: int, nbytes: int) -> None:
+    """Versions of ``nbytes`` in total were removed: give the room back (outside a Change)."""
+    if nbytes:
+        conn.execute(
+            update(t.accounts)
+            .where(t.accounts.c.id == account_id)
+            .values(used_bytes=t.accounts.c.used_bytes - nbytes)
+        )
+
+
+def version_bytes(conn: Connection, node_ids: Any) -> int:
+    """Total size of every version of the given nodes (a list or a subquery of ids)."""
+    v = t.versions.c
+    return int(
+        conn.execute(select(func.coalesce(func.sum(v.size), 0)).where(v.node_id.in_(node_ids))).scalar_one()
     )

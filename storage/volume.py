@@ -220,7 +220,7 @@ class Volume:
             q = _QUOTA.first(conn, {"b_account": self.account.id})
         if q.quota_bytes is None:
             return None
-        room = int(q.quota_bytes) - int(q.used_bytes) + (int(node.size) if node is not None else 0)
+        room = int(q.quota_bytes) - int(q.used_bytes)
         if size_hint is not None and size_hint > room:
             raise QuotaExceeded("the account's quota has no room for this file")
         return max(room, 0)
@@ -268,10 +268,10 @@ class Volume:
                 kind=t.KIND_FILE,
                 mtime=mtime,
             )
-            op, old_size, created_at = "create", 0, change.now
+            op, created_at = "create", change.now
         else:
-            node_id, op, old_size, created_at = node.id, "modify", int(node.size), node.created_at
-        change.grow(writer.size - old_size)
+            node_id, op, created_at = node.id, "modify", node.created_at
+        change.grow(writer.size)
         version_id = int(
             _INSERT_VERSION.scalar(
                 conn,
@@ -350,15 +350,19 @@ class Volume:
     def purge_trash(self, *, deleted_before: float | None = None) -> int:
         """Delete trashed nodes for good (with their versions); returns how many went.
 
-        Their blocks become unreferenced and are reclaimed by garbage collection.
+        Their bytes leave the quota; their blocks become unreferenced and are
+        reclaimed by garbage collection.
         """
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
             cond = [n.account_id == self.account.id, n.deleted_at.is_not(None)]
             if deleted_before is not None:
                 cond.append(n.deleted_at < deleted_before)
-            # Counted first: SQLite's rowcount misses rows its cascades removed.
+            # Counted first: SQLite's rowcount misses rows its cascades removed. The
+            # selection holds whole deletions (a folder's members were trashed with it or
+            # before it), so it also covers what the cascade removes.
             count = conn.execute(select(func.count()).select_from(t.nodes).where(*cond)).scalar_one()
+            tree.release(conn, self.account.id, tree.version_bytes(conn, select(n.id).where(*cond)))
             conn.execute(delete(t.nodes).where(*cond))
             seq = change.finish()
         self._s.notify(self.account.id, seq)

@@ -90,8 +90,10 @@ def test_a_pass_thins_real_files_and_frees_their_blocks(
     pinned = vol.revisions("doc.txt")[-5].version_id
     vol.pin_revision("doc.txt", pinned)
     clock[0] = NOW
+    used_before = vol.quota().used_bytes
     report = engine.apply_retention()
     revs = vol.revisions("doc.txt")
+    assert vol.quota().used_bytes == sum(r.size for r in revs) < used_before  # retention gives room back
     assert report.versions_removed == 48 - len(revs)
     assert len(revs) <= 4  # one per day for the two days, the current one, the pinned one
     assert revs[0].is_current and pinned in {r.version_id for r in revs}

@@ -31,7 +31,7 @@ def test_a_deleted_folder_is_one_item_restored_whole(vol: Volume) -> None:
     vol.write("docs/gone.txt", io.BytesIO(b"g"))
     vol.delete("docs/gone.txt")  # deleted before the folder: its own item
     item = vol.delete("docs")
-    assert vol.quota().used_bytes == 0
+    assert vol.quota().used_bytes == 31  # the trash is retained: it still counts
     listed = vol.trash()
     assert [(i.id, i.path, i.is_dir, i.size) for i in listed] == [
         (item, "docs", True, 30),
@@ -41,8 +41,10 @@ def test_a_deleted_folder_is_one_item_restored_whole(vol: Volume) -> None:
     assert entry.path == "docs" and entry.is_dir
     assert _read(vol, "docs/sub/b.txt") == b"b" * 20
     assert sorted(e.name for e in vol.listdir("docs")) == ["a.txt", "sub"]
-    assert vol.quota().used_bytes == 30
+    assert vol.quota().used_bytes == 31
     assert [i.path for i in vol.trash()] == ["docs/gone.txt"]
+    vol.purge_trash_item(vol.trash()[0].id)
+    assert vol.quota().used_bytes == 30
     assert vol.journal()[-1].op == "create"
 
 

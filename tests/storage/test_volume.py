@@ -182,7 +182,7 @@ def test_move_refuses_cycles_and_respects_overwrite(vol: Volume) -> None:
         vol.move("x", "y")
     vol.move("x", "y", overwrite=True)
     assert read(vol, "y") == b"x"
-    assert vol.quota().used_bytes == 1
+    assert vol.quota().used_bytes == 2  # the replaced file is in the trash, still retained
 
 
 def test_copy_shares_blocks_and_copies_properties(vol: Volume, engine: Engine) -> None:
@@ -246,20 +246,21 @@ def test_copy_over_quota_changes_nothing(engine: Engine) -> None:
     assert vol.quota().used_bytes == 600_000
 
 
-def test_delete_moves_to_trash_and_frees_quota(vol: Volume) -> None:
+def test_delete_moves_to_trash_which_counts_until_purged(vol: Volume) -> None:
     vol.mkdir("d")
     put(vol, "d/one", b"1" * 100)
     put(vol, "d/two", b"2" * 50)
     put(vol, "top", b"t" * 10)
     assert vol.quota().used_bytes == 160
     vol.delete("d")
-    assert vol.quota().used_bytes == 10
+    assert vol.quota().used_bytes == 160
     with pytest.raises(NotFound):
         vol.stat("d/one")
     vol.mkdir("d")  # the name is free again
     put(vol, "d/one", b"new")
     assert read(vol, "d/one") == b"new"
     assert vol.purge_trash() == 3
+    assert vol.quota().used_bytes == 13
 
 
 def test_quota_is_enforced_and_nothing_is_committed(engine: Engine) -> None:
@@ -272,8 +273,10 @@ def test_quota_is_enforced_and_nothing_is_committed(engine: Engine) -> None:
         put(vol, "declared", b"", size_hint=5000)
     with pytest.raises(NotFound):
         vol.stat("too-much")
-    put(vol, "fits", b"z" * 900)  # replacing frees the old size first
-    assert vol.quota().used_bytes == 900
+    with pytest.raises(QuotaExceeded):
+        put(vol, "fits", b"z" * 900)  # the old version is retained: both must fit
+    put(vol, "fits", b"z" * 400)
+    assert vol.quota().used_bytes == 1000
     assert engine.fsck().clean
 
 
@@ -407,7 +410,7 @@ def test_concurrent_writers_of_one_file_leave_one_whole_version(vol: Volume, eng
     assert not errors
     assert read(vol, "shared") in payloads
     assert len(vol.revisions("shared")) == len(payloads)
-    assert vol.quota().used_bytes == vol.stat("shared").size
+    assert vol.quota().used_bytes == sum(map(len, payloads))  # every version is retained
     assert engine.fsck(deep=True).clean
 
 
