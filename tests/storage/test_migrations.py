@@ -8,6 +8,7 @@ from sqlalchemy import text
 from storage.errors import SchemaMismatch
 from storage.metadata.db import Database
 from storage.metadata.migrate import current_revision, ensure_schema, head_revision
+from tests.storage.conftest import EngineFactory
 
 
 def test_an_empty_database_is_refused_unless_migration_is_allowed(database_url: str) -> None:
@@ -48,3 +49,28 @@ def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> 
         assert diff == []
     finally:
         db.dispose()
+
+
+def test_usage_is_recounted_from_the_retained_versions(make_engine: EngineFactory, database_url: str) -> None:
+    """0005: usage counted live files only before; afterwards every retained version."""
+    import io
+
+    from alembic import command
+
+    from storage.metadata.migrate import _config, upgrade
+
+    engine = make_engine(database_url)
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    vol.write("f", io.BytesIO(b"a" * 100))
+    vol.write("f", io.BytesIO(b"b" * 30))
+    vol.write("g", io.BytesIO(b"c" * 7))
+    vol.delete("g")
+    with engine.db.engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET used_bytes = 30"))  # what the old rule recorded
+        cfg = _config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    upgrade(engine.db)
+    assert vol.quota().used_bytes == 137
+    assert engine.fsck().clean
