@@ -24,7 +24,7 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -174,10 +174,18 @@ class BlockWriter:
         lease_seconds: float,
         clock: Callable[[], float],
         whole_hash: bool = True,
+        keep_tail: bool = False,
     ) -> None:
-        """``whole_hash=False``: the caller hashes the content itself (``sha256`` stays empty)."""
+        """``whole_hash=False``: the caller hashes the content itself (``sha256`` stays empty).
+
+        ``keep_tail=True``: the stream's last piece (after the last real cut point) is
+        not stored but left in :attr:`tail`, for an upload that continues later.
+        """
         self._ctx = ctx
         self._whole_hash = whole_hash
+        self._keep_tail = keep_tail
+        #: The held-back last piece (``keep_tail``), not part of ``refs`` or ``size``.
+        self.tail = b""
         self._db = db
         self._store = store
         self._executor = executor
@@ -202,8 +210,9 @@ class BlockWriter:
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
         held: tuple[bytes, int] | None = None
+        chunks = chunker.split(stream)
         try:
-            for data in chunker.split(stream):
+            for data in self._all_but_last(chunks) if self._keep_tail else chunks:
                 whole.update(data)
                 if held is None and not pending:
                     # Hold the first block: if it is the only one, it is stored on
@@ -230,6 +239,21 @@ class BlockWriter:
                     fut.exception()
         self.size = offset
         self.sha256 = whole.digest()
+
+    def _all_but_last(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        previous: bytes | None = None
+        for data in chunks:
+            if previous is not None:
+                yield previous
+            previous = data
+        self.tail = previous or b""
+
+    def store_tail(self) -> None:
+        """The held-back tail turns out to be the end of the file: store it as the last block."""
+        if self.tail:
+            self._accept(self._prepare(self.tail, self.size))
+            self.size += len(self.tail)
+            self.tail = b""
 
     def _prepare(self, data: bytes, offset: int) -> BlockRef:
         sha = hashlib.sha256(data).digest()

@@ -240,9 +240,10 @@ upload_sessions = Table(
     Column("path", PathText),
     Column("length", BigInteger),
     Column("offset", BigInteger, nullable=False),
-    #: upload_blocks rows of the session (idx 0..count-1); the last is the tail when tail is true.
+    #: upload_blocks rows of the session (idx 0..count-1): the blocks up to the last real cut point.
     Column("block_count", Integer, nullable=False),
-    Column("tail", Boolean, nullable=False),
+    #: The bytes after it (at most one block), sealed with the account's key (storage.uploads).
+    Column("tail_data", LargeBinary),
     Column("mtime", Float),
     Column("if_match", String(200)),
     Column("device", String(200)),

@@ -8,12 +8,21 @@ import itertools
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from storage.engine import Engine
-from storage.errors import ChecksumMismatch, Conflict, NotFound, OffsetMismatch, QuotaExceeded, TooLarge
+from storage.errors import (
+    ChecksumMismatch,
+    Conflict,
+    IntegrityError,
+    NotFound,
+    OffsetMismatch,
+    QuotaExceeded,
+    TooLarge,
+)
 from storage.metadata import schema as t
 from storage.uploads import Checksum
 from storage.volume import Volume
@@ -229,3 +238,26 @@ def test_partial_uploads_concatenate_into_one_file(engine: Engine, vol: Volume) 
     engine.gc(grace_seconds=0)
     check = engine.fsck(deep=True)
     assert check.clean, check
+
+
+def test_the_tail_is_sealed_and_bound_to_its_session(make_engine: EngineFactory, tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'tail.db'}")
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    marker = b"PLAINTEXT-TAIL-MARKER-" * 20
+    one = vol.uploads.create(kind="tus", path="one", length=10_000)
+    two = vol.uploads.create(kind="tus", path="two", length=10_000)
+    vol.uploads.append(one.id, 0, io.BytesIO(marker))
+    vol.uploads.append(two.id, 0, io.BytesIO(b"x" * len(marker)))
+    engine.db.dispose()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("tail.db*"))
+    assert marker[:22] not in raw
+    with engine.db.write() as conn:  # move one session's tail into the other
+        tail = conn.execute(
+            select(t.upload_sessions.c.tail_data).where(t.upload_sessions.c.id == one.id)
+        ).scalar_one()
+        conn.execute(
+            t.upload_sessions.update().where(t.upload_sessions.c.id == two.id).values(tail_data=tail)
+        )
+    with pytest.raises(IntegrityError):
+        vol.uploads.append(two.id, len(marker), io.BytesIO(b"y"))
