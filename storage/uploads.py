@@ -206,6 +206,8 @@ class Uploads:
             if length < row.offset:
                 raise Conflict(f"{row.offset} bytes were already received")
             conn.execute(update(t.upload_sessions).where(s_.id == session_id).values(length=length))
+        if length == row.offset and row.has_tail:
+            self._store_tail(session_id)  # the data received is the whole file
         return self.get(session_id)
 
     def concat(
@@ -363,8 +365,7 @@ class Uploads:
         if not _needs_finalizing(row):
             return self._to_session(row)
         if row.has_tail:
-            with self._db.read() as conn:
-                self._store_tail(self._row(conn, session_id, with_tail=True))  # length declared late
+            self._store_tail(session_id)  # a crash came between declaring the length and this
         with self._db.read() as conn:
             row = self._row(conn, session_id)
             blocks = self._blocks(conn, row)
@@ -374,8 +375,10 @@ class Uploads:
         _, created = self._vol._commit_session(row.path, source, row.if_match, row.mtime, row.device)
         return replace(self.get(session_id), created=created)
 
-    def _store_tail(self, row: Row[Any]) -> None:
+    def _store_tail(self, session_id: str) -> None:
         """Turn a session's tail into its last block (its end turned out to be the file's)."""
+        with self._db.read() as conn:
+            row = self._row(conn, session_id, with_tail=True)
         data = self._open_tail(row)
         writer = self._writer(row.path, keep_tail=False)
         try:

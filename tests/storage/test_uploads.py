@@ -261,3 +261,15 @@ def test_the_tail_is_sealed_and_bound_to_its_session(make_engine: EngineFactory,
         )
     with pytest.raises(IntegrityError):
         vol.uploads.append(two.id, len(marker), io.BytesIO(b"y"))
+
+
+def test_a_partial_upload_of_deferred_length_keeps_its_last_bytes(vol: Volume) -> None:
+    part = vol.uploads.create(kind="partial", path=None, length=None)
+    vol.uploads.append(part.id, 0, io.BytesIO(b"first half, "))
+    vol.uploads.declare_length(part.id, 12)
+    other = vol.uploads.create(kind="partial", path=None, length=11)
+    vol.uploads.append(other.id, 0, io.BytesIO(b"second half"))
+    joined = vol.uploads.concat("joined.txt", [part.id, other.id])
+    assert joined.completed is not None
+    with vol.open("joined.txt") as r:
+        assert r.read() == b"first half, second half"
