@@ -39,6 +39,7 @@ from davserver.dav.resources import content_length, content_type_for, declared_l
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage import errors as e
 from storage.reader import VersionReader
+from sync_ext.api.body import RequestBody
 
 log = logging.getLogger("davserver.dav")
 
@@ -149,7 +150,7 @@ class FastLane:
             principal = environ.get("wsgidav.auth.user_name", "")
             with pending, lock_man.write_transaction(url=url, token_list=[], principal=principal):
                 try:
-                    pending.feed(_Input(environ["wsgi.input"], length))
+                    pending.feed(RequestBody(environ["wsgi.input"], length))
                     if length is not None and pending.size != length:
                         return _failed(
                             start_response, 400, f"body ended after {pending.size} of {length} bytes"
@@ -176,47 +177,6 @@ def _failed(start_response: StartResponse, status: int, reason: str) -> list[byt
     if status >= 500:
         log.error("PUT failed: %s", reason)
     return plain(start_response, f"{status} {HTTPStatus(status).phrase}", reason + "\n", close=True)
-
-
-#: Largest single read from the request body (the chunker asks for up to a whole block).
-READ_MAX = 1 << 20
-
-
-class _Input:
-    """The request body as a reader: at most Content-Length bytes, or to EOF when chunked.
-
-    cheroot's input already stops at Content-Length and decodes chunked bodies;
-    a client that disconnects early gives a short read, caught by the caller.
-    """
-
-    def __init__(self, stream: Any, length: int | None) -> None:
-        self._stream = stream
-        self._left = length
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:
-        # At most READ_MAX at a time: cheroot's buffered reader joins and slices what
-        # it receives, holding about three copies of each read in memory at once.
-        view = memoryview(buffer)[:READ_MAX]
-        if self._left is not None:
-            if self._left <= 0:
-                return 0
-            view = view[: self._left]
-        data = self._stream.read(len(view))
-        n = len(data)
-        view[:n] = data
-        if self._left is not None:
-            self._left -= n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        if self._left is not None:
-            size = self._left if size is None or size < 0 else min(size, self._left)
-            if size <= 0:
-                return b""
-        data: bytes = self._stream.read(size)
-        if self._left is not None:
-            self._left -= len(data)
-        return data
 
 
 class _Body:
