@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import socket
 import threading
@@ -37,6 +38,19 @@ def _random_file(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+class _SlowAfter(io.BufferedReader):
+    """A file that reads slowly past ``mark``: the upload is surely still going when the server dies."""
+
+    def __init__(self, path: Path, mark: int) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._mark = mark
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self._mark:
+            time.sleep(0.2)
+        return super().read(size)
+
+
 def _on_port(url: str, srv: DavServer) -> str:
     """The same upload URL on the server's current address (it listens on a new port after a restart)."""
     return srv.url + urlsplit(url).path
@@ -49,7 +63,7 @@ def test_tuspy_resumes_after_the_server_is_killed(make_server: Any, tmp_path: Pa
     meta = {"path": "/big.bin", "mtime": "1600000000"}
     client = tus_client.TusClient(srv.url + "/api/v1/uploads/", headers={"Authorization": _auth(srv)})
     # tuspy opens file paths without closing them; a stream we own is closed.
-    stream = source.open("rb")
+    stream = _SlowAfter(source, 48 * MiB)
     uploader = client.uploader(file_stream=stream, chunk_size=8 * MiB, metadata=meta, upload_checksum=True)
     failure: list[BaseException] = []
 
@@ -68,6 +82,8 @@ def test_tuspy_resumes_after_the_server_is_killed(make_server: Any, tmp_path: Pa
     sent_before = uploader.offset
     srv.start()
     client.url = srv.url + "/api/v1/uploads/"
+    stream.close()
+    stream = source.open("rb")  # type: ignore[assignment]
     resumed = client.uploader(
         file_stream=stream,
         url=_on_port(uploader.url, srv),
