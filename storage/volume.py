@@ -548,11 +548,19 @@ class Volume:
         self._s.notify(self.account.id, seq)
         return entry
 
-    def open(self, path: str, *, version_id: int | None = None) -> VersionReader:
-        """A seekable reader of the current (or a given) version of a file."""
+    def open(
+        self, path: str, *, version_id: int | None = None, include_deleted: bool = False
+    ) -> VersionReader:
+        """A seekable reader of the current (or a given) version of a file.
+
+        ``include_deleted``: a path whose file is in the trash reads that file's versions.
+        """
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            node = tree.existing_node(conn, self.account.id, path)
+            if include_deleted:
+                node = revisions.find_node(conn, self.account.id, path, include_deleted=True)
+            else:
+                node = tree.existing_node(conn, self.account.id, path)
             if node.kind == t.KIND_DIR:
                 raise Conflict(f"{path or '/'!r} is a folder")
             entry = tree.to_entry(node)

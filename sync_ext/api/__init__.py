@@ -124,7 +124,7 @@ def _routes() -> list[Route]:
             files.download,
             {
                 "operationId": "files_download",
-                "summary": "The content of the current or a given revision (single byte ranges supported)",
+                "summary": "The current or a given revision (also of a trashed file); single byte ranges",
                 "parameters": [
                     PATH_PARAM,
                     rev_param,

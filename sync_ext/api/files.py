@@ -198,7 +198,7 @@ def _resumable_state(session: UploadSession) -> Response:
 def download(req: Request) -> Response:
     path = req.param("path")
     rev = req.int_param("rev", minimum=1)
-    reader = req.volume.open(path, version_id=rev)
+    reader = req.volume.open(path, version_id=rev, include_deleted=rev is not None)
     try:
         return _send(req, reader)
     except BaseException:

@@ -53,6 +53,9 @@ def test_metadata_of_a_live_and_a_deleted_file(api: httpx.Client, engine: Engine
     assert gone["is_deleted"] is True and gone["rev"] == meta["rev"]
     revs = api.get("/files/list_revisions", params={"path": "/a.bin"}).json()["revisions"]
     assert len(revs) == 1 and not revs[0]["is_current"]
+    assert api.get("/files/download", params={"path": "/a.bin"}).status_code == 404  # no current version
+    old = api.get("/files/download", params={"path": "/a.bin", "rev": revs[0]["rev"]})
+    assert old.status_code == 200 and old.content == data  # an old revision of a trashed file
     back = api.post("/files/restore", json={"path": "/a.bin", "rev": revs[0]["rev"]})
     assert back.status_code == 200 and back.json()["is_deleted"] is False
     assert api.get("/files/download", params={"path": "/a.bin"}).content == data
