@@ -56,7 +56,7 @@ from storage.errors import ChecksumMismatch, Conflict, NotFound, OffsetMismatch,
 from storage.metadata import schema as t
 from storage.model import Entry, UploadSession
 from storage.reader import BlockLocation, VersionReader
-from storage.writer import BlockWriter, LimitedReader
+from storage.writer import BlockWriter, LimitedReader, WholeHash
 
 if TYPE_CHECKING:
     from storage.volume import Volume
@@ -101,18 +101,21 @@ class HasherCache:
 
 
 class _Tee:
-    """Reads the body, feeding the whole-file hasher and the append's checksum as it goes."""
+    """Reads the body, feeding the whole-file hash (on its own thread) and the append's checksum."""
 
-    def __init__(self, stream: LimitedReader, hashers: list[Any]) -> None:
+    def __init__(self, stream: LimitedReader, whole: WholeHash | None, check: Any) -> None:
         self._stream = stream
-        self._hashers = hashers
+        self._whole = whole
+        self._check = check
 
     def readinto(self, buffer: memoryview) -> int:
         n = self._stream.readinto(buffer)
         if n:
             data = buffer[:n]
-            for h in self._hashers:
-                h.update(data)
+            if self._whole is not None:
+                self._whole.update(bytes(data))  # the chunker reuses its buffer: hash a copy
+            if self._check is not None:
+                self._check.update(data)
         return n
 
 
@@ -301,9 +304,13 @@ class Uploads:
         check = hashlib.new(checksum.algorithm) if checksum is not None else None
         body = LimitedReader(stream, limit, None)
         writer = self._writer(row.path)
+        hashing = WholeHash(self._s.config.pipeline_depth, hasher=whole) if whole is not None else None
         try:
-            tee = _Tee(body, [h for h in (whole, check) if h is not None])
-            writer.consume(Prefixed(prefix, tee))
+            try:
+                writer.consume(Prefixed(prefix, _Tee(body, hashing, check)))
+            finally:
+                if hashing is not None:
+                    hashing.close()  # ``whole`` has seen every byte read, or the thread is gone
             if check is not None and checksum is not None and check.digest() != checksum.digest:
                 raise ChecksumMismatch(f"the data does not match its {checksum.algorithm} checksum")
             if row.length is not None and offset + body.count == row.length:

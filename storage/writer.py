@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
@@ -106,16 +107,18 @@ class LimitedReader:
         return n
 
 
-class _WholeHash:
-    """SHA-256 of the whole stream, from the second block on computed on its own thread.
+class WholeHash:
+    """SHA-256 of the whole stream, from the second piece on computed on its own thread.
 
     hashlib releases the GIL on large buffers, so hashing overlaps the chunker
     on the writing thread; the queue is bounded, so memory stays bounded too.
-    Single-block (small) files are hashed inline, without a thread.
+    Single-block (small) files are hashed inline, without a thread. ``hasher``
+    continues an existing hashlib object (an upload session's); pieces must not
+    change after :meth:`update` (pass copies of reused buffers).
     """
 
-    def __init__(self, depth: int) -> None:
-        self._h = hashlib.sha256()
+    def __init__(self, depth: int, hasher: Any = None) -> None:
+        self._h = hasher if hasher is not None else hashlib.sha256()
         self._depth = depth
         self._queue: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
@@ -205,7 +208,7 @@ class BlockWriter:
     # -- streaming -----------------------------------------------------------------
 
     def consume(self, stream: Readable | ReadableInto) -> None:
-        whole = _WholeHash(self._depth) if self._whole_hash else _NoHash()
+        whole = WholeHash(self._depth) if self._whole_hash else _NoHash()
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
