@@ -45,8 +45,21 @@ def _unreferenced() -> Any:
 def collect(db: Database, backend: Backend, *, now: float, grace: float) -> GcReport:
     report = GcReport()
     cutoff = now - grace
+    us = t.upload_sessions.c
     with db.write() as conn:
+        # Expired upload sessions go with their pin rows; their tails are objects of their own.
+        tails = (
+            conn.execute(
+                select(us.tail_name)
+                .join(t.uploads, t.uploads.c.id == us.upload_id)
+                .where(t.uploads.c.expires_at < now, us.tail_name.is_not(None))
+            )
+            .scalars()
+            .all()
+        )
         report.expired_uploads = conn.execute(delete(t.uploads).where(t.uploads.c.expires_at < now)).rowcount
+    for name in tails:
+        backend.delete(name)
     with db.read() as conn:
         candidates = (
             conn.execute(select(b.id).where(b.created_at < cutoff, _unreferenced()).order_by(b.id))
@@ -75,8 +88,16 @@ def collect(db: Database, backend: Backend, *, now: float, grace: float) -> GcRe
 
 
 def _known_names(db: Database) -> set[str]:
+    """Objects something refers to: blocks, and upload sessions' tails."""
     with db.read() as conn:
-        return set(conn.execute(select(b.name)).scalars())
+        names = set(conn.execute(select(b.name)).scalars())
+        names.update(_tail_names(conn))
+        return names
+
+
+def _tail_names(conn: Any) -> set[str]:
+    s = t.upload_sessions.c
+    return set(conn.execute(select(s.tail_name).where(s.tail_name.is_not(None))).scalars())
 
 
 def _sweep_orphans(db: Database, backend: Backend, cutoff: float) -> int:
@@ -107,7 +128,7 @@ def check(db: Database, store: BlockStore, accounts: Accounts, *, deep: bool) ->
         for row in rows:
             if row.name not in stored:
                 problems.append(f"block {row.id}: object {row.name} is missing")
-        known = {row.name for row in rows}
+        known = {row.name for row in rows} | _tail_names(conn)
         report.orphan_objects = sum(1 for name in stored if name not in known)
         report.unreferenced_blocks = conn.execute(
             select(func.count()).select_from(t.blocks).where(_unreferenced())

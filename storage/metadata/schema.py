@@ -242,8 +242,8 @@ upload_sessions = Table(
     Column("offset", BigInteger, nullable=False),
     #: upload_blocks rows of the session (idx 0..count-1): the blocks up to the last real cut point.
     Column("block_count", Integer, nullable=False),
-    #: The bytes after it (at most one block), sealed with the account's key (storage.uploads).
-    Column("tail_data", LargeBinary),
+    #: The object holding the bytes after it (at most one block), sealed (storage.uploads).
+    Column("tail_name", String(160)),
     Column("mtime", Float),
     Column("if_match", String(200)),
     Column("device", String(200)),

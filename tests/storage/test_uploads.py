@@ -250,14 +250,15 @@ def test_the_tail_is_sealed_and_bound_to_its_session(make_engine: EngineFactory,
     vol.uploads.append(one.id, 0, io.BytesIO(marker))
     vol.uploads.append(two.id, 0, io.BytesIO(b"x" * len(marker)))
     engine.db.dispose()
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("tail.db*"))
-    assert marker[:22] not in raw
-    with engine.db.write() as conn:  # move one session's tail into the other
+    stored = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("tails" in str(p) for p in stored)
+    assert not any(marker[:22] in p.read_bytes() for p in stored)
+    with engine.db.write() as conn:  # point one session at the other's tail
         tail = conn.execute(
-            select(t.upload_sessions.c.tail_data).where(t.upload_sessions.c.id == one.id)
+            select(t.upload_sessions.c.tail_name).where(t.upload_sessions.c.id == one.id)
         ).scalar_one()
         conn.execute(
-            t.upload_sessions.update().where(t.upload_sessions.c.id == two.id).values(tail_data=tail)
+            t.upload_sessions.update().where(t.upload_sessions.c.id == two.id).values(tail_name=tail)
         )
     with pytest.raises(IntegrityError):
         vol.uploads.append(two.id, len(marker), io.BytesIO(b"y"))
