@@ -347,8 +347,9 @@ class Uploads:
                 self._s.blocks.backend.delete(tail)
             raise
         if row.tail_name is not None:
-            # Unreferenced now; if this delete is lost, gc sweeps the object as an orphan.
-            self._s.blocks.backend.delete(row.tail_name)
+            # Unreferenced now. Deleted off the request's path (unlinking a MiB file is not
+            # free); if the delete is lost, gc sweeps the object as an orphan.
+            self._s.executor.submit(self._s.blocks.backend.delete, row.tail_name)
 
     def _commit_append(
         self, conn: Connection, row: Row[Any], writer: BlockWriter, start: int, end: int, tail: str | None
