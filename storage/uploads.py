@@ -307,7 +307,15 @@ class Uploads:
         whole_before = whole.copy() if whole is not None else None
         check = hashlib.new(checksum.algorithm) if checksum is not None else None
         body = LimitedReader(stream, limit, None)
-        writer = self._writer(row.path)
+        start = offset - len(prefix)
+
+        def store_tail(data: bytes, at: int) -> str | None:
+            # Called once the body is read; a tail that ends the file becomes a block instead.
+            if row.length is not None and offset + body.count == row.length:
+                return None
+            return self._store_tail_object(session_id, start + at, data)
+
+        writer = self._writer(row.path, on_tail=store_tail)
         hashing = WholeHash(self._s.config.pipeline_depth, hasher=whole) if whole is not None else None
         try:
             try:
@@ -321,12 +329,14 @@ class Uploads:
                 writer.store_tail()  # the end of the file: a real block boundary
             if body.count == 0:
                 writer.abort()
+                self._drop_tail_object(writer.tail_result)
                 if whole_before is not None:
                     self._hashers.keep(session_id, offset, whole_before)
                 return self.get(session_id)
-            self._commit(row, writer, offset - len(prefix), offset + body.count)
+            self._commit(row, writer, start, offset + body.count)
         except BaseException:
             writer.abort()
+            self._drop_tail_object(writer.tail_result)
             if whole_before is not None:
                 self._hashers.keep(session_id, offset, whole_before)
             raise
@@ -337,15 +347,14 @@ class Uploads:
         return self.get(session_id)
 
     def _commit(self, row: Row[Any], writer: BlockWriter, start: int, end: int) -> None:
-        """Store the new tail, then commit blocks, tail and offset; the old tail object goes after."""
-        tail = self._store_tail_object(row.id, start + writer.size, writer.tail) if writer.tail else None
-        try:
-            with self._db.write() as conn:
-                self._commit_append(conn, row, writer, start, end, tail)
-        except BaseException:
-            if tail is not None:
-                self._s.blocks.backend.delete(tail)
-            raise
+        """Commit blocks, tail and offset; the replaced tail object goes after.
+
+        The new tail object is durable already (stored by the writer's ``on_tail``
+        while the last blocks were being stored); a failure here leaves it to the caller.
+        """
+        tail = writer.tail_result if writer.tail else None
+        with self._db.write() as conn:
+            self._commit_append(conn, row, writer, start, end, tail)
         if row.tail_name is not None:
             # Unreferenced now. Deleted off the request's path (unlinking a MiB file is not
             # free); if the delete is lost, gc sweeps the object as an orphan.
@@ -454,6 +463,10 @@ class Uploads:
         self._s.blocks.backend.put(name, blob)
         return name
 
+    def _drop_tail_object(self, name: str | None) -> None:
+        if name is not None:
+            self._s.blocks.backend.delete(name)
+
     def _open_tail(self, row: Row[Any]) -> bytes:
         if row.tail_name is None:
             return b""
@@ -466,7 +479,9 @@ class Uploads:
         _, data = open_sealed(keys.block_cipher, _tail_binding(row.id, at), blob)
         return data
 
-    def _writer(self, path: str | None, *, keep_tail: bool = True) -> BlockWriter:
+    def _writer(
+        self, path: str | None, *, keep_tail: bool = True, on_tail: Callable[[bytes, int], Any] | None = None
+    ) -> BlockWriter:
         cfg = self._s.config
         return BlockWriter(
             self._vol.account,
@@ -480,6 +495,7 @@ class Uploads:
             clock=self._clock,
             whole_hash=False,
             keep_tail=keep_tail,
+            on_tail=on_tail,
         )
 
     def _to_session(self, row: Row[Any]) -> UploadSession:

@@ -178,17 +178,23 @@ class BlockWriter:
         clock: Callable[[], float],
         whole_hash: bool = True,
         keep_tail: bool = False,
+        on_tail: Callable[[bytes, int], Any] | None = None,
     ) -> None:
         """``whole_hash=False``: the caller hashes the content itself (``sha256`` stays empty).
 
         ``keep_tail=True``: the stream's last piece (after the last real cut point) is
         not stored but left in :attr:`tail`, for an upload that continues later.
+        ``on_tail(tail, at)`` is called with it on the writing thread as soon as it is
+        known, while the last blocks are still being stored (its result is kept in
+        :attr:`tail_result`), so the caller can make the tail durable in that time.
         """
         self._ctx = ctx
         self._whole_hash = whole_hash
         self._keep_tail = keep_tail
         #: The held-back last piece (``keep_tail``), not part of ``refs`` or ``size``.
         self.tail = b""
+        self._on_tail = on_tail
+        self.tail_result: Any = None
         self._db = db
         self._store = store
         self._executor = executor
@@ -229,6 +235,8 @@ class BlockWriter:
                 offset += len(data)
                 while len(pending) >= self._depth:
                     self._accept(pending.popleft().result())
+            if self._on_tail is not None and self.tail:
+                self.tail_result = self._on_tail(self.tail, offset)
             if held is not None:
                 self._accept(self._prepare(*held))
             while pending:
