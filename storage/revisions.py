@@ -40,22 +40,6 @@ def find_node(conn: Connection, account_id: int, path: str, *, include_deleted: 
     raise NotFound(f"{path or '/'!r} does not exist")
 
 
-def to_entry(row: Row[Any]) -> Entry:
-    base = tree.to_entry(row)
-    return Entry(
-        base.node_id,
-        base.path,
-        base.name,
-        base.is_dir,
-        base.size,
-        base.mtime,
-        base.created_at,
-        base.version_id,
-        base.sha256,
-        deleted_at=row.deleted_at,
-    )
-
-
 def list_revisions(
     conn: Connection, account_id: int, node: Row[Any], *, limit: int | None, before: int | None
 ) -> list[Revision]:

@@ -50,7 +50,8 @@ def select_nodes() -> Select[Any]:
     return select(*NODE_COLUMNS).select_from(t.nodes.outerjoin(t.versions, t.versions.c.id == n.version_id))
 
 
-def to_entry(row: Row[Any]) -> Entry:
+def to_entry(row: Row[Any], *, deleted_at: float | None = None) -> Entry:
+    """``deleted_at``: for rows of trashed nodes (look-ups that include the trash)."""
     return Entry(
         node_id=row.id,
         path=row.path,
@@ -61,6 +62,7 @@ def to_entry(row: Row[Any]) -> Entry:
         created_at=row.created_at,
         version_id=row.version_id,
         sha256=bytes(row.sha256) if row.sha256 is not None else None,
+        deleted_at=deleted_at,
     )
 
 

@@ -95,6 +95,10 @@ class HasherCache:
             return item[1]
         return hashlib.sha256() if offset == 0 else None
 
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._items.pop(session_id, None)
+
     def keep(self, session_id: str, offset: int, hasher: Any) -> None:
         with self._lock:
             self._items[session_id] = (offset, hasher)
@@ -153,37 +157,37 @@ class Uploads:
             if path == "":
                 raise Conflict("cannot write to the root folder")
             self._vol._precheck(path, if_match, None, length)
-        now = self._clock()
-        session_id, pin_id = secrets.token_urlsafe(24), secrets.token_hex(16)
-        expires = now + cfg.upload_session_seconds
+        fields = {"path": path, "length": length, "mtime": mtime, "if_match": if_match, "device": device}
         with self._db.write() as conn:
-            conn.execute(
-                insert(t.uploads).values(
-                    id=pin_id, account_id=self._account_id, kind="session", created_at=now, expires_at=expires
-                )
-            )
-            conn.execute(
-                insert(t.upload_sessions).values(
-                    id=session_id,
-                    account_id=self._account_id,
-                    upload_id=pin_id,
-                    kind=kind,
-                    path=path,
-                    length=length,
-                    offset=0,
-                    block_count=0,
-                    mtime=mtime,
-                    if_match=if_match,
-                    device=device,
-                    meta=meta,
-                    created_at=now,
-                    expires_at=expires,
-                )
+            session_id, _ = self._insert_session(
+                conn, kind=kind, offset=0, block_count=0, meta=meta, **fields
             )
         session = self.get(session_id)
         if length == 0 and path is not None:
             return self._finalize(session_id)
         return session
+
+    def _insert_session(self, conn: Connection, **values: Any) -> tuple[str, str]:
+        """A new session row and the pin row its blocks hang on; returns both ids."""
+        now = self._clock()
+        session_id, pin_id = secrets.token_urlsafe(24), secrets.token_hex(16)
+        expires = now + self._s.config.upload_session_seconds
+        conn.execute(
+            insert(t.uploads).values(
+                id=pin_id, account_id=self._account_id, kind="session", created_at=now, expires_at=expires
+            )
+        )
+        conn.execute(
+            insert(t.upload_sessions).values(
+                id=session_id,
+                account_id=self._account_id,
+                upload_id=pin_id,
+                created_at=now,
+                expires_at=expires,
+                **values,
+            )
+        )
+        return session_id, pin_id
 
     def get(self, session_id: str) -> UploadSession:
         """The session's state; finishes a session whose last byte is durable but not yet committed."""
@@ -200,7 +204,7 @@ class Uploads:
             conn.execute(delete(t.uploads).where(t.uploads.c.id == row.upload_id))
         if row.tail_name is not None:
             self._s.blocks.backend.delete(row.tail_name)
-        self._hashers.take(session_id, -1)
+        self._hashers.forget(session_id)
 
     def declare_length(self, session_id: str, length: int) -> UploadSession:
         """tus ``Upload-Defer-Length``: the length, once known."""
@@ -243,47 +247,29 @@ class Uploads:
         if total > self._s.config.max_file_size:
             raise TooLarge(f"files are limited to {self._s.config.max_file_size} bytes")
         self._vol._precheck(path, if_match, None, total)
-        now = self._clock()
-        session_id, pin_id = secrets.token_urlsafe(24), secrets.token_hex(16)
-        expires = now + self._s.config.upload_session_seconds
         with self._db.write() as conn:
-            rows: list[dict[str, Any]] = []
+            taken: list[tuple[int, int]] = []  # (block id, offset in the joined file)
             base = 0
             for pid in partial_ids:
                 part = self._row(conn, pid, lock=True)
-                for blk in self._blocks(conn, part):
-                    rows.append(
-                        {
-                            "upload_id": pin_id,
-                            "idx": len(rows),
-                            "block_id": blk.block_id,
-                            "offset": base + blk.offset,
-                        }
-                    )
+                taken += [(blk.block_id, base + blk.offset) for blk in self._blocks(conn, part)]
                 base += int(part.length)
-            conn.execute(
-                insert(t.uploads).values(
-                    id=pin_id, account_id=self._account_id, kind="session", created_at=now, expires_at=expires
-                )
+            session_id, pin_id = self._insert_session(
+                conn,
+                kind="final",
+                path=path,
+                length=total,
+                offset=total,
+                block_count=len(taken),
+                mtime=mtime,
+                if_match=if_match,
+                device=device,
+                meta=meta,
             )
-            conn.execute(
-                insert(t.upload_sessions).values(
-                    id=session_id,
-                    account_id=self._account_id,
-                    upload_id=pin_id,
-                    kind="final",
-                    path=path,
-                    length=total,
-                    offset=total,
-                    block_count=len(rows),
-                    mtime=mtime,
-                    if_match=if_match,
-                    device=device,
-                    meta=meta,
-                    created_at=now,
-                    expires_at=expires,
-                )
-            )
+            rows = [
+                {"upload_id": pin_id, "idx": i, "block_id": block_id, "offset": at}
+                for i, (block_id, at) in enumerate(taken)
+            ]
             if rows:
                 conn.execute(insert(t.upload_blocks), rows)
             conn.execute(delete(t.uploads).where(t.uploads.c.id.in_([p.upload_id for p in parts])))

@@ -503,7 +503,7 @@ class Volume:
         path = paths.normalize_path(path)
         with self._db.read() as conn:
             row = revisions.find_node(conn, self.account.id, path, include_deleted=include_deleted)
-        return revisions.to_entry(row)
+        return tree.to_entry(row, deleted_at=row.deleted_at)
 
     def revisions(
         self,

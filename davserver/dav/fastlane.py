@@ -35,7 +35,7 @@ from wsgidav.dav_error import DAVError
 
 from davserver.dav.errors import status_for
 from davserver.dav.provider import VolumeProvider
-from davserver.dav.resources import content_length, content_type_for, declared_length, oc_mtime, single_etag
+from davserver.dav.resources import content_length, content_type_for, write_options
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage import errors as e
 from storage.reader import VersionReader
@@ -125,7 +125,7 @@ class FastLane:
         account_id = environ[ACCOUNT_KEY]
         try:
             length = content_length(environ)
-            mtime = oc_mtime(environ)
+            options = write_options(environ)
         except DAVError:
             return None  # WsgiDAV words the 400
         with provider.lock_snapshot(environ):
@@ -136,14 +136,7 @@ class FastLane:
                 return None  # locks are WsgiDAV's business
             vol = provider.volume(environ)
             try:
-                pending = vol.begin_write(
-                    path,
-                    size_hint=declared_length(environ),
-                    if_match=single_etag(environ.get("HTTP_IF_MATCH")),
-                    if_none_match="*" if environ.get("HTTP_IF_NONE_MATCH", "").strip() == "*" else None,
-                    mtime=mtime,
-                    device=environ.get("HTTP_USER_AGENT", "")[:200] or None,
-                )
+                pending = vol.begin_write(path, **options)
             except e.StorageError:
                 return None  # refused before the body: WsgiDAV gives its usual answer
             url = root + quote(self._share + path)

@@ -34,6 +34,7 @@ from storage.errors import NotFound
 from storage.model import Entry
 from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
+from sync_ext.api.routing import epoch_seconds
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 #: environ key of the request's path -> Entry look-ups (dropped on every change).
@@ -240,15 +241,7 @@ class FileResource(_Shared, DAVNonCollection):
 
     @translated
     def begin_write(self, *, content_type: str | None = None) -> _BodySink:
-        env = self.environ
-        self._pending = self.volume.begin_write(
-            storage_path(self.path),
-            size_hint=declared_length(env),
-            if_match=single_etag(env.get("HTTP_IF_MATCH")),
-            if_none_match="*" if env.get("HTTP_IF_NONE_MATCH", "").strip() == "*" else None,
-            mtime=oc_mtime(env),
-            device=env.get("HTTP_USER_AGENT", "")[:200] or None,
-        )
+        self._pending = self.volume.begin_write(storage_path(self.path), **write_options(self.environ))
         return _BodySink(self._pending)
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -435,6 +428,17 @@ class FolderResource(_Shared, DAVCollection):
         return FolderResource(path, self.environ, self.volume, entry)
 
 
+def write_options(environ: dict[str, Any]) -> dict[str, Any]:
+    """What a PUT's headers say about the write (Volume.begin_write's keywords); DAVError 400 if bad."""
+    return {
+        "size_hint": declared_length(environ),
+        "if_match": single_etag(environ.get("HTTP_IF_MATCH")),
+        "if_none_match": "*" if environ.get("HTTP_IF_NONE_MATCH", "").strip() == "*" else None,
+        "mtime": oc_mtime(environ),
+        "device": environ.get("HTTP_USER_AGENT", "")[:200] or None,
+    }
+
+
 def content_type_for(name: str) -> str:
     dot = name.rfind(".")
     return _content_type_of_suffix(name[dot:].lower() if dot > 0 else "")
@@ -475,12 +479,9 @@ def oc_mtime(environ: dict[str, Any]) -> float | None:
     if value is None:
         return None
     try:
-        mtime = float(value)
-    except ValueError:
-        raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime is not a number") from None
-    if not 0 <= mtime < 2**40:
-        raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime out of range")
-    return mtime
+        return epoch_seconds(value)
+    except ValueError as exc:
+        raise DAVError(HTTP_BAD_REQUEST, f"X-OC-Mtime: {exc}") from None
 
 
 def parse_time(value: Any) -> float:

@@ -10,7 +10,7 @@ from storage import errors as e
 from storage.model import Entry, Revision, UploadSession
 from storage.reader import VersionReader
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import PREFIX, Request, Response
+from sync_ext.api.routing import PREFIX, Request, Response, epoch_seconds
 
 #: list_revisions pages at most this many revisions.
 MAX_REVISIONS_PAGE = 1000
@@ -75,7 +75,7 @@ def restore(req: Request) -> Response:
         raise bad_request("'path' (a string) is required")
     if not isinstance(rev, int) or isinstance(rev, bool) or rev <= 0:
         raise bad_request("'rev' (a revision id, an integer) is required")
-    entry = req.volume.restore(path, rev, device=_device(req))
+    entry = req.volume.restore(path, rev, device=req.device())
     return Response.json(200, entry_json(entry))
 
 
@@ -103,10 +103,10 @@ def upload(req: Request) -> Response:
     pending = req.volume.begin_write(
         path,
         size_hint=length,
-        if_match=_if_match(req),
+        if_match=req.if_match(),
         if_none_match="*" if (req.header("If-None-Match") or "").strip() == "*" else None,
         mtime=mtime,
-        device=_device(req),
+        device=req.device(),
     )
     with pending:
         body = req.body()
@@ -131,8 +131,8 @@ def _start_resumable(req: Request) -> Response:
         path=req.param("path"),
         length=int(declared) if declared else None,
         mtime=_mtime(req),
-        if_match=_if_match(req),
-        device=_device(req),
+        if_match=req.if_match(),
+        device=req.device(),
     )
     location = f"{req.environ.get('SCRIPT_NAME', '')}{PREFIX}/files/upload?upload_id={session.id}"
     if session.completed is not None:
@@ -273,31 +273,11 @@ class _Stream:
         self._reader.close()
 
 
-def _device(req: Request) -> str | None:
-    agent = req.header("User-Agent")
-    return agent[:200] if agent else None
-
-
 def _mtime(req: Request) -> float | None:
     raw = req.query.get("mtime")
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
-    except ValueError:
-        raise bad_request("mtime must be seconds since the epoch") from None
-    if not 0 <= value < 2**40:
-        raise bad_request("mtime out of range")
-    return value
-
-
-def _if_match(req: Request) -> str | None:
-    raw = req.header("If-Match")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if raw == "*":
-        return "*"
-    if "," in raw:
-        raise bad_request("If-Match takes one entity tag here")
-    return raw if raw.startswith('"') else f'"{raw}"'
+        return epoch_seconds(raw)
+    except ValueError as exc:
+        raise bad_request(f"mtime: {exc}") from None

@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,6 +30,17 @@ StartResponse = Callable[..., Any]
 PREFIX = "/api/v1"
 #: JSON request bodies are small documents; anything larger is refused.
 MAX_JSON_BODY = 1 << 20
+
+
+def epoch_seconds(text: str) -> float:
+    """A modification time in seconds since the epoch (X-OC-Mtime, ``mtime=``); ValueError if not."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number of seconds since the epoch") from None
+    if not 0 <= value < 2**40:
+        raise ValueError("out of range")
+    return value
 
 
 class Request:
@@ -73,6 +85,22 @@ class Request:
         if not raw.isdigit() or int(raw) < minimum:
             raise bad_request(f"{name} must be an integer >= {minimum}")
         return int(raw)
+
+    def device(self) -> str | None:
+        """The client's name for the revision's device field (its User-Agent, shortened)."""
+        agent = self.header("User-Agent")
+        return agent[:200] if agent else None
+
+    def if_match(self) -> str | None:
+        """A single entity tag (or ``*``) from If-Match; lists are refused here."""
+        raw = (self.header("If-Match") or "").strip()
+        if not raw:
+            return None
+        if raw == "*":
+            return raw
+        if "," in raw:
+            raise bad_request("If-Match takes one entity tag here")
+        return raw if raw.startswith('"') else f'"{raw}"'
 
     def content_length(self) -> int | None:
         raw = self.environ.get("CONTENT_LENGTH", "").strip()
@@ -131,33 +159,22 @@ class Route:
     public: bool = False
 
 
+#: Reason phrases that differ from the standard ones (or have none there).
 _REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    206: "Partial Content",
-    304: "Not Modified",
     308: "Resume Incomplete",  # the resumable upload protocol's meaning of 308
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    412: "Precondition Failed",
     413: "Content Too Large",
-    415: "Unsupported Media Type",
-    416: "Range Not Satisfiable",
-    423: "Locked",
-    460: "Checksum Mismatch",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    507: "Insufficient Storage",
+    460: "Checksum Mismatch",  # tus checksum extension
 }
 
 
 def status_line(status: int) -> str:
-    return f"{status} {_REASONS.get(status, 'Unknown')}"
+    phrase = _REASONS.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+    return f"{status} {phrase}"
 
 
 class Api:

@@ -21,7 +21,7 @@ from storage.model import UploadSession
 from storage.uploads import Checksum
 from sync_ext.api import problems
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response
+from sync_ext.api.routing import Request, Response, epoch_seconds
 
 VERSION = "1.0.0"
 EXTENSIONS = (
@@ -94,7 +94,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         if concat.startswith("final"):
             ids = [_session_id(url, collection) for url in concat.partition(";")[2].split()]
             session = uploads.concat(
-                _target(meta), ids, mtime=_mtime(meta), device=_device(req), meta=meta_raw
+                _target(meta), ids, mtime=_mtime(meta), device=req.device(), meta=meta_raw
             )
             return Response(201, [("Location", location(session.id)), *_expiry(session)])
         length = _length(req)
@@ -108,8 +108,8 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             path=None if partial else _target(meta),
             length=length,
             mtime=_mtime(meta),
-            if_match=_if_match(req),
-            device=_device(req),
+            if_match=req.if_match(),
+            device=req.device(),
             meta=meta_raw,
         )
         headers = [("Location", location(session.id))]
@@ -194,12 +194,9 @@ def _mtime(meta: dict[str, str]) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
-    except ValueError:
-        raise bad_request("the mtime metadata must be seconds since the epoch") from None
-    if not 0 <= value < 2**40:
-        raise bad_request("mtime out of range")
-    return value
+        return epoch_seconds(raw)
+    except ValueError as exc:
+        raise bad_request(f"the mtime metadata: {exc}") from None
 
 
 def _length(req: Request, *, deferred_ok: bool = True) -> int | None:
@@ -247,20 +244,3 @@ def _session_id(url: str, collection: str) -> str:
 
 def _expiry(session: UploadSession) -> list[tuple[str, str]]:
     return [("Upload-Expires", formatdate(session.expires_at, usegmt=True))]
-
-
-def _if_match(req: Request) -> str | None:
-    """If-Match on creation: the upload commits only over that version of the target."""
-    raw = (req.header("If-Match") or "").strip()
-    if not raw:
-        return None
-    if raw == "*":
-        return raw
-    if "," in raw:
-        raise bad_request("If-Match takes one entity tag here")
-    return raw if raw.startswith('"') else f'"{raw}"'
-
-
-def _device(req: Request) -> str | None:
-    agent = req.header("User-Agent")
-    return agent[:200] if agent else None

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import event
 
 from davserver.app import AppSettings, create_app
 from storage.engine import Engine
+from tests.davserver.statements import statements
 from tests.storage.conftest import EngineFactory
 
 LOCKINFO = (
@@ -46,20 +46,6 @@ def _fill(engine: Engine, folder: str, count: int) -> None:
             vol.set_properties(f"{folder}/f{i:04d}", {"{urn:z}note": f"n{i}"})
 
 
-def _count_statements(engine: Engine, fn: object) -> int:
-    statements: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    event.listen(engine.db.engine, "before_cursor_execute", record)
-    try:
-        fn()  # type: ignore[operator]
-    finally:
-        event.remove(engine.db.engine, "before_cursor_execute", record)
-    return len(statements)
-
-
 def test_propfind_depth1_query_count_does_not_grow(setup: tuple[Engine, httpx.Client]) -> None:
     """An allprop PROPFIND: live properties, dead properties and lock discovery of every member."""
     engine, client = setup
@@ -75,27 +61,13 @@ def test_propfind_depth1_query_count_does_not_grow(setup: tuple[Engine, httpx.Cl
         r = client.request("PROPFIND", f"/dav/{folder}/", headers={"Depth": "1"})
         assert r.status_code == 207
 
-    small = _count_statements(engine, lambda: propfind("small"))
-    large = _count_statements(engine, lambda: propfind("large"))
+    small = len(statements(engine, lambda: propfind("small")))
+    large = len(statements(engine, lambda: propfind("large")))
     assert large == small, (small, large)
     assert large <= 25
     r = client.request("PROPFIND", "/dav/large/", headers={"Depth": "1"})
     assert r.text.count("getcontentlength>") == 2 * 60
     assert "n57" in r.text and "opaquelocktoken" in r.text
-
-
-def _statements(engine: Engine, fn: object) -> list[str]:
-    seen: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        seen.append(statement)
-
-    event.listen(engine.db.engine, "before_cursor_execute", record)
-    try:
-        fn()  # type: ignore[operator]
-    finally:
-        event.remove(engine.db.engine, "before_cursor_execute", record)
-    return seen
 
 
 def test_lock_checks_cost_one_query_per_request(setup: tuple[Engine, httpx.Client]) -> None:
@@ -105,9 +77,9 @@ def test_lock_checks_cost_one_query_per_request(setup: tuple[Engine, httpx.Clien
     vol.mkdir("a")
     vol.mkdir("a/b")
     client.request("PROPFIND", "/dav/", headers={"Depth": "0"})  # warm the credential cache
-    put = _statements(engine, lambda: client.put("/dav/a/b/new.txt", content=b"x"))
+    put = statements(engine, lambda: client.put("/dav/a/b/new.txt", content=b"x"))
     assert sum("lock_records" in s for s in put) == 1
-    get = _statements(engine, lambda: client.get("/dav/a/b/new.txt"))
+    get = statements(engine, lambda: client.get("/dav/a/b/new.txt"))
     assert sum("lock_records" in s for s in get) == 0
     # A lock held on a parent still stops the write.
     r = client.request(

@@ -8,14 +8,14 @@ the fast lane is the one answering.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import event
 
 from davserver.app import AppSettings, create_app
 from storage.engine import Engine
+from tests.davserver.statements import statements
 from tests.storage.conftest import EngineFactory
 
 LOCKINFO = (
@@ -42,21 +42,6 @@ def clients(make_engine: EngineFactory, database_url: str) -> Iterator[Clients]:
         fast.request("OPTIONS", "/dav/")  # warm the credential caches
         slow.request("OPTIONS", "/dav/")
         yield engine, fast, slow
-
-
-def statements(engine: Engine, fn: Callable[[], object], kind: str = "before_cursor_execute") -> list[str]:
-    """The SQL statements ``fn`` runs (or with ``kind="begin"``, one entry per transaction)."""
-    seen: list[str] = []
-
-    def record(conn: object, *args: object) -> None:
-        seen.append(str(args[1]) if args[1:] else "BEGIN")
-
-    event.listen(engine.db.engine, kind, record)
-    try:
-        fn()
-    finally:
-        event.remove(engine.db.engine, kind, record)
-    return seen
 
 
 def _comparable(r: httpx.Response) -> tuple[int, dict[str, str], bytes]:
