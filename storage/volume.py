@@ -9,10 +9,10 @@ only, so a failed or killed upload leaves the previous version untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
@@ -43,6 +43,33 @@ from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
 
 n = t.nodes.c
 v = t.versions.c
+
+
+class BlockRefLike(Protocol):
+    @property
+    def block_id(self) -> int | None: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+class Committable(Protocol):
+    """What a version commit needs from its source: a streamed write or a finished upload session."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> bytes: ...
+
+    @property
+    def refs(self) -> Sequence[BlockRefLike]: ...
+
+    def finish_in(self, conn: Connection) -> None: ...
+
+    def retry_after(self, exc: Exception) -> None: ...
+
+    def committed(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -226,7 +253,7 @@ class Volume:
         return max(room, 0)
 
     def _commit_session(
-        self, path: str, source: Any, if_match: str | None, mtime: float | None, device: str | None
+        self, path: str, source: Committable, if_match: str | None, mtime: float | None, device: str | None
     ) -> tuple[Entry, bool]:
         """Commit a finished upload session's blocks as the file's new version (storage.uploads).
 
@@ -236,7 +263,7 @@ class Volume:
         self._s.notify(self.account.id, seq)
         return entry, created
 
-    def _commit(self, path: str, writer: BlockWriter, options: _WriteOptions) -> tuple[Entry, int, bool]:
+    def _commit(self, path: str, writer: Committable, options: _WriteOptions) -> tuple[Entry, int, bool]:
         for _ in range(4):
             try:
                 with self._db.write() as conn:
@@ -249,7 +276,7 @@ class Volume:
         raise BackendUnavailable("the commit kept conflicting with concurrent changes; retry")
 
     def _commit_in(
-        self, conn: Connection, path: str, writer: BlockWriter, options: _WriteOptions
+        self, conn: Connection, path: str, writer: Committable, options: _WriteOptions
     ) -> tuple[Entry, int, bool]:
         """Commit the version; returns its entry, the change sequence and whether the file is new."""
         change = tree.Change(conn, self.account.id, self._clock())
