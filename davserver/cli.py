@@ -160,6 +160,7 @@ def serve(
 
         upkeep = RetentionTimer(engine, cfg.retention_interval_minutes * 60)
         upkeep.start()
+        engine.notifications.start()
         try:
             serve_forever(server, on_ready=ready)
         except OSError as exc:
@@ -329,7 +330,9 @@ def token_revoke(name: str, token_id: int, data_dir: str | None, config_file: st
 
 @main.command()
 @click.option("--grace", type=float, help="Seconds an unreferenced block is kept (default from config).")
-@click.option("--no-retention", is_flag=True, help="Skip the retention pass (old versions, old trash).")
+@click.option(
+    "--no-retention", is_flag=True, help="Skip the retention pass (old versions, old trash, old journal)."
+)
 @_data_options
 def gc(grace: float | None, no_retention: bool, data_dir: str | None, config_file: str | None) -> None:
     """Apply retention, then reclaim blocks no version or live upload references."""
@@ -340,6 +343,7 @@ def gc(grace: float | None, no_retention: bool, data_dir: str | None, config_fil
                 f"retention: {kept.versions_removed} old versions removed, "
                 f"{kept.trash_nodes_purged} trashed entries purged"
             )
+            click.echo(f"change journal: {engine.compact_journal()} entries past retention removed")
         report = engine.gc(grace_seconds=grace)
     click.echo(
         f"expired uploads {report.expired_uploads}, blocks deleted {report.blocks_deleted} "

@@ -63,6 +63,8 @@ class ServerConfig:
     #: How often the server runs the retention pass (0: only `davserver gc` does).
     retention_interval_minutes: float = 60
     upload_session_days: float = 7
+    #: Change-feed history kept (cursors older than this get "cursor-reset"; "none": forever).
+    journal_days: float | None = 90
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def storage_config(
@@ -88,6 +90,8 @@ class ServerConfig:
                 else self.max_version_age_days * 86400,
                 trash_seconds=None if self.trash_days is None else self.trash_days * 86400,
             ),
+            journal_seconds=None if self.journal_days is None else self.journal_days * 86400,
+            redis_url=self.redis_url,
             db_pool_size=max(5, self.threads + 4),
             auto_migrate=self.database_url.startswith("sqlite") if auto_migrate is None else auto_migrate,
             password_hashing=password_hashing or PasswordHashing(),
@@ -171,7 +175,7 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("keep_all_minutes", "retention_interval_minutes", "upload_session_days"):
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
-    for key in ("max_version_age_days", "trash_days"):
+    for key in ("max_version_age_days", "trash_days", "journal_days"):
         if key in kwargs:
             kwargs[key] = _optional(kwargs[key], float)
     for key in ("durable", "rehash_reads"):

@@ -1,4 +1,4 @@
-"""Background upkeep while the server runs: the retention pass, on a timer.
+"""Background upkeep while the server runs: the retention pass (and journal compaction), on a timer.
 
 Garbage collection stays with ``davserver gc`` (it lists the whole block store);
 the retention pass only reads and deletes metadata rows, so the server can run it
@@ -35,6 +35,7 @@ class RetentionTimer:
         while not self._stop.wait(self._interval):
             try:
                 report = self._engine.apply_retention()
+                self._engine.compact_journal()
             except Exception:
                 log.exception("retention pass failed; trying again in %.0f s", self._interval)
                 continue

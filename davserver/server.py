@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.wsgi import WSGIApp
+from sync_ext.api.changes import DETACH_KEY
 
 log = logging.getLogger("davserver")
 
@@ -53,6 +55,31 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+class DetachingGateway(wsgi.Gateway_10):
+    """cheroot's WSGI 1.0 gateway, plus ``environ[DETACH_KEY]`` for long-polls.
+
+    Calling it hands the request's connection to the caller: cheroot then sends no
+    response of its own, reads no further request and does not close the socket
+    (its ``linger`` flag), so the worker thread is free again while the caller
+    (the notifier's event loop) answers later.
+    """
+
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
+        environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
+        environ[DETACH_KEY] = self._detach
+        return environ
+
+    def _detach(self) -> socket.socket:
+        req = self.req
+        conn = req.conn
+        conn.wfile.flush()
+        req.sent_headers = True
+        req.close_connection = True
+        conn.linger = True
+        sock: socket.socket = conn.socket
+        return sock
+
+
 def make_server(app: WSGIApp, listen: ListenSettings) -> wsgi.Server:
     server = wsgi.Server(
         (listen.host, listen.port),
@@ -60,9 +87,11 @@ def make_server(app: WSGIApp, listen: ListenSettings) -> wsgi.Server:
         numthreads=listen.threads,
         server_name="davserver",
         timeout=int(listen.socket_timeout),
-        request_queue_size=128,
+        # Room for bursts of new connections (thousands of long-polls reconnecting).
+        request_queue_size=1024,
         shutdown_timeout=10,
     )
+    server.gateway = DetachingGateway
     # Bodies are bounded by the app (413 before reading, abort past the limit).
     server.max_request_body_size = 0
     server.max_request_header_size = 64 * 1024

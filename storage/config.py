@@ -51,6 +51,14 @@ class StorageConfig:
     write_lease_seconds: float = 3600
     #: an upload session (tus, resumable) expires this long after its last data.
     upload_session_seconds: float = 7 * 86400
+    #: change-journal entries older than this are compacted by gc (older cursors reset).
+    journal_seconds: float | None = 90 * 86400
+    #: Redis (notifications between nodes; later the metadata cache); None: this process only.
+    redis_url: str | None = None
+    #: how often long-poll waiters' accounts are checked in the journal while Redis
+    #: pub/sub is not connected (absent or down), and while it is (lost messages).
+    notify_fallback_seconds: float = 1.0
+    notify_safety_seconds: float = 30.0
     #: which old versions and trash items the retention pass keeps (accounts may override).
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: pool size for the metadata database (follows the server's thread count).

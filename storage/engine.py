@@ -8,12 +8,13 @@ commit *after* it is durable, so notifications never announce uncommitted state.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from storage import changes, retention
 from storage import gc as gc_mod
-from storage import retention
 from storage.accounts import Accounts
 from storage.backends.base import Backend
 from storage.backends.url import open_backend
@@ -24,11 +25,13 @@ from storage.keys import MasterKey
 from storage.locks import LockRecords
 from storage.metadata.db import Database
 from storage.metadata.migrate import ensure_schema, upgrade
-from storage.model import FsckReport, GcReport, Stats
+from storage.model import Committed, FsckReport, GcReport, Stats
+from storage.notify import Notifications
 from storage.retention import RetentionReport
 from storage.volume import Services, Volume
 
-Listener = Callable[[int, int], None]
+Listener = Callable[[Committed], None]
+log = logging.getLogger("davserver.storage")
 
 
 class Engine:
@@ -44,6 +47,14 @@ class Engine:
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
         self._services = Services(config, db, self.blocks, self.executor, self._notify)
+        #: Long-poll wake-ups (storage.notify); threads start with notifications.start().
+        self.notifications = Notifications(
+            db,
+            redis_url=config.redis_url,
+            fallback_seconds=config.notify_fallback_seconds,
+            safety_seconds=config.notify_safety_seconds,
+        )
+        self._listeners.append(self.notifications.committed)
 
     @classmethod
     def open(cls, config: StorageConfig) -> Engine:
@@ -65,6 +76,7 @@ class Engine:
             db.dispose()
 
     def close(self) -> None:
+        self.notifications.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
         self.db.dispose()
@@ -86,7 +98,11 @@ class Engine:
         return Volume(ctx, self._services)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(account_id, change_seq)`` after every commit; returns an unsubscribe."""
+        """Call ``listener(committed)`` after every commit; returns an unsubscribe.
+
+        Listeners run on the committing thread before the write returns: they must
+        be quick and must not raise (an error is logged; the commit stands).
+        """
         with self._listeners_lock:
             self._listeners.append(listener)
 
@@ -96,11 +112,14 @@ class Engine:
 
         return unsubscribe
 
-    def _notify(self, account_id: int, seq: int) -> None:
+    def _notify(self, committed: Committed) -> None:
         with self._listeners_lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener(account_id, seq)
+            try:
+                listener(committed)
+            except Exception:
+                log.exception("a commit listener failed")
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -130,6 +149,14 @@ class Engine:
                 purged = self.volume(account_id).purge_trash(deleted_before=now - policy.trash_seconds)
                 report.trash_nodes_purged += purged
         return report
+
+    def compact_journal(self, *, now: float | None = None) -> int:
+        """Drop change-journal entries past their retention; cursors older than that reset."""
+        if self.config.journal_seconds is None:
+            return 0
+        now = self.config.clock() if now is None else now
+        with self.db.write() as conn:
+            return changes.compact(conn, now - self.config.journal_seconds)
 
     def fsck(self, *, deep: bool = False) -> FsckReport:
         return gc_mod.check(self.db, self.blocks, self.accounts, deep=deep)

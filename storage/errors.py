@@ -17,6 +17,7 @@ should escape from storage on a path a client can trigger::
     ├── ChecksumMismatch         uploaded data does not match the checksum sent with it
     ├── IntegrityError           stored data failed authentication or hashing
     │   └── UnsupportedFormat    a stored block of a format version we do not read
+    ├── CursorExpired            a change-feed position older than the kept journal (or unknown)
     ├── SchemaMismatch           the metadata database is at an unknown or newer revision
     └── BackendUnavailable       the block store or database cannot be reached now
 """
@@ -34,6 +35,10 @@ class NotFound(StorageError):
 
 class AlreadyExists(StorageError):
     pass
+
+
+class CursorExpired(StorageError):
+    """The journal no longer reaches back to this position: re-list everything."""
 
 
 class Conflict(StorageError):

@@ -53,7 +53,19 @@ class Change:
     old_path: str | None
     version_id: int | None
     size: int | None
+    mtime: float | None
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One committed transaction of an account, told to listeners after the commit."""
+
+    account_id: int
+    #: The account's change sequence after it (the position a reader reaches).
+    seq: int
+    #: Paths its journal entries name (new and old), or one common ancestor when there are many.
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,13 @@ def restore(change: tree.Change, path: str, version_id: int, device: str | None)
         update(t.nodes).where(n.id == node_id).values(version_id=new_id, size=old.size, mtime=change.now)
     )
     change.journal(
-        "create" if revived else "modify", node_id, t.KIND_FILE, path, version_id=new_id, size=int(old.size)
+        "create" if revived else "modify",
+        node_id,
+        t.KIND_FILE,
+        path,
+        version_id=new_id,
+        size=int(old.size),
+        mtime=change.now,
     )
     entry = Entry(
         node_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, literal, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, literal, or_, select, update
 
 from storage import paths, tree
 from storage.errors import AlreadyExists, NotFound
@@ -75,10 +75,27 @@ def restore(change: tree.Change, item_id: int, target: str | None) -> Entry:
         update(t.nodes).where(n.id == item.id).values(parent_id=parent.id, name=paths.name_of(dst), path=dst)
     )
     conn.execute(update(t.nodes).where(members).values(deleted_at=None, trash_id=None))
-    change.journal("create", item.id, item.kind, dst, version_id=item.version_id, size=item.size)
-    row = tree.live_node(conn, account_id, dst)
-    assert row is not None
-    return tree.to_entry(row)
+    # One entry per restored node, parents first: a change feed replays it as creates.
+    restored = conn.execute(
+        tree.select_nodes()
+        .where(n.account_id == account_id, n.deleted_at.is_(None), or_(n.path == dst, tree.in_subtree(dst)))
+        .order_by(n.path)
+    ).all()
+    change.journal_many(
+        [
+            {
+                "op": "create",
+                "node_id": r.id,
+                "kind": r.kind,
+                "path": r.path,
+                "version_id": r.version_id,
+                "size": r.size if r.kind == t.KIND_FILE else None,
+                "mtime": r.mtime,
+            }
+            for r in restored
+        ]
+    )
+    return tree.to_entry(restored[0])
 
 
 def purge(conn: Connection, account_id: int, item_id: int) -> None:

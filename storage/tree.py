@@ -6,6 +6,7 @@ property of these queries, not of URL routing in the faces.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlalchemy import (
@@ -27,7 +28,7 @@ from storage import paths
 from storage.errors import Conflict, NotFound, QuotaExceeded
 from storage.metadata import schema as t
 from storage.metadata.prepared import Prepared
-from storage.model import Entry
+from storage.model import Committed, Entry
 
 n = t.nodes.c
 v = t.versions.c
@@ -110,7 +111,19 @@ _LOCK_ACCOUNT = Prepared(
     .where(t.accounts.c.id == bindparam("b_account"))
     .with_for_update()
 )
-_JOURNAL_KEYS = ("account_id", "seq", "node_id", "op", "kind", "path", "old_path", "version_id", "size", "at")
+_JOURNAL_KEYS = (
+    "account_id",
+    "seq",
+    "node_id",
+    "op",
+    "kind",
+    "path",
+    "old_path",
+    "version_id",
+    "size",
+    "mtime",
+    "at",
+)
 _INSERT_JOURNAL = Prepared(insert(t.journal), keys=_JOURNAL_KEYS)
 _FINISH = Prepared(
     update(t.accounts)
@@ -140,6 +153,7 @@ class Change:
         self.used = int(row.used_bytes)
         self.quota = row.quota_bytes
         self.delta = 0
+        self._paths: set[str] = set()
 
     def journal(
         self,
@@ -151,8 +165,12 @@ class Change:
         old_path: str | None = None,
         version_id: int | None = None,
         size: int | None = None,
+        mtime: float | None = None,
     ) -> None:
         self.seq += 1
+        self._paths.add(path)
+        if old_path is not None:
+            self._paths.add(old_path)
         _INSERT_JOURNAL.execute(
             self.conn,
             {
@@ -165,6 +183,7 @@ class Change:
                 "old_path": old_path,
                 "version_id": version_id,
                 "size": size,
+                "mtime": mtime,
                 "at": self.now,
             },
         )
@@ -176,6 +195,7 @@ class Change:
         rows = []
         for entry in entries:
             self.seq += 1
+            self._paths.add(entry["path"])
             rows.append(
                 {
                     "account_id": self.account_id,
@@ -183,6 +203,7 @@ class Change:
                     "old_path": None,
                     "version_id": None,
                     "size": None,
+                    "mtime": None,
                     "at": self.now,
                     **entry,
                 }
@@ -200,10 +221,22 @@ class Change:
             raise QuotaExceeded("the account's quota has no room for this")
         self.delta += delta
 
-    def finish(self) -> int:
+    def finish(self) -> Committed:
+        """Record the new sequence and usage; the result is for listeners once committed."""
         self.seq = max(self.seq, self.start + 1)
         _FINISH.execute(self.conn, {"b_account": self.account_id, "b_seq": self.seq, "b_delta": self.delta})
-        return self.seq
+        return Committed(self.account_id, self.seq, summarise_paths(self._paths))
+
+
+#: More paths than this are told to listeners as their common ancestor (a big COPY).
+MAX_EVENT_PATHS = 32
+
+
+def summarise_paths(touched: set[str]) -> tuple[str, ...]:
+    if len(touched) <= MAX_EVENT_PATHS:
+        return tuple(sorted(touched))
+    common = os.path.commonpath(["/" + p for p in touched])
+    return (common.lstrip("/"),)
 
 
 def trash(change: Change, node: Row[Any]) -> None:
@@ -219,7 +252,7 @@ def trash(change: Change, node: Row[Any]) -> None:
             .values(deleted_at=change.now, trash_id=node.id)
         )
     conn.execute(update(t.nodes).where(n.id == node.id).values(deleted_at=change.now, trash_id=node.id))
-    change.journal("delete", node.id, node.kind, node.path)
+    change.journal("delete", node.id, node.kind, node.path, mtime=node.mtime)
 
 
 def insert_node(change: Change, *, parent_id: int, path: str, name: str, kind: str, mtime: float) -> int:
@@ -359,6 +392,7 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
                 "path": new_paths[row.id],
                 "version_id": new_versions.get(row.id),
                 "size": row.size if row.id in new_versions else None,
+                "mtime": row.mtime,
             }
             for row in rows
         ]

@@ -17,10 +17,12 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
+from storage import changes as changes_mod
 from storage import paths, revisions, tree
 from storage import trash as trash_mod
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore
+from storage.changes import ChangePage
 from storage.chunker import Readable
 from storage.codec import is_precompressed
 from storage.config import StorageConfig
@@ -36,7 +38,7 @@ from storage.errors import (
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 from storage.metadata.prepared import Prepared
-from storage.model import Change, Entry, Quota, Revision, TrashItem
+from storage.model import Change, Committed, Entry, Quota, Revision, TrashItem
 from storage.reader import BlockLocation, VersionReader
 from storage.uploads import HasherCache, Uploads
 from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
@@ -80,7 +82,7 @@ class Services:
     db: Database
     blocks: BlockStore
     executor: ThreadPoolExecutor
-    notify: Callable[[int, int], None]
+    notify: Callable[[Committed], None]
     hashers: HasherCache = field(default_factory=HasherCache)
 
 
@@ -136,20 +138,24 @@ class Volume:
 
     def journal(self, after: int = 0, limit: int = 1000) -> list[Change]:
         """Journal entries with ``seq > after`` in commit order."""
-        j = t.journal.c
+        return self.changes(after, limit=limit).changes
+
+    def change_seq(self) -> int:
+        """The account's current change-feed position."""
         with self._db.read() as conn:
-            rows = conn.execute(
-                select(t.journal)
-                .where(j.account_id == self.account.id, j.seq > after)
-                .order_by(j.seq)
-                .limit(limit)
-            ).all()
-        return [
-            Change(
-                r.seq, r.op, r.node_id, r.kind == t.KIND_DIR, r.path, r.old_path, r.version_id, r.size, r.at
-            )
-            for r in rows
-        ]
+            return changes_mod.position(conn, self.account.id)[0]
+
+    def changes(self, after: int, *, limit: int = 1000, scope: str = "") -> ChangePage:
+        """What changed after position ``after`` (within folder ``scope``); see storage.changes."""
+        scope = paths.normalize_path(scope)
+        with self._db.read() as conn:
+            return changes_mod.read(conn, self.account.id, after, limit=limit, scope=scope)
+
+    def has_changes(self, after: int, *, scope: str = "") -> tuple[bool, int]:
+        """Whether :meth:`changes` would return anything, and the position checked up to."""
+        scope = paths.normalize_path(scope)
+        with self._db.read() as conn:
+            return changes_mod.any_after(conn, self.account.id, after, scope)
 
     # -- changing the tree -----------------------------------------------------------
 
@@ -170,10 +176,10 @@ class Volume:
                 kind=t.KIND_DIR,
                 mtime=change.now if mtime is None else mtime,
             )
-            change.journal("create", node_id, t.KIND_DIR, path)
-            seq = change.finish()
+            change.journal("create", node_id, t.KIND_DIR, path, mtime=change.now if mtime is None else mtime)
+            committed = change.finish()
             entry = tree.to_entry(tree.live_node(conn, self.account.id, path))  # type: ignore[arg-type]
-        self._s.notify(self.account.id, seq)
+        self._s.notify(committed)
         return entry
 
     def write(
@@ -259,11 +265,13 @@ class Volume:
 
         Returns the entry and whether the file is new.
         """
-        entry, seq, created = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
-        self._s.notify(self.account.id, seq)
+        entry, committed, created = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
+        self._s.notify(committed)
         return entry, created
 
-    def _commit(self, path: str, writer: Committable, options: _WriteOptions) -> tuple[Entry, int, bool]:
+    def _commit(
+        self, path: str, writer: Committable, options: _WriteOptions
+    ) -> tuple[Entry, Committed, bool]:
         for _ in range(4):
             try:
                 with self._db.write() as conn:
@@ -277,8 +285,8 @@ class Volume:
 
     def _commit_in(
         self, conn: Connection, path: str, writer: Committable, options: _WriteOptions
-    ) -> tuple[Entry, int, bool]:
-        """Commit the version; returns its entry, the change sequence and whether the file is new."""
+    ) -> tuple[Entry, Committed, bool]:
+        """Commit the version; returns its entry, the commit (for listeners) and whether the file is new."""
         change = tree.Change(conn, self.account.id, self._clock())
         writer.finish_in(conn)
         node = tree.live_node(conn, self.account.id, path, lock=True)
@@ -326,8 +334,8 @@ class Volume:
             conn,
             {"b_node": node_id, "b_version": version_id, "b_size": writer.size, "b_mtime": mtime},
         )
-        change.journal(op, node_id, t.KIND_FILE, path, version_id=version_id, size=writer.size)
-        seq = change.finish()
+        change.journal(op, node_id, t.KIND_FILE, path, version_id=version_id, size=writer.size, mtime=mtime)
+        committed = change.finish()
         entry = Entry(
             node_id,
             path,
@@ -339,7 +347,7 @@ class Volume:
             version_id,
             writer.sha256,
         )
-        return entry, seq, op == "create"
+        return entry, committed, op == "create"
 
     def delete(self, path: str) -> int:
         """Move a file or folder (with everything below it) to the trash; returns the trash item's id."""
@@ -350,8 +358,8 @@ class Volume:
             change = tree.Change(conn, self.account.id, self._clock())
             node = tree.existing_node(conn, self.account.id, path, lock=True)
             tree.trash(change, node)
-            seq = change.finish()
-        self._s.notify(self.account.id, seq)
+            committed = change.finish()
+        self._s.notify(committed)
         return int(node.id)
 
     def trash(self, *, limit: int | None = None) -> list[TrashItem]:
@@ -365,8 +373,8 @@ class Volume:
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
             entry = trash_mod.restore(change, item_id, target)
-            seq = change.finish()
-        self._s.notify(self.account.id, seq)
+            committed = change.finish()
+        self._s.notify(committed)
         return entry
 
     def purge_trash_item(self, item_id: int) -> None:
@@ -391,8 +399,8 @@ class Volume:
             count = conn.execute(select(func.count()).select_from(t.nodes).where(*cond)).scalar_one()
             tree.release(conn, self.account.id, tree.version_bytes(conn, select(n.id).where(*cond)))
             conn.execute(delete(t.nodes).where(*cond))
-            seq = change.finish()
-        self._s.notify(self.account.id, seq)
+            committed = change.finish()
+        self._s.notify(committed)
         return int(count)
 
     def move(self, src: str, dst: str, *, overwrite: bool = False) -> Entry:
@@ -415,11 +423,18 @@ class Volume:
                     .values(path=literal(dst) + func.substr(n.path, len(src) + 1))
                 )
             change.journal(
-                "move", node.id, node.kind, dst, old_path=src, version_id=node.version_id, size=node.size
+                "move",
+                node.id,
+                node.kind,
+                dst,
+                old_path=src,
+                version_id=node.version_id,
+                size=node.size,
+                mtime=node.mtime,
             )
-            seq = change.finish()
+            committed = change.finish()
             entry = tree.to_entry(tree.live_node(conn, self.account.id, dst))  # type: ignore[arg-type]
-        self._s.notify(self.account.id, seq)
+        self._s.notify(committed)
         return entry
 
     def copy(self, src: str, dst: str, *, overwrite: bool = False, recursive: bool = True) -> Entry:
@@ -439,9 +454,9 @@ class Volume:
                     .order_by(n.path)
                 ).all()
             tree.copy_subtree(change, subtree, src, dst, new_ids)
-            seq = change.finish()
+            committed = change.finish()
             entry = tree.to_entry(tree.live_node(conn, self.account.id, dst))  # type: ignore[arg-type]
-        self._s.notify(self.account.id, seq)
+        self._s.notify(committed)
         return entry
 
     @staticmethod
@@ -472,10 +487,18 @@ class Volume:
             node = tree.existing_node(conn, self.account.id, path, lock=True)
             conn.execute(update(t.nodes).where(n.id == node.id).values(mtime=mtime))
             if node.kind == t.KIND_FILE:
-                change.journal("modify", node.id, node.kind, path, version_id=node.version_id, size=node.size)
-            seq = change.finish()
+                change.journal(
+                    "modify",
+                    node.id,
+                    node.kind,
+                    path,
+                    version_id=node.version_id,
+                    size=node.size,
+                    mtime=mtime,
+                )
+            committed = change.finish()
             entry = tree.to_entry(tree.live_node(conn, self.account.id, path))  # type: ignore[arg-type]
-        self._s.notify(self.account.id, seq)
+        self._s.notify(committed)
         return entry
 
     # -- dead properties ---------------------------------------------------------------
@@ -519,8 +542,8 @@ class Volume:
                     insert(t.properties),
                     [{"node_id": node.id, "name": k, "value": val} for k, val in set_.items()],
                 )
-            seq = change.finish()
-        self._s.notify(self.account.id, seq)
+            committed = change.finish()
+        self._s.notify(committed)
 
     # -- revisions and content -----------------------------------------------------------
 
@@ -571,8 +594,8 @@ class Volume:
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
             entry, _ = revisions.restore(change, path, version_id, device)
-            seq = change.finish()
-        self._s.notify(self.account.id, seq)
+            committed = change.finish()
+        self._s.notify(committed)
         return entry
 
     def open(
@@ -662,12 +685,12 @@ class PendingWrite:
         if mtime is not None:
             self._options.mtime = mtime
         try:
-            entry, seq, self.created = self._volume._commit(self.path, self._writer, self._options)
+            entry, committed, self.created = self._volume._commit(self.path, self._writer, self._options)
         except BaseException:
             self.abort()
             raise
         self._state = "committed"
-        self._volume._s.notify(self._volume.account.id, seq)
+        self._volume._s.notify(committed)
         return entry
 
     def abort(self) -> None:

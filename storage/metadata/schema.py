@@ -81,6 +81,8 @@ accounts = Table(
     Column("quota_bytes", BigInteger),
     Column("used_bytes", BigInteger, nullable=False, server_default=text("0")),
     Column("change_seq", BigInteger, nullable=False, server_default=text("0")),
+    #: Journal entries with seq <= this were compacted away; older cursors must reset.
+    Column("journal_floor", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", Float, nullable=False),
     #: The account's own retention settings (JSON; storage.retention), over the server's.
     Column("retention", Text),
@@ -216,8 +218,10 @@ journal = Table(
     Column("old_path", PathText),
     Column("version_id", BigInteger),
     Column("size", BigInteger),
+    Column("mtime", Float),
     Column("at", Float, nullable=False),
     PrimaryKeyConstraint("account_id", "seq"),
+    Index("ix_journal_at", "at"),
 )
 
 lock_records = Table(

@@ -12,13 +12,14 @@ from typing import Any
 from storage.engine import Engine
 from sync_ext.api import routes as declared
 from sync_ext.api import tus
+from sync_ext.api.changes import Longpoll, LongpollSettings
 from sync_ext.api.openapi import document
 from sync_ext.api.routing import PREFIX, Api, Request, Response, Route
 
 __all__ = ["PREFIX", "create_api"]
 
 
-def create_api(engine: Engine, *, account_key: str) -> Api:
+def create_api(engine: Engine, *, account_key: str, longpoll: LongpollSettings | None = None) -> Api:
     """The API over ``engine``; the authenticated account's id is read from ``environ[account_key]``."""
     served: dict[str, Any] = {}
 
@@ -34,6 +35,7 @@ def create_api(engine: Engine, *, account_key: str) -> Api:
         *declared.files(),
         *declared.tus(tus.make_handlers(PREFIX, engine.config.max_file_size)),
         *declared.trash(),
+        *declared.changes(Longpoll(engine.notifications, longpoll or LongpollSettings())),
         Route("GET", "/openapi.json", openapi, operation, public=True),
     ]
     served["document"] = document(routes, PREFIX)

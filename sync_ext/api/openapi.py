@@ -144,6 +144,48 @@ SCHEMAS: dict[str, Any] = {
         "required": ["path", "rev"],
         "properties": {"path": {"type": "string"}, "rev": {"type": "integer", "minimum": 1}},
     },
+    "Cursor": {
+        "type": "object",
+        "required": ["cursor"],
+        "properties": {"cursor": {"type": "string", "description": "Opaque; pass it back as is"}},
+    },
+    "ChangeEntry": {
+        "type": "object",
+        "description": (
+            "One change. A folder delete or move is one entry for the folder (its subtree follows it); "
+            "in a scoped feed a move across the scope's border is a create or a delete, and a folder "
+            "arriving that way is one create (list it to learn its contents)."
+        ),
+        "required": ["op", "path", "node_id", "kind", "at"],
+        "properties": {
+            "op": {"enum": ["create", "modify", "delete", "move"]},
+            "path": {"type": "string"},
+            "old_path": {"type": "string", "description": "Moves: where it was"},
+            "node_id": {"type": "integer"},
+            "kind": {"enum": ["file", "folder"]},
+            "rev": {"type": ["integer", "null"], "description": "Files (not deletes): the current revision"},
+            "size": {"type": ["integer", "null"], "minimum": 0},
+            "mtime": {"type": "number"},
+            "at": {"type": "number", "description": "Commit time, seconds since the epoch"},
+        },
+    },
+    "ChangeList": {
+        "type": "object",
+        "required": ["entries", "cursor", "has_more"],
+        "properties": {
+            "entries": {"type": "array", "items": ref("ChangeEntry")},
+            "cursor": {"type": "string"},
+            "has_more": {"type": "boolean", "description": "Call list again with the new cursor at once"},
+        },
+    },
+    "LongpollResult": {
+        "type": "object",
+        "required": ["changes"],
+        "properties": {
+            "changes": {"type": "boolean"},
+            "backoff": {"type": "integer", "description": "Seconds to wait before the next long-poll"},
+        },
+    },
 }
 
 

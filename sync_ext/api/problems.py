@@ -42,6 +42,7 @@ class Problem(Exception):
 #: storage error class -> (status, problem slug, title). Looked up along the class's MRO.
 STORAGE_PROBLEMS: dict[type[e.StorageError], tuple[int, str, str]] = {
     e.NotFound: (404, "not-found", "Not found"),
+    e.CursorExpired: (410, "cursor-reset", "Cursor reset: list everything again"),
     e.OffsetMismatch: (409, "offset-mismatch", "Offset mismatch"),
     e.ChecksumMismatch: (460, "checksum-mismatch", "Checksum mismatch"),
     e.AlreadyExists: (409, "already-exists", "Already exists"),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sync_ext.api import changes as changes_api
 from sync_ext.api import files as files_api
 from sync_ext.api import trash as trash_api
 from sync_ext.api.openapi import PATH_PARAM, json_body, problem, query, ref
-from sync_ext.api.routing import Route
+from sync_ext.api.routing import Handler, Route
 
 
 def files() -> list[Route]:
@@ -352,6 +353,67 @@ def trash() -> list[Route]:
                 "summary": "Delete a trash item for good",
                 "parameters": [item_id],
                 "responses": {"204": {"description": "Purged"}, "404": problem("No such trash item")},
+            },
+        ),
+    ]
+
+
+def changes(longpoll: Handler) -> list[Route]:
+    cursor = query("cursor", "A cursor from latest_cursor or list", required=True)
+    reset = problem("The cursor is older than the kept history (type cursor-reset): list everything again")
+    return [
+        Route(
+            "GET",
+            "/changes/latest_cursor",
+            changes_api.latest_cursor,
+            {
+                "operationId": "changes_latest_cursor",
+                "summary": "A cursor at the current state, optionally scoped to a folder (recursive)",
+                "parameters": [query("path", "Only changes at or below this folder (default: everything)")],
+                "responses": {
+                    "200": json_body(ref("Cursor"), "The cursor"),
+                    "404": problem("No such folder"),
+                    "409": problem("The path is a file"),
+                },
+            },
+        ),
+        Route(
+            "GET",
+            "/changes/list",
+            changes_api.list_changes,
+            {
+                "operationId": "changes_list",
+                "summary": "Changes after the cursor, in commit order, and the cursor to continue from",
+                "parameters": [
+                    cursor,
+                    query(
+                        "limit",
+                        "At most this many entries (default 500, up to 2000)",
+                        schema={"type": "integer", "minimum": 1},
+                    ),
+                ],
+                "responses": {"200": json_body(ref("ChangeList"), "One page of changes"), "410": reset},
+            },
+        ),
+        Route(
+            "GET",
+            "/changes/longpoll",
+            longpoll,
+            {
+                "operationId": "changes_longpoll",
+                "summary": "Wait until something changes after the cursor (then call list), or the timeout",
+                "parameters": [
+                    cursor,
+                    query(
+                        "timeout",
+                        "Seconds to wait, 30 to 480 (default 30); up to a quarter more is added as jitter",
+                        schema={"type": "integer", "minimum": 30, "maximum": 480},
+                    ),
+                ],
+                "responses": {
+                    "200": json_body(ref("LongpollResult"), "Whether there are changes"),
+                    "410": reset,
+                },
             },
         ),
     ]

@@ -198,6 +198,10 @@ class Api:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             response = self._dispatch(environ)
+            if response.status == 0:
+                # The connection left the server (a long-poll, through the server's detach
+                # hook): nothing more goes through WSGI, not even start_response.
+                return []
         except Problem as problem:
             response = _problem_response(problem)
         except e.StorageError as exc:

@@ -118,6 +118,7 @@ def test_every_operation_answers_as_documented(api: httpx.Client, engine: Engine
     _exercise_tus(api, c)
     _exercise_resumable(api, c)
     _exercise_trash(api, c)
+    _exercise_changes(api, engine, c)
     engine.accounts.set_quota("alice", 1)
     tus_meta = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "path " + base64.b64encode(b"/q").decode()}
     assert c(api.post("/uploads/", headers={**tus_meta, "Upload-Length": "100"})).status_code == 507
@@ -236,3 +237,21 @@ def _exercise_trash(api: httpx.Client, c: Any) -> None:
     again = c(api.post("/files/delete", json={"path": "/bin-restored.txt"})).json()["trash_id"]
     assert c(api.delete(f"/trash/{again}")).status_code == 204
     assert c(api.delete(f"/trash/{again}")).status_code == 404
+
+
+def _exercise_changes(api: httpx.Client, engine: Engine, c: Any) -> None:
+    start = c(api.get("/changes/latest_cursor")).json()["cursor"]
+    assert c(api.get("/changes/latest_cursor", params={"path": "/folder"})).status_code == 200
+    assert c(api.get("/changes/latest_cursor", params={"path": "/nope"})).status_code == 404
+    assert c(api.get("/changes/latest_cursor", params={"path": "/doc.txt"})).status_code == 409
+    api.post("/files/upload", params={"uploadType": "media", "path": "/feed.txt"}, content=b"x")
+    api.post("/files/delete", json={"path": "/feed.txt"})
+    page = c(api.get("/changes/list", params={"cursor": start, "limit": 1})).json()
+    assert page["has_more"] is True
+    assert c(api.get("/changes/list", params={"cursor": page["cursor"]})).json()["has_more"] is False
+    assert c(api.get("/changes/list", params={"cursor": "garbage"})).status_code == 400
+    assert c(api.get("/changes/longpoll", params={"cursor": start, "timeout": 30})).json()["changes"] is True
+    assert c(api.get("/changes/longpoll", params={"cursor": start, "timeout": 5})).status_code == 400
+    engine.compact_journal(now=engine.config.clock() + 10**9)
+    assert c(api.get("/changes/list", params={"cursor": start})).status_code == 410
+    assert c(api.get("/changes/longpoll", params={"cursor": start, "timeout": 30})).status_code == 410

@@ -21,5 +21,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('accounts', schema=None) as batch_op:
-        batch_op.drop_column('retention')
+    # Native DROP COLUMN: a batch copy of accounts would cascade its drop to every node on SQLite.
+    op.execute("ALTER TABLE accounts DROP COLUMN retention")
