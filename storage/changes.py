@@ -77,7 +77,11 @@ def read(conn: Connection, account_id: int, after: int, *, limit: int, scope: st
         raise CursorExpired(f"changes before position {floor} were compacted away")
     if after > seq:
         raise CursorExpired(f"position {after} is ahead of the account's history ({seq})")
-    query = select(t.journal).where(j.account_id == account_id, j.seq > after)
+    query = (
+        select(t.journal, t.versions.c.sha256)
+        .select_from(t.journal.outerjoin(t.versions, t.versions.c.id == j.version_id))
+        .where(j.account_id == account_id, j.seq > after)
+    )
     if scope:
         near = [_at_or_below(j.path, scope), _at_or_below(j.old_path, scope)]
         if ancestors := _ancestors(scope):
@@ -99,8 +103,19 @@ def any_after(conn: Connection, account_id: int, after: int, scope: str = "") ->
 
 
 def _change(r: Row[Any]) -> Change:
+    sha = None if r.sha256 is None else bytes(r.sha256)
     return Change(
-        r.seq, r.op, r.node_id, r.kind == t.KIND_DIR, r.path, r.old_path, r.version_id, r.size, r.mtime, r.at
+        r.seq,
+        r.op,
+        r.node_id,
+        r.kind == t.KIND_DIR,
+        r.path,
+        r.old_path,
+        r.version_id,
+        r.size,
+        r.mtime,
+        r.at,
+        sha,
     )
 
 
@@ -113,17 +128,21 @@ def _scoped(change: Change, scope: str) -> Change | None:
         if in_scope(change.path, scope):
             return change
         # An ancestor went: so did the scope folder (node_id stays the ancestor's).
-        return replace(change, path=scope, is_dir=True, version_id=None, size=None)
+        return replace(change, path=scope, is_dir=True, version_id=None, size=None, sha256=None)
     assert change.old_path is not None
     if in_scope(change.path, scope) and in_scope(change.old_path, scope):
         return change
     if in_scope(change.path, scope):
         return replace(change, op="create", old_path=None)
     if in_scope(change.old_path, scope):
-        return replace(change, op="delete", path=change.old_path, old_path=None, version_id=None, size=None)
+        return replace(
+            change, op="delete", path=change.old_path, old_path=None, version_id=None, size=None, sha256=None
+        )
     # An ancestor left (delete of the scope) or arrived at its place (create: list it anew).
     op = "delete" if scope.startswith(change.old_path + "/") else "create"
-    return replace(change, op=op, path=scope, old_path=None, is_dir=True, version_id=None, size=None)
+    return replace(
+        change, op=op, path=scope, old_path=None, is_dir=True, version_id=None, size=None, sha256=None
+    )
 
 
 def compact(conn: Connection, before: float) -> int:

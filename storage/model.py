@@ -55,6 +55,8 @@ class Change:
     size: int | None
     mtime: float | None
     at: float
+    #: The version's content hash (None for folders, deletes, and versions since thinned away).
+    sha256: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,7 @@ def change_json(change: Change) -> dict[str, Any]:
         if not change.is_dir:
             doc["rev"] = change.version_id
             doc["size"] = change.size
+            doc["content_sha256"] = None if change.sha256 is None else change.sha256.hex()
         if change.mtime is not None:
             doc["mtime"] = change.mtime
     return doc

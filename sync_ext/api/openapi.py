@@ -165,6 +165,10 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"enum": ["file", "folder"]},
             "rev": {"type": ["integer", "null"], "description": "Files (not deletes): the current revision"},
             "size": {"type": ["integer", "null"], "minimum": 0},
+            "content_sha256": {
+                "type": ["string", "null"],
+                "description": "Files: SHA-256 of that revision's content (null once thinned by retention)",
+            },
             "mtime": {"type": "number"},
             "at": {"type": "number", "description": "Commit time, seconds since the epoch"},
         },

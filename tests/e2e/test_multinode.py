@@ -92,3 +92,27 @@ def test_lock_taken_on_one_node_holds_on_the_other(nodes: tuple[DavServer, DavSe
         assert cb.put("/dav/l.txt", content=b"v2", headers={"If": f"({token})"}).status_code == 204
         assert cb.request("UNLOCK", "/dav/l.txt", headers={"Lock-Token": token}).status_code == 204
         assert ca.put("/dav/l.txt", content=b"v3").status_code == 204
+
+
+def test_a_longpoll_on_one_node_wakes_on_a_commit_on_the_other(nodes: tuple[DavServer, DavServer]) -> None:
+    """Through Redis pub/sub when configured, else through the journal poll (about a second)."""
+    import threading
+
+    a, b = nodes
+    with a.client("alice") as ca, b.client("alice") as cb:
+        cursor = cb.get("/api/v1/changes/latest_cursor").json()["cursor"]
+        out: list[object] = []
+
+        def poll() -> None:
+            r = cb.get("/api/v1/changes/longpoll", params={"cursor": cursor, "timeout": 30})
+            out.append(r.json())
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), out
+        assert ca.put("/dav/from-a.txt", content=b"a").status_code == 201
+        thread.join(15)
+        assert out == [{"changes": True}]
+        entries = cb.get("/api/v1/changes/list", params={"cursor": cursor}).json()["entries"]
+        assert [(e["op"], e["path"]) for e in entries] == [("create", "/from-a.txt")]

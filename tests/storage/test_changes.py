@@ -3,6 +3,7 @@ server's tree; scopes, paging, compaction and expired positions."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ def test_entries_carry_what_a_client_needs(vol: Volume) -> None:
     ]
     created = changes[1]
     assert (created.version_id, created.size, created.mtime) == (entry.version_id, 5, 1_700_000_000)
+    assert created.sha256 == hashlib.sha256(b"hello").digest()
     assert changes[0].mtime == 1_600_000_000
 
 
@@ -185,7 +187,7 @@ def test_restoring_a_folder_from_the_trash_lists_each_node(vol: Volume) -> None:
 
 def test_compaction_resets_older_positions_only(engine: Engine, vol: Volume) -> None:
     now = [1_000_000.0]
-    vol._clock = lambda: now[0]  # noqa: SLF001 - the journal's time, injected
+    vol._clock = lambda: now[0]  # the journal entries' time, injected
     vol.write("old", io.BytesIO(b"o"))
     old_position = vol.change_seq()
     now[0] += 100 * 86400
