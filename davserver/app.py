@@ -28,6 +28,7 @@ from davserver.dav.errors import ErrorResponses
 from davserver.dav.fastlane import FastLane
 from davserver.dav.lock_storage import SqlLockStorage
 from davserver.dav.provider import VolumeProvider
+from davserver.dav.sync_collection import SyncCollectionReport
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.engine import Engine
 from sync_ext.api import PREFIX as API_PREFIX
@@ -106,7 +107,7 @@ def _dav_app(engine: Engine, settings: AppSettings) -> tuple[WSGIApp, VolumeProv
     )
     config = {
         "provider_mapping": {DAV_PREFIX: provider},
-        "middleware_stack": [ErrorResponses, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorResponses, WsgiDavDirBrowser, SyncCollectionReport, RequestResolver],
         "lock_storage": _lock_storage(engine, settings),
         "property_manager": None,
         "mutable_live_props": ["{DAV:}getlastmodified", "{DAV:}getcontenttype"],

@@ -37,6 +37,8 @@ HTTP_INSUFFICIENT_STORAGE = 507
 STATUS: dict[type[e.StorageError], int] = {
     e.NotFound: HTTP_NOT_FOUND,
     e.AlreadyExists: HTTP_PRECONDITION_FAILED,
+    # A sync token the journal no longer reaches (the REPORT adds DAV:valid-sync-token).
+    e.CursorExpired: HTTP_FORBIDDEN,
     e.Conflict: HTTP_CONFLICT,
     e.InvalidName: HTTP_BAD_REQUEST,
     e.ChecksumMismatch: HTTP_BAD_REQUEST,

@@ -90,6 +90,11 @@ def respond(
     return [body]
 
 
+def named_response(res: Resource, names: list[str], lock_manager: Any) -> str:
+    """One DAV:response with the named properties, as PROPFIND writes it (the sync REPORT's too)."""
+    return _response(res, "named", names, lock_manager)
+
+
 def _response(res: Resource, mode: str, names: list[str], lock_manager: Any) -> str:
     entry = res.entry
     if entry is None:

@@ -29,6 +29,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from davserver.dav.errors import dav_errors, translated
+from davserver.dav.sync_token import SUPPORTED_REPORT_SET, SYNC_TOKEN, SyncToken, supported_report_set
 from storage import paths
 from storage.errors import NotFound
 from storage.model import Entry
@@ -41,6 +42,8 @@ XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 STAT_CACHE = "davserver.stat_cache"
 #: environ flag set by a native MOVE/COPY whose destination did not exist.
 DEST_CREATED = "davserver.dest_created"
+#: environ key of the account's change-feed position, read once per request for DAV:sync-token.
+SYNC_POSITION = "davserver.sync_position"
 
 
 def storage_path(dav_path: str) -> str:
@@ -348,6 +351,25 @@ class FolderResource(_Shared, DAVCollection):
     def get_etag(self) -> None:
         return None
 
+    # -- RFC 6578: DAV:sync-token and the sync-collection REPORT (davserver.dav.sync_collection)
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names = super().get_property_names(is_allprop=is_allprop)
+        # RFC 6578 section 4: DAV:sync-token is not part of allprop; nor is the
+        # computed DAV:supported-report-set (RFC 4918 14.2: allprop is RFC 4918's own).
+        return names if is_allprop else [*names, SYNC_TOKEN, SUPPORTED_REPORT_SET]
+
+    def get_property_value(self, name: str) -> Any:
+        if name == SYNC_TOKEN:
+            position = self.environ.get(SYNC_POSITION)
+            if position is None:
+                with dav_errors():
+                    position = self.environ[SYNC_POSITION] = self.volume.change_seq()
+            return SyncToken(self.volume.account.id, position).encode()
+        if name == SUPPORTED_REPORT_SET:
+            return supported_report_set()
+        return super().get_property_value(name)
+
     def get_used_bytes(self) -> int:
         with dav_errors():
             return self.volume.quota().used_bytes
@@ -426,6 +448,19 @@ class FolderResource(_Shared, DAVCollection):
         entry = self.volume.mkdir(storage_path(path))
         self._changed()
         return FolderResource(path, self.environ, self.volume, entry)
+
+
+def member_resource(
+    path: str, environ: dict[str, Any], volume: Volume, entry: Entry, *, dead: dict[str, str] | None = None
+) -> FileResource | FolderResource:
+    """The resource of a listed entry; ``dead``: its dead properties, if already fetched."""
+    res: FileResource | FolderResource
+    if entry.is_dir:
+        res = FolderResource(path, environ, volume, entry)
+    else:
+        res = FileResource(path, environ, volume, entry)
+    res._dead = dead
+    return res
 
 
 def write_options(environ: dict[str, Any]) -> dict[str, Any]:
