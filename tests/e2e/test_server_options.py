@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -51,6 +52,14 @@ def test_tls(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     with httpx.Client(base_url=srv.url, auth=("alice", PASSWORDS["alice"]), verify=ctx) as c:
         assert c.put("/dav/secure.txt", content=b"over tls").status_code == 201
         assert c.get("/dav/secure.txt").content == b"over tls"
+        # A long-poll's connection leaves the worker thread; its answer still goes out over TLS.
+        cursor = c.get("/api/v1/changes/latest_cursor").json()["cursor"]
+        poller = httpx.Client(base_url=srv.url, auth=("alice", PASSWORDS["alice"]), verify=ctx)
+        with poller, ThreadPoolExecutor(1) as pool:
+            params = {"cursor": cursor, "timeout": 30}
+            poll = pool.submit(poller.get, "/api/v1/changes/longpoll", params=params)
+            assert c.put("/dav/wake.txt", content=b"w").status_code == 201
+            assert poll.result(timeout=15).json() == {"changes": True}
     # Plain HTTP on the TLS port gets nowhere.
     plain_url = srv.url.replace("https://", "http://")
     try:
