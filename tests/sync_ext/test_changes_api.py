@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from storage.engine import Engine
-from sync_ext.api.changes import Cursor
+from sync_ext.api import create_api
+from sync_ext.api.changes import Cursor, LongpollSettings
 
 
 def cursor(api: httpx.Client, path: str | None = None) -> str:
@@ -160,3 +161,43 @@ def test_longpoll_answers_at_once_when_changes_are_pending(api: httpx.Client, en
 def test_longpoll_timeout_is_bounded(api: httpx.Client, timeout: str) -> None:
     r = api.get("/changes/longpoll", params={"cursor": cursor(api), "timeout": timeout})
     assert r.status_code == 400
+
+
+def _api_with(engine: Engine, settings: LongpollSettings) -> httpx.Client:
+    """The API alone, with long-poll limits of the test's choosing, as alice."""
+    api = create_api(engine, account_key="test.account", longpoll=settings)
+    alice = engine.volume("alice").account.id
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["test.account"] = alice
+        return api(environ, start_response)
+
+    return httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://127.0.0.1/api/v1")
+
+
+def test_a_busy_server_answers_with_a_backoff_hint(engine: Engine) -> None:
+    with _api_with(engine, LongpollSettings(soft_limit=0, hard_limit=0)) as full:
+        started = time.monotonic()
+        answer = full.get("/changes/longpoll", params={"cursor": cursor(full), "timeout": 30}).json()
+        assert answer["changes"] is False and 60 <= answer["backoff"] <= 180
+        assert time.monotonic() - started < 25, "waited although the server is full"
+    with _api_with(engine, LongpollSettings(soft_limit=0, hard_limit=10)) as busy:
+        poll = Poll(busy, cursor(busy))
+        poll.start()
+        _wait_until_waiting(engine, 1)
+        engine.volume("alice").mkdir("wake")
+        poll.join(10)
+        assert poll.result is not None and poll.result["changes"] is True
+        assert 10 <= poll.result["backoff"] <= 60
+
+
+def test_request_threads_blocked_in_long_polls_are_bounded(engine: Engine) -> None:
+    with _api_with(engine, LongpollSettings(blocking_waiters=1)) as api:
+        first = Poll(api, cursor(api))
+        first.start()
+        _wait_until_waiting(engine, 1)
+        second = api.get("/changes/longpoll", params={"cursor": cursor(api), "timeout": 30}).json()
+        assert second["changes"] is False and second["backoff"] >= 10
+        engine.volume("alice").mkdir("wake")
+        first.join(10)
+        assert first.result == {"changes": True}
