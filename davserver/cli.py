@@ -376,6 +376,7 @@ def stats(data_dir: str | None, config_file: str | None) -> None:
     """Files, versions, logical vs stored bytes, dedup and compression ratios."""
     with _engine(_load(data_dir, config_file)) as engine:
         s = engine.stats()
+        cache = engine.cache.shared_stats()
     click.echo(f"accounts            {s.accounts}")
     click.echo(f"files / folders     {s.files} / {s.folders}")
     click.echo(f"versions            {s.versions}")
@@ -385,6 +386,8 @@ def stats(data_dir: str | None, config_file: str | None) -> None:
     click.echo(f"stored bytes        {_human(s.stored_bytes)}")
     click.echo(f"dedup ratio         {s.dedup_ratio:.2f}x")
     click.echo(f"compression ratio   {s.compression_ratio:.2f}x")
+    if cache is not None:
+        click.echo(f"metadata cache      {cache.hits} hits, {cache.misses} misses (all nodes, Redis)")
 
 
 @main.group()

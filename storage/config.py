@@ -53,8 +53,10 @@ class StorageConfig:
     upload_session_seconds: float = 7 * 86400
     #: change-journal entries older than this are compacted by gc (older cursors reset).
     journal_seconds: float | None = 90 * 86400
-    #: Redis (notifications between nodes; later the metadata cache); None: this process only.
+    #: Redis (metadata cache and notifications between nodes); None: this process only.
     redis_url: str | None = None
+    #: The in-process metadata cache's size when there is no Redis (0: none).
+    local_cache_bytes: int = 64 << 20
     #: how often long-poll waiters' accounts are checked in the journal while Redis
     #: pub/sub is not connected (absent or down), and while it is (lost messages).
     notify_fallback_seconds: float = 1.0

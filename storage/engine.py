@@ -19,6 +19,7 @@ from storage.accounts import Accounts
 from storage.backends.base import Backend
 from storage.backends.url import open_backend
 from storage.blockstore import BlockStore
+from storage.cache import open_cache
 from storage.codec import Codec
 from storage.config import StorageConfig
 from storage.keys import MasterKey
@@ -46,7 +47,8 @@ class Engine:
         self.locks = LockRecords(db, config.clock)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
-        self._services = Services(config, db, self.blocks, self.executor, self._notify)
+        self.cache = open_cache(config.redis_url, config.local_cache_bytes)
+        self._services = Services(config, db, self.blocks, self.executor, self._notify, self.cache)
         #: Long-poll wake-ups (storage.notify); threads start with notifications.start().
         self.notifications = Notifications(
             db,
@@ -77,6 +79,7 @@ class Engine:
 
     def close(self) -> None:
         self.notifications.close()
+        self.cache.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
         self.db.dispose()

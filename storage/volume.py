@@ -22,6 +22,7 @@ from storage import paths, revisions, tree
 from storage import trash as trash_mod
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore
+from storage.cache import Cache, NoCache
 from storage.changes import ChangePage
 from storage.chunker import Readable
 from storage.codec import is_precompressed
@@ -83,6 +84,7 @@ class Services:
     blocks: BlockStore
     executor: ThreadPoolExecutor
     notify: Callable[[Committed], None]
+    cache: Cache = field(default_factory=NoCache)
     hashers: HasherCache = field(default_factory=HasherCache)
 
 
@@ -107,16 +109,27 @@ class Volume:
         return tree.to_entry(row)
 
     def listdir(self, path: str) -> list[Entry]:
-        """The live children of a folder, in one query."""
+        """The live children of a folder, in one query (or from the cache, storage.cache)."""
         path = paths.normalize_path(path)
         with self._db.read() as conn:
-            folder = tree.existing_node(conn, self.account.id, path)
-            if folder.kind != t.KIND_DIR:
-                raise Conflict(f"{path!r} is not a folder")
-            rows = conn.execute(
-                tree.select_nodes().where(n.parent_id == folder.id, n.deleted_at.is_(None)).order_by(n.name)
-            ).all()
-        return [tree.to_entry(r) for r in rows]
+            generation = self._generation(conn)
+
+            def load() -> list[Entry]:
+                folder = tree.existing_node(conn, self.account.id, path)
+                if folder.kind != t.KIND_DIR:
+                    raise Conflict(f"{path!r} is not a folder")
+                rows = conn.execute(
+                    tree.select_nodes()
+                    .where(n.parent_id == folder.id, n.deleted_at.is_(None))
+                    .order_by(n.name)
+                ).all()
+                return [tree.to_entry(r) for r in rows]
+
+            return self._s.cache.listing(self.account.id, generation, path, load)
+
+    def _generation(self, conn: Connection) -> int:
+        """The account's change sequence, read before what is cached under it (storage.cache)."""
+        return int(_GENERATION.scalar(conn, {"b_account": self.account.id}))
 
     def walk(self, path: str) -> list[Entry]:
         """Every live node below ``path`` (not itself), parents before children."""
@@ -516,16 +529,21 @@ class Volume:
         path = paths.normalize_path(path)
         p = t.properties.c
         with self._db.read() as conn:
-            folder = tree.existing_node(conn, self.account.id, path)
-            rows = conn.execute(
-                select(p.node_id, p.name, p.value)
-                .join(t.nodes, n.id == p.node_id)
-                .where(n.parent_id == folder.id, n.deleted_at.is_(None))
-            ).all()
-        found: dict[int, dict[str, str]] = {}
-        for r in rows:
-            found.setdefault(r.node_id, {})[r.name] = r.value
-        return found
+            generation = self._generation(conn)
+
+            def load() -> dict[int, dict[str, str]]:
+                folder = tree.existing_node(conn, self.account.id, path)
+                rows = conn.execute(
+                    select(p.node_id, p.name, p.value)
+                    .join(t.nodes, n.id == p.node_id)
+                    .where(n.parent_id == folder.id, n.deleted_at.is_(None))
+                ).all()
+                found: dict[int, dict[str, str]] = {}
+                for r in rows:
+                    found.setdefault(r.node_id, {})[r.name] = r.value
+                return found
+
+            return self._s.cache.properties(self.account.id, generation, path, load)
 
     def set_properties(self, path: str, set_: Mapping[str, str], remove: Iterable[str] = ()) -> None:
         """Set and remove dead properties atomically (all or nothing)."""
@@ -633,7 +651,12 @@ class Volume:
                     version_id,
                     bytes(ver.sha256),
                 )
-            blocks = _block_locations(conn, entry.version_id)
+            version = entry.version_id
+            blocks = (
+                []
+                if version is None
+                else self._s.cache.blocks(version, lambda: _block_locations(conn, version))
+            )
         return VersionReader(entry, blocks, self._s.blocks, self.account.keys, self._s.executor)
 
 
@@ -706,6 +729,7 @@ class PendingWrite:
         self.abort()
 
 
+_GENERATION = Prepared(select(t.accounts.c.change_seq).where(t.accounts.c.id == bindparam("b_account")))
 _BLOCK_LOCATIONS = Prepared(
     select(t.version_blocks.c.offset, t.blocks.c.size, t.blocks.c.name, t.blocks.c.sha256)
     .join(t.blocks, t.blocks.c.id == t.version_blocks.c.block_id)

@@ -27,8 +27,11 @@ Clients = tuple[Engine, httpx.Client, httpx.Client]
 
 @pytest.fixture
 def clients(make_engine: EngineFactory, database_url: str) -> Iterator[Clients]:
-    """The same engine behind the default app and behind one without the fast lane."""
-    engine = make_engine(database_url)
+    """The same engine behind the default app and behind one without the fast lane.
+
+    No metadata cache: statement counts here compare the two paths, not the cache.
+    """
+    engine = make_engine(database_url, local_cache_bytes=0)
     engine.accounts.create("alice", "alice-password")
     engine.accounts.create("bob", "bob-password-1")
     fast_app = create_app(engine, AppSettings())
