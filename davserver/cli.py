@@ -377,6 +377,7 @@ def stats(data_dir: str | None, config_file: str | None) -> None:
     with _engine(_load(data_dir, config_file)) as engine:
         s = engine.stats()
         cache = engine.cache.shared_stats()
+        tiers = engine.bytes_per_tier()
     click.echo(f"accounts            {s.accounts}")
     click.echo(f"files / folders     {s.files} / {s.folders}")
     click.echo(f"versions            {s.versions}")
@@ -386,8 +387,28 @@ def stats(data_dir: str | None, config_file: str | None) -> None:
     click.echo(f"stored bytes        {_human(s.stored_bytes)}")
     click.echo(f"dedup ratio         {s.dedup_ratio:.2f}x")
     click.echo(f"compression ratio   {s.compression_ratio:.2f}x")
+    for tier, label in ((0, "hot store"), (1, "archive")):
+        count, size = tiers.get(tier, (0, 0))
+        click.echo(f"{label:<20}{_human(size)} in {count} blocks")
     if cache is not None:
         click.echo(f"metadata cache      {cache.hits} hits, {cache.misses} misses (all nodes, Redis)")
+
+
+@main.command()
+@click.option("--days", type=float, help="Blocks not read for this many days are cold (default from config).")
+@click.option("--limit", type=int, help="Move at most this many blocks in this run.")
+@_data_options
+def tier(days: float | None, limit: int | None, data_dir: str | None, config_file: str | None) -> None:
+    """Move cold blocks to the archive store (archive_url); reads fall through to it."""
+    with _engine(_load(data_dir, config_file)) as engine:
+        try:
+            report = engine.tier(days=days, limit=limit)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"moved {report.blocks_moved} blocks ({_human(report.bytes_moved)}) to the archive"
+        + (f"; finished {report.finished} interrupted moves" if report.finished else "")
+    )
 
 
 @main.group()

@@ -65,6 +65,8 @@ class ServerConfig:
     upload_session_days: float = 7
     #: Change-feed history kept (cursors older than this get "cursor-reset"; "none": forever).
     journal_days: float | None = 90
+    #: Blocks not read for this many days move to archive_url on `davserver tier`.
+    archive_after_days: float = 30
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def storage_config(
@@ -92,6 +94,8 @@ class ServerConfig:
             ),
             journal_seconds=None if self.journal_days is None else self.journal_days * 86400,
             redis_url=self.redis_url,
+            archive_url=self.archive_url,
+            archive_after_days=self.archive_after_days,
             db_pool_size=max(5, self.threads + 4),
             auto_migrate=self.database_url.startswith("sqlite") if auto_migrate is None else auto_migrate,
             password_hashing=password_hashing or PasswordHashing(),
@@ -172,7 +176,8 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("max_versions",):
         if key in kwargs:
             kwargs[key] = _optional(kwargs[key], int)
-    for key in ("keep_all_minutes", "retention_interval_minutes", "upload_session_days"):
+    floats = ("keep_all_minutes", "retention_interval_minutes", "upload_session_days", "archive_after_days")
+    for key in floats:
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
     for key in ("max_version_age_days", "trash_days", "journal_days"):

@@ -1,4 +1,5 @@
-"""Background upkeep while the server runs: the retention pass (and journal compaction), on a timer.
+"""Background upkeep while the server runs, on a timer: the retention pass, journal
+compaction, and writing out which blocks were read (for the archive tier).
 
 Garbage collection stays with ``davserver gc`` (it lists the whole block store);
 the retention pass only reads and deletes metadata rows, so the server can run it
@@ -36,6 +37,7 @@ class RetentionTimer:
             try:
                 report = self._engine.apply_retention()
                 self._engine.compact_journal()
+                self._engine.flush_reads()
             except Exception:
                 log.exception("retention pass failed; trying again in %.0f s", self._interval)
                 continue

@@ -18,6 +18,7 @@ from storage.codec import Codec
 from storage.envelope import OVERHEAD, open_sealed, parse_header, seal
 from storage.errors import IntegrityError, NotFound, UnsupportedFormat
 from storage.keys import AccountKeys
+from storage.tiering import ReadTracker
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +34,14 @@ class StoredBlock:
 
 
 class BlockStore:
-    def __init__(self, backend: Backend, codec: Codec, *, rehash_reads: bool = False) -> None:
+    def __init__(
+        self, backend: Backend, codec: Codec, *, rehash_reads: bool = False, reads: ReadTracker | None = None
+    ) -> None:
         self.backend = backend
         self.codec = codec
         self.rehash_reads = rehash_reads
+        #: Notes which blocks are read (only with an archive tier to feed).
+        self.reads = reads
 
     @staticmethod
     def object_name(account_id: int, keys: AccountKeys, sha256: bytes) -> str:
@@ -70,6 +75,8 @@ class BlockStore:
             blob = self.backend.get(name)
         except NotFound:
             raise IntegrityError(f"block object {name} is missing from the store") from None
+        if self.reads is not None:
+            self.reads.read(name)
         if len(blob) < OVERHEAD:
             raise IntegrityError(f"block object {name} is truncated")
         if parse_header(blob).key_epoch != keys.epoch:

@@ -53,6 +53,10 @@ class StorageConfig:
     upload_session_seconds: float = 7 * 86400
     #: change-journal entries older than this are compacted by gc (older cursors reset).
     journal_seconds: float | None = 90 * 86400
+    #: A second block store cold blocks move to (``davserver tier``); reads fall through to it.
+    archive_url: str | None = None
+    #: Blocks not read for this long are cold.
+    archive_after_days: float = 30
     #: Redis (metadata cache and notifications between nodes); None: this process only.
     redis_url: str | None = None
     #: The in-process metadata cache's size when there is no Redis (0: none).

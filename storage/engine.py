@@ -13,10 +13,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from storage import changes, retention
+from storage import changes, retention, tiering
 from storage import gc as gc_mod
 from storage.accounts import Accounts
 from storage.backends.base import Backend
+from storage.backends.tiered import TieredBackend
 from storage.backends.url import open_backend
 from storage.blockstore import BlockStore
 from storage.cache import open_cache
@@ -29,6 +30,7 @@ from storage.metadata.migrate import ensure_schema, upgrade
 from storage.model import Committed, FsckReport, GcReport, Stats
 from storage.notify import Notifications
 from storage.retention import RetentionReport
+from storage.tiering import ReadTracker, TierReport
 from storage.volume import Services, Volume
 
 Listener = Callable[[Committed], None]
@@ -41,7 +43,8 @@ class Engine:
         self.db = db
         self.backend = backend
         self.codec = Codec(level=config.zstd_level)
-        self.blocks = BlockStore(backend, self.codec, rehash_reads=config.rehash_reads)
+        self.reads = ReadTracker() if isinstance(backend, TieredBackend) else None
+        self.blocks = BlockStore(backend, self.codec, rehash_reads=config.rehash_reads, reads=self.reads)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="davserver-blocks")
         self.accounts = Accounts(db, config.master_key, config.password_hashing, config.chunker, config.clock)
         self.locks = LockRecords(db, config.clock)
@@ -64,6 +67,8 @@ class Engine:
         try:
             ensure_schema(db, auto_migrate=config.auto_migrate)
             backend = open_backend(config.blocks_url, durable=config.durable)
+            if config.archive_url:
+                backend = TieredBackend(backend, open_backend(config.archive_url, durable=config.durable))
         except BaseException:
             db.dispose()
             raise
@@ -79,6 +84,7 @@ class Engine:
 
     def close(self) -> None:
         self.notifications.close()
+        self.flush_reads()
         self.cache.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
@@ -160,6 +166,28 @@ class Engine:
         now = self.config.clock() if now is None else now
         with self.db.write() as conn:
             return changes.compact(conn, now - self.config.journal_seconds)
+
+    # -- the archive tier (storage.tiering) -------------------------------------------
+
+    def flush_reads(self) -> int:
+        """Record the blocks read since the last flush (the server calls this every few minutes)."""
+        if self.reads is None:
+            return 0
+        return self.reads.flush(self.db, self.config.clock())
+
+    def tier(self, *, days: float | None = None, limit: int | None = None) -> TierReport:
+        """Move blocks not read for ``days`` (default: the config's) to the archive store."""
+        if not isinstance(self.backend, TieredBackend):
+            raise ValueError("no archive store is configured (archive_url, DAVSERVER_ARCHIVE_URL)")
+        self.flush_reads()
+        days = self.config.archive_after_days if days is None else days
+        cold_before = self.config.clock() - days * 86400
+        return tiering.move_cold_blocks(
+            self.db, self.backend.hot, self.backend.archive, cold_before=cold_before, limit=limit
+        )
+
+    def bytes_per_tier(self) -> dict[int, tuple[int, int]]:
+        return tiering.bytes_per_tier(self.db)
 
     def fsck(self, *, deep: bool = False) -> FsckReport:
         return gc_mod.check(self.db, self.blocks, self.accounts, deep=deep)

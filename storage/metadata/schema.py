@@ -161,6 +161,8 @@ blocks = Table(
     Column("key_epoch", Integer, nullable=False),
     Column("tier", SmallInteger, nullable=False, server_default=text("0")),
     Column("created_at", Float, nullable=False),
+    #: When a read was last recorded (batched, storage.tiering); None: never since created.
+    Column("last_read_at", Float),
     UniqueConstraint("account_id", "sha256"),
     sqlite_autoincrement=True,
 )

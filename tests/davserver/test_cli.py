@@ -80,6 +80,23 @@ def test_maintenance_commands_report(data_dir: Path) -> None:
     assert "blocks deleted 0" in run(data_dir, "gc")
 
 
+def test_tier_moves_cold_blocks_and_stats_shows_both_stores(data_dir: Path) -> None:
+    failed = CliRunner().invoke(main, ["tier", "--data-dir", str(data_dir)])
+    assert failed.exit_code != 0 and "no archive store" in failed.output
+    config = data_dir / "davserver.toml"
+    config.write_text(config.read_text() + f'\narchive_url = "file://{data_dir / "archive"}"\n')
+    run(data_dir, "user", "add", "gus", "--password-stdin", input="gus password\n")
+    with _engine(data_dir) as engine:
+        engine.volume("gus").write("old.txt", io.BytesIO(b"cold " * 50_000))
+    assert "moved 0 blocks" in run(data_dir, "tier")
+    assert "moved 1 blocks" in run(data_dir, "tier", "--days", "0")
+    out = run(data_dir, "stats")
+    assert "hot store           0 B in 0 blocks" in out and "in 1 blocks" in out.split("archive")[1]
+    with _engine(data_dir) as engine, engine.volume("gus").open("old.txt") as r:
+        assert r.read() == b"cold " * 50_000
+    assert "problems 0" in run(data_dir, "fsck", "--deep")
+
+
 def test_account_retention_applies_at_gc(data_dir: Path) -> None:
     run(data_dir, "user", "add", "ivy", "--password-stdin", input="ivy password\n")
     with _engine(data_dir) as engine:

@@ -1,0 +1,119 @@
+"""The archive tier: blocks nobody read for a while move to a second, cheaper store.
+
+Reads are tracked cheaply: the block store notes the names it fetched in memory
+(:class:`ReadTracker`) and the server writes them out as one UPDATE every few
+minutes, not a database write per read. ``blocks.last_read_at`` is therefore a
+lower bound (a read in the last minutes before a crash is forgotten, which can
+only make a block look colder by that much).
+
+Moving a block: copy the object to the archive, mark the row ``tier = 1``, then
+delete it from the hot store. Reads go through :class:`~storage.backends.tiered.
+TieredBackend`, which falls through to the archive, so the block stays readable
+through every step; a crash between steps leaves a copy in both stores, which the
+next pass finishes (the row's tier says where it belongs).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, select, update
+
+from storage.backends.base import Backend
+from storage.errors import NotFound
+from storage.metadata import schema as t
+from storage.metadata.db import Database
+
+HOT, ARCHIVE = 0, 1
+b = t.blocks.c
+
+
+class ReadTracker:
+    """Names of blocks read since the last flush (bounded: past the cap, reads go unrecorded)."""
+
+    def __init__(self, cap: int = 200_000) -> None:
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+        self._cap = cap
+
+    def read(self, name: str) -> None:
+        if len(self._names) < self._cap:
+            with self._lock:
+                self._names.add(name)
+
+    def flush(self, db: Database, now: float) -> int:
+        """Record the reads in the database; returns how many blocks were touched."""
+        with self._lock:
+            names, self._names = self._names, set()
+        done = 0
+        names_list = sorted(names)
+        for i in range(0, len(names_list), 500):
+            with db.write() as conn:
+                done += conn.execute(
+                    update(t.blocks).where(b.name.in_(names_list[i : i + 500])).values(last_read_at=now)
+                ).rowcount
+        return done
+
+
+@dataclass
+class TierReport:
+    blocks_moved: int = 0
+    bytes_moved: int = 0
+    #: Blocks of an earlier, interrupted pass whose hot copy was still there.
+    finished: int = 0
+
+
+def move_cold_blocks(
+    db: Database, hot: Backend, archive: Backend, *, cold_before: float, limit: int | None = None
+) -> TierReport:
+    report = TierReport()
+    with db.read() as conn:
+        # Blocks marked archived whose hot copy a crash may have left behind.
+        leftovers = conn.execute(select(b.name).where(b.tier == ARCHIVE)).scalars().all()
+        last_read = func.coalesce(b.last_read_at, b.created_at)
+        query = select(b.id, b.name, b.stored_size).where(and_(b.tier == HOT, last_read < cold_before))
+        cold = conn.execute(query.order_by(b.id).limit(limit)).all()
+    for name in leftovers:
+        try:
+            hot.stat(name)
+        except NotFound:
+            continue
+        hot.delete(name)
+        report.finished += 1
+    for row in cold:
+        try:
+            data = hot.get(row.name)
+        except NotFound:
+            continue  # deleted by gc meanwhile, or moved by another pass
+        archive.put(row.name, data)
+        with db.write() as conn:
+            moved = conn.execute(
+                update(t.blocks)
+                .where(b.id == row.id, b.tier == HOT, func.coalesce(b.last_read_at, 0) < cold_before)
+                .values(tier=ARCHIVE)
+            ).rowcount
+        if moved:
+            hot.delete(row.name)
+            report.blocks_moved += 1
+            report.bytes_moved += row.stored_size
+        elif _tier(db, row.id) != ARCHIVE:
+            # Read meanwhile (it stays hot) or collected: the copy is not needed. When
+            # another pass archived it first, that copy is the block's only one: kept.
+            archive.delete(row.name)
+    return report
+
+
+def _tier(db: Database, block_id: int) -> int | None:
+    with db.read() as conn:
+        tier = conn.execute(select(b.tier).where(b.id == block_id)).scalar()
+    return None if tier is None else int(tier)
+
+
+def bytes_per_tier(db: Database) -> dict[int, tuple[int, int]]:
+    """{tier: (blocks, stored bytes)}."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(b.tier, func.count(), func.coalesce(func.sum(b.stored_size), 0)).group_by(b.tier)
+        ).all()
+    return {int(tier): (int(count), int(size)) for tier, count, size in rows}
