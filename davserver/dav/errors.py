@@ -60,8 +60,18 @@ def status_for(exc: e.StorageError) -> int:
     return HTTP_INTERNAL_ERROR
 
 
+#: Seconds a client is asked to wait when storage is unreachable (503).
+RETRY_AFTER_SECONDS = 5
+
+
+def retry_after(status: int) -> list[tuple[str, str]]:
+    """The headers a response of ``status`` carries: Retry-After on 503."""
+    return [("Retry-After", str(RETRY_AFTER_SECONDS))] if status == HTTP_SERVICE_UNAVAILABLE else []
+
+
 def to_dav_error(exc: e.StorageError) -> DAVError:
-    return DAVError(status_for(exc), context_info=str(exc))
+    status = status_for(exc)
+    return DAVError(status, context_info=str(exc), add_headers=retry_after(status) or None)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from wsgidav.dav_error import DAVError
 
-from davserver.dav.errors import status_for
+from davserver.dav.errors import retry_after, status_for
 from davserver.dav.provider import VolumeProvider
 from davserver.dav.resources import content_length, content_type_for, write_options
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
@@ -169,7 +169,8 @@ def _failed(start_response: StartResponse, status: int, reason: str) -> list[byt
     """An error met while reading the body: the rest of it is not read, so the connection closes."""
     if status >= 500:
         log.error("PUT failed: %s", reason)
-    return plain(start_response, f"{status} {HTTPStatus(status).phrase}", reason + "\n", close=True)
+    phrase = f"{status} {HTTPStatus(status).phrase}"
+    return plain(start_response, phrase, reason + "\n", retry_after(status), close=True)
 
 
 class _Body:
