@@ -67,6 +67,8 @@ class ServerConfig:
     journal_days: float | None = 90
     #: Blocks not read for this many days move to archive_url on `davserver tier`.
     archive_after_days: float = 30
+    #: Folder listings and block lists cached (in Redis when redis_url is set, else in-process).
+    metadata_cache: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def storage_config(
@@ -96,6 +98,7 @@ class ServerConfig:
             redis_url=self.redis_url,
             archive_url=self.archive_url,
             archive_after_days=self.archive_after_days,
+            metadata_cache=self.metadata_cache,
             db_pool_size=max(5, self.threads + 4),
             auto_migrate=self.database_url.startswith("sqlite") if auto_migrate is None else auto_migrate,
             password_hashing=password_hashing or PasswordHashing(),
@@ -183,7 +186,7 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("max_version_age_days", "trash_days", "journal_days"):
         if key in kwargs:
             kwargs[key] = _optional(kwargs[key], float)
-    for key in ("durable", "rehash_reads"):
+    for key in ("durable", "rehash_reads", "metadata_cache"):
         if key in kwargs and isinstance(kwargs[key], str):
             kwargs[key] = kwargs[key].lower() not in ("0", "false", "no", "off")
     try:

@@ -50,7 +50,10 @@ class Engine:
         self.locks = LockRecords(db, config.clock)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
-        self.cache = open_cache(config.redis_url, config.local_cache_bytes)
+        self.cache = open_cache(
+            config.redis_url if config.metadata_cache else None,
+            config.local_cache_bytes if config.metadata_cache else 0,
+        )
         self._services = Services(config, db, self.blocks, self.executor, self._notify, self.cache)
         #: Long-poll wake-ups (storage.notify); threads start with notifications.start().
         self.notifications = Notifications(
