@@ -12,6 +12,7 @@ module-level state, so tests can build several apps in one process.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class AppSettings:
     #: "refuse": creating them is answered 403, keeping shared trees clean.
     apple_double: str = "store"
     redis_url: str | None = None
+    #: "sql": WebDAV locks in the metadata database (shared by the nodes on PostgreSQL, one
+    #: query per request); "redis": WsgiDAV's Redis lock storage (needs redis_url).
+    lock_storage: str = "sql"
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
@@ -67,14 +71,27 @@ class AppSettings:
         policy = str(extra.get("apple_double", "store"))
         if policy not in APPLE_DOUBLE_POLICIES:
             raise ValueError(f"apple_double must be one of {', '.join(APPLE_DOUBLE_POLICIES)}")
+        locks = str(extra.get("lock_storage", "sql"))
+        if locks not in ("sql", "redis") or (locks == "redis" and not cfg.redis_url):
+            raise ValueError('lock_storage must be "sql", or "redis" with redis_url set')
+        proxies = extra.get("trusted_proxies", [])
+        if isinstance(proxies, str):
+            proxies = [p for p in proxies.replace(",", " ").split() if p]
+        try:
+            for proxy in proxies:
+                ipaddress.ip_network(str(proxy), strict=False)
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
         return cls(
             max_file_size=cfg.max_file_size,
             propfind_infinity=bool(extra.get("propfind_infinity", False)),
             apple_double=policy,
             redis_url=cfg.redis_url,
+            lock_storage=locks,
             auth=AuthSettings(
                 allow_insecure_basic=bool(extra.get("allow_insecure_basic", False)),
                 trust_forwarded_proto=bool(extra.get("trust_forwarded_proto", False)),
+                trusted_proxies=tuple(str(p) for p in proxies),
             ),
         )
 
@@ -90,7 +107,10 @@ def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
 
 
 def _lock_storage(engine: Engine, settings: AppSettings) -> Any:
-    if not settings.redis_url:
+    """Locks in SQL by default: on PostgreSQL every node shares them, and a PROPFIND reads
+    an account's locks in one query. WsgiDAV's Redis storage (``lock_storage = "redis"``)
+    costs a Redis round trip per listed entry (a 2000-entry PROPFIND went 36 -> 292 ms)."""
+    if settings.lock_storage != "redis" or not settings.redis_url:
         return SqlLockStorage(engine.locks)
     from wsgidav.lock_man.lock_storage_redis import LockStorageRedis
 

@@ -51,6 +51,9 @@ class AuthSettings:
     problem_prefixes: tuple[str, ...] = ("/api/v1",)
     allow_insecure_basic: bool = False
     trust_forwarded_proto: bool = False
+    #: Load balancers / proxies (addresses or networks) whose X-Forwarded-For is believed:
+    #: behind them the client is the last address in it that is not one of theirs.
+    trusted_proxies: tuple[str, ...] = ()
     cache_seconds: float = 30.0
     cache_size: int = 10_000
     max_failures: int = 10
@@ -105,6 +108,7 @@ class Authenticator:
         self._s = settings
         self._clock = clock
         self.throttle = LoginThrottle(settings, clock)
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
         self._cache: OrderedDict[bytes, tuple[int, str, float]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -133,11 +137,8 @@ class Authenticator:
                 return self._refuse(environ, start_response, bad_request("malformed Basic credentials"))
         else:
             name, secret = "", value.strip()
-        keys = (
-            [f"ip:{environ.get('REMOTE_ADDR', '')}", f"account:{name.lower()}"]
-            if name
-            else [f"ip:{environ.get('REMOTE_ADDR', '')}"]
-        )
+        client = f"ip:{self.client_address(environ)}"
+        keys = [client, f"account:{name.lower()}"] if name else [client]
         wait = self.throttle.retry_after(keys)
         if wait > 0:
             problem = Problem(
@@ -170,9 +171,32 @@ class Authenticator:
         if self._s.trust_forwarded_proto and environ.get("HTTP_X_FORWARDED_PROTO", "").lower() == "https":
             return True
         try:
-            return ipaddress.ip_address(environ.get("REMOTE_ADDR", "")).is_loopback
+            return ipaddress.ip_address(self.client_address(environ)).is_loopback
         except ValueError:
             return False
+
+    def client_address(self, environ: dict[str, Any]) -> str:
+        """The client's address: REMOTE_ADDR, or behind a trusted proxy what it forwarded.
+
+        X-Forwarded-For is read right to left, skipping trusted proxies, so a client
+        cannot choose its address by sending the header itself (only the entries the
+        trusted proxies appended are believed).
+        """
+        remote = str(environ.get("REMOTE_ADDR", ""))
+        if not self._proxies or not self._trusted(remote):
+            return remote
+        hops = [h.strip() for h in str(environ.get("HTTP_X_FORWARDED_FOR", "")).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else remote
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._proxies)
 
     def _verify(self, name: str, secret: str) -> tuple[int, str]:
         key = hashlib.sha256(f"{name}\0{secret}".encode()).digest()

@@ -67,6 +67,8 @@ class ServerConfig:
     journal_days: float | None = 90
     #: Blocks not read for this many days move to archive_url on `davserver tier`.
     archive_after_days: float = 30
+    #: Prefix of this deployment's Redis keys and channels (deployments sharing a Redis differ).
+    redis_namespace: str = "davserver"
     #: Folder listings and block lists cached (in Redis when redis_url is set, else in-process).
     metadata_cache: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class ServerConfig:
             archive_url=self.archive_url,
             archive_after_days=self.archive_after_days,
             metadata_cache=self.metadata_cache,
+            redis_namespace=self.redis_namespace,
             db_pool_size=max(5, self.threads + 4),
             auto_migrate=self.database_url.startswith("sqlite") if auto_migrate is None else auto_migrate,
             password_hashing=password_hashing or PasswordHashing(),
@@ -158,7 +161,16 @@ def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: Keys the faces read from ``ServerConfig.extra`` (documented in conf/davserver.example.toml).
-FACE_KEYS = frozenset({"apple_double", "propfind_infinity", "allow_insecure_basic", "trust_forwarded_proto"})
+FACE_KEYS = frozenset(
+    {
+        "apple_double",
+        "propfind_infinity",
+        "allow_insecure_basic",
+        "trust_forwarded_proto",
+        "trusted_proxies",
+        "lock_storage",
+    }
+)
 
 
 def _build(root: Path, values: dict[str, Any]) -> ServerConfig:

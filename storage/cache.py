@@ -41,7 +41,6 @@ log = logging.getLogger("davserver.cache")
 
 #: Entries of old generations are left to expire; a live generation is read again and again.
 TTL_SECONDS = 600
-COUNTER_KEY = "davserver:cache:stats"
 
 
 @dataclass
@@ -168,8 +167,10 @@ class LocalCache(Cache):
 class RedisCache(Cache):
     """Shared by every node; on any Redis error the cache is bypassed for ``pause`` seconds."""
 
-    def __init__(self, url: str, *, pause: float = 5.0, max_value: int = 8 << 20) -> None:
+    def __init__(self, url: str, *, namespace: str, pause: float = 5.0, max_value: int = 8 << 20) -> None:
         super().__init__()
+        self._ns = namespace
+        self._counters = f"{namespace}:cache:stats"
         import redis
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -195,8 +196,8 @@ class RedisCache(Cache):
             return None
         try:
             pipe = self._client.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.hincrby(COUNTER_KEY, "lookups", 1)
+            pipe.get(f"{self._ns}:{key}")
+            pipe.hincrby(self._counters, "lookups", 1)
             value, _ = pipe.execute()
         except self._errors as exc:
             self._failed(exc)
@@ -209,15 +210,15 @@ class RedisCache(Cache):
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            pipe.set(key, value, ex=TTL_SECONDS)
-            pipe.hincrby(COUNTER_KEY, "misses", 1)
+            pipe.set(f"{self._ns}:{key}", value, ex=TTL_SECONDS)
+            pipe.hincrby(self._counters, "misses", 1)
             pipe.execute()
         except self._errors as exc:
             self._failed(exc)
 
     def shared_stats(self) -> CacheStats | None:
         try:
-            raw = self._client.hgetall(COUNTER_KEY)
+            raw = self._client.hgetall(self._counters)
         except self._errors:
             return None
         counts = {k.decode(): int(v) for k, v in raw.items()}
@@ -228,9 +229,10 @@ class RedisCache(Cache):
         self._client.close()
 
 
-def open_cache(redis_url: str | None, local_bytes: int) -> Cache:
+def open_cache(redis_url: str | None, local_bytes: int, *, namespace: str = "davserver") -> Cache:
+    """``namespace`` prefixes every key: deployments sharing one Redis need different ones."""
     if redis_url:
-        return RedisCache(redis_url)
+        return RedisCache(redis_url, namespace=namespace)
     if local_bytes > 0:
         return LocalCache(local_bytes)
     return NoCache()

@@ -53,12 +53,14 @@ class Engine:
         self.cache = open_cache(
             config.redis_url if config.metadata_cache else None,
             config.local_cache_bytes if config.metadata_cache else 0,
+            namespace=config.redis_namespace,
         )
         self._services = Services(config, db, self.blocks, self.executor, self._notify, self.cache)
         #: Long-poll wake-ups (storage.notify); threads start with notifications.start().
         self.notifications = Notifications(
             db,
             redis_url=config.redis_url,
+            namespace=config.redis_namespace,
             fallback_seconds=config.notify_fallback_seconds,
             safety_seconds=config.notify_safety_seconds,
         )

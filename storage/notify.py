@@ -221,9 +221,9 @@ class Notifier:
 class RedisBus:
     """Commits of every node, through one Redis pub/sub channel."""
 
-    CHANNEL = "davserver:commits"
-
-    def __init__(self, url: str, notifier: Notifier) -> None:
+    def __init__(self, url: str, notifier: Notifier, *, namespace: str = "davserver") -> None:
+        #: Pub/sub ignores Redis database numbers: the namespace keeps deployments apart.
+        self.channel = f"{namespace}:commits"
         import redis
 
         self._redis = redis
@@ -272,7 +272,7 @@ class RedisBus:
                 {"n": self._node, "a": committed.account_id, "s": committed.seq, "p": committed.paths}
             )
             try:
-                client.publish(self.CHANNEL, message)  # type: ignore[attr-defined]
+                client.publish(self.channel, message)  # type: ignore[attr-defined]
             except (self._redis.RedisError, OSError) as exc:
                 log.debug("change not published to Redis: %s", exc)
 
@@ -281,7 +281,7 @@ class RedisBus:
         while not self._stop.is_set():
             pubsub = self._client().pubsub()  # type: ignore[attr-defined]
             try:
-                pubsub.subscribe(self.CHANNEL)
+                pubsub.subscribe(self.channel)
                 while not self._stop.is_set():
                     message = pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is None:
@@ -308,7 +308,7 @@ class RedisBus:
                 return
             committed = Committed(int(doc["a"]), int(doc["s"]), tuple(str(p) for p in doc["p"]))
         except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed message on %s", self.CHANNEL)
+            log.warning("ignored a malformed message on %s", self.channel)
             return
         self._notifier.publish(committed)
 
@@ -387,11 +387,12 @@ class Notifications:
         db: Database,
         *,
         redis_url: str | None,
+        namespace: str = "davserver",
         fallback_seconds: float = 1.0,
         safety_seconds: float = 30.0,
     ) -> None:
         self.notifier = Notifier()
-        self._bus = RedisBus(redis_url, self.notifier) if redis_url else None
+        self._bus = RedisBus(redis_url, self.notifier, namespace=namespace) if redis_url else None
         self._poller = JournalPoller(
             db,
             self.notifier,

@@ -126,3 +126,28 @@ def test_malformed_authorization_headers(engine: Engine) -> None:
     assert call(app, auth="Digest username=alice")[0] == 401
     assert call(app, auth="Basic " + base64.b64encode(b"\xff\xfe:x").decode())[0] == 400
     assert call(app, auth="Bearer ")[0] == 401
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_throttled_not_the_proxy(engine: Engine) -> None:
+    app = make(engine, trusted_proxies=("10.0.0.0/8",), max_failures=3)
+    via_lb = {"REMOTE_ADDR": "10.1.2.3", "wsgi.url_scheme": "https"}
+    attacker = {**via_lb, "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
+    for _ in range(3):
+        assert call(app, auth=basic("mallory", "wrong"), **attacker)[0] == 401
+    assert call(app, auth=basic("mallory", "wrong"), **attacker)[0] == 429
+    # Another client behind the same balancer is not locked out with the attacker...
+    other = {**via_lb, "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    assert call(app, auth=basic("alice", "alice-password"), **other)[0] == 200
+    # ...a client cannot choose its address (only what the proxy appended counts)...
+    spoofed = {"REMOTE_ADDR": "10.1.2.3", "HTTP_X_FORWARDED_FOR": "127.0.0.1, 203.0.113.9"}
+    assert app.client_address(spoofed) == "203.0.113.9"
+    # Without a trusted proxy the header is ignored.
+    direct = {"REMOTE_ADDR": "192.0.2.1", "HTTP_X_FORWARDED_FOR": "127.0.0.1"}
+    assert app.client_address(direct) == "192.0.2.1"
+
+
+def test_a_remote_client_through_a_local_plain_http_proxy_is_not_loopback(engine: Engine) -> None:
+    local_proxy = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
+    alice = basic("alice", "alice-password")
+    assert call(make(engine), auth=alice, **local_proxy)[0] == 200  # looks local without the setting
+    assert call(make(engine, trusted_proxies=("127.0.0.1",)), auth=alice, **local_proxy)[0] == 403

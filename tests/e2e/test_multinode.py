@@ -28,11 +28,13 @@ def nodes(
         "DAVSERVER_BLOCKS_URL": f"file://{tmp_path / 'shared-blocks'}",
         "DAVSERVER_MASTER_KEY_FILE": str(tmp_path / "shared.key"),
     }
+    settings = {}
     if request.param == "redis-locks":
         env["DAVSERVER_REDIS_URL"] = request.getfixturevalue("redis_url")
+        settings["lock_storage"] = "redis"
         _flush_wsgidav_locks(env["DAVSERVER_REDIS_URL"])
-    a = DavServer(tmp_path / "node-a", env=env)
-    b = DavServer(tmp_path / "node-b", env=env)
+    a = DavServer(tmp_path / "node-a", settings=settings, env=env)
+    b = DavServer(tmp_path / "node-b", settings=settings, env=env)
     a.init()
     shutil.copy(a.data_dir / "master.key", tmp_path / "shared.key")
     b.init()
