@@ -705,6 +705,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="32 MiB large file, 400 small files per run")
     ap.add_argument("--size-mib", type=int, default=None, help="large file size in MiB (default 256)")
     ap.add_argument("--threads", type=int, default=8, help="cheroot worker threads per node (default 8)")
+    ap.add_argument("--small-kib", type=int, default=None, help="size of the small files in KiB (default 4)")
+    ap.add_argument("--small-count", type=int, default=None, help="small files per run (default 2000)")
     ap.add_argument(
         "--workdir", type=Path, default=None, help="parent of the (removed afterwards) bench folder"
     )
@@ -719,6 +721,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.size_mib is not None and args.size_mib < 1:
         ap.error("--size-mib must be at least 1")
+    if (args.small_kib is not None and args.small_kib < 1) or (
+        args.small_count is not None and args.small_count < 8
+    ):
+        ap.error("--small-kib must be at least 1 and --small-count at least 8")
     return args
 
 
@@ -728,6 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = Params(**{**asdict(params), "threads": args.threads})
     if args.size_mib is not None:
         params = Params(**{**asdict(params), "size_mib": args.size_mib})
+    if args.small_kib is not None:
+        params = Params(**{**asdict(params), "small_size": args.small_kib * 1024})
+    if args.small_count is not None:
+        params = Params(**{**asdict(params), "small_count": args.small_count})
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     parent = args.workdir or Path(tempfile.gettempdir())
