@@ -100,6 +100,22 @@ class FastLane:
         except e.StorageError:
             return None  # missing, a folder, a bad name, unavailable: WsgiDAV answers
         entry = reader.entry
+        chunks: Iterator[bytes] = iter(())
+        first = b""
+        if not head:
+            # The first block is fetched before the headers go out, so an unreachable block
+            # store is a 503 with Retry-After, not a 200 that breaks off.
+            chunks = reader.iter_range(0, reader.size)
+            try:
+                first = next(chunks, b"")
+            except e.StorageError as exc:
+                reader.close()
+                status = status_for(exc)
+                if status >= 500:
+                    log.error("GET %s failed: %s", path, exc)
+                return plain(
+                    start_response, f"{status} {HTTPStatus(status).phrase}", f"{exc}\n", retry_after(status)
+                )
         start_response(
             "200 OK",
             [
@@ -113,7 +129,7 @@ class FastLane:
         if head:
             reader.close()
             return []
-        return _Body(reader, environ)
+        return _Body(reader, environ, first, chunks)
 
     # -- PUT -------------------------------------------------------------------------
 
@@ -130,9 +146,13 @@ class FastLane:
             return None  # WsgiDAV words the 400
         with provider.lock_snapshot(environ):
             root = f"/~{account_id}"
-            if lock_man.storage.get_lock_list(
-                root, include_root=True, include_children=True, token_only=True
-            ):
+            try:
+                held = lock_man.storage.get_lock_list(
+                    root, include_root=True, include_children=True, token_only=True
+                )
+            except e.StorageError:
+                return None  # the lock store is down: WsgiDAV's own check answers (503)
+            if held:
                 return None  # locks are WsgiDAV's business
             vol = provider.volume(environ)
             try:
@@ -176,14 +196,20 @@ def _failed(start_response: StartResponse, status: int, reason: str) -> list[byt
 class _Body:
     """A GET body: the version's blocks in order; an error mid-way drops the connection."""
 
-    def __init__(self, reader: VersionReader, environ: dict[str, Any]) -> None:
+    def __init__(
+        self, reader: VersionReader, environ: dict[str, Any], first: bytes, rest: Iterator[bytes]
+    ) -> None:
         self._reader = reader
         self._environ = environ
+        self._first = first
+        self._rest = rest
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             # Whole blocks, as decrypted: no slicing copies; larger writes measured faster.
-            yield from self._reader.iter_range(0, self._reader.size)
+            if self._first:
+                yield self._first
+            yield from self._rest
         except Exception as exc:
             # Headers are out: the only honest signal left is a short body and a closed connection.
             log.error("GET %s failed mid-response: %s", self._environ.get("PATH_INFO"), exc)

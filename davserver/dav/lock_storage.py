@@ -1,4 +1,5 @@
-"""WsgiDAV lock storage on the metadata database (storage.locks.LockRecords).
+"""WsgiDAV lock storage on the metadata database (storage.locks.LockRecords), and
+WsgiDAV's Redis lock storage made safe to run against a Redis that can go away.
 
 Locks survive restarts and, on PostgreSQL, are seen by every node. The
 semantics follow WsgiDAV's ``LockStorageDict`` (which the lock manager is
@@ -14,9 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
 from wsgidav.lock_man.lock_storage import LockStorageDict
+from wsgidav.lock_man.lock_storage_redis import LockStorageRedis
 
+from storage.errors import BackendUnavailable
 from storage.locks import LockRecords
 
 
@@ -147,3 +153,64 @@ def _decode(lock: dict[str, Any] | None) -> Any:
     return {
         k: base64.b64decode(v[_BYTES]) if isinstance(v, dict) and _BYTES in v else v for k, v in lock.items()
     }
+
+
+class RedisLockStorage(LockStorageRedis):
+    """WsgiDAV's Redis lock storage, with timeouts, a key namespace, and Redis failures
+    raised as :class:`storage.errors.BackendUnavailable` (503 with Retry-After).
+
+    As shipped it connects with redis-py's defaults (no timeout, retries with
+    backoff: ~4 s per request while Redis is down) and its connection errors
+    surface as 500s.
+    """
+
+    def __init__(self, url: str, *, namespace: str) -> None:
+        super().__init__()
+        self._url = url
+        self._redis_prefix = f"{namespace}:wsgidav-{{}}"
+        self._redis_lock_prefix = self._redis_prefix.format("lock:{}")
+        self._redis_url2token_prefix = self._redis_prefix.format("URL2TOKEN:{}")
+
+    def open(self) -> None:
+        self._redis = redis.Redis.from_url(
+            self._url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+        )
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.RedisError, OSError) as exc:
+            raise BackendUnavailable(f"the lock store (Redis) is unreachable: {exc}") from exc
+
+    def get(self, token: str) -> Any:
+        with self._guarded():
+            return super().get(token)
+
+    def create(self, path: str, lock: dict[str, Any]) -> Any:
+        with self._guarded():
+            return super().create(path, lock)
+
+    def refresh(self, token: str, *, timeout: float) -> Any:
+        with self._guarded():
+            return super().refresh(token, timeout=timeout)
+
+    def delete(self, token: str) -> Any:
+        with self._guarded():
+            return super().delete(token)
+
+    def get_lock_list(
+        self, path: str, *, include_root: bool, include_children: bool, token_only: bool
+    ) -> Any:
+        with self._guarded():
+            return super().get_lock_list(
+                path, include_root=include_root, include_children=include_children, token_only=token_only
+            )
+
+    def cleanup(self) -> None:
+        with self._guarded():
+            super().cleanup()
+
+    def clear(self) -> None:
+        with self._guarded():
+            super().clear()

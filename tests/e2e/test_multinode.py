@@ -52,7 +52,7 @@ def _flush_wsgidav_locks(url: str) -> None:
 
     client = redis.Redis.from_url(url)
     try:
-        for key in client.scan_iter("wsgidav-*"):
+        for key in client.scan_iter("davserver:wsgidav-*"):
             client.delete(key)
     finally:
         client.close()
@@ -63,7 +63,7 @@ def _redis_lock_keys(url: str) -> list[bytes]:
 
     client = redis.Redis.from_url(url)
     try:
-        return list(client.scan_iter("wsgidav-lock:*"))
+        return list(client.scan_iter("davserver:wsgidav-lock:*"))
     finally:
         client.close()
 
