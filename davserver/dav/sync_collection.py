@@ -35,9 +35,16 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_NOT_FOUND,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+)
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver.dav import sync_if
 from davserver.dav.errors import dav_errors
 from davserver.dav.propfind import named_response
 from davserver.dav.provider import VolumeProvider
@@ -73,11 +80,31 @@ class SyncCollectionReport(BaseMiddleware):
             return self.next_app(environ, start_response)
         if method == "REPORT":
             return report(provider, environ, start_response)
+        header = environ.get("HTTP_IF", "")
+        if header and sync_if.mentions_sync_token(header):
+            verdict = sync_if.evaluate(header, _is_current(provider, environ))
+            if verdict is False:
+                raise DAVError(HTTP_PRECONDITION_FAILED, "the If header's sync-token is not current")
+            if verdict is True:
+                del environ["HTTP_IF"]
+            elif verdict is not None:
+                environ["HTTP_IF"] = verdict
         if method == "OPTIONS":
             res = provider.get_resource_inst(environ["PATH_INFO"], environ)
             if res is not None and res.is_collection:
                 return self.next_app(environ, _AllowReport(start_response))
         return self.next_app(environ, start_response)
+
+
+def _is_current(provider: VolumeProvider, environ: dict[str, Any]) -> Callable[[int, int], bool]:
+    """Whether (account, position) is the requesting account's current sync-token position."""
+
+    def check(account_id: int, position: int) -> bool:
+        vol = provider.volume(environ)
+        with dav_errors():
+            return account_id == vol.account.id and position == vol.change_seq()
+
+    return check
 
 
 def report(provider: VolumeProvider, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:

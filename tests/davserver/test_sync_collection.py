@@ -436,3 +436,37 @@ def test_sync_properties_are_named_by_propname_but_not_allprop(env: Env) -> None
 def test_options_lists_report_on_collections(env: Env) -> None:
     assert "REPORT" in env.c.options("/dav/docs/").headers["Allow"].split(", ")
     assert "REPORT" not in env.c.options("/dav/a.txt").headers["Allow"]
+
+
+# --- RFC 6578 section 5: sync-tokens in If headers ------------------------------------------
+
+
+def test_a_sync_token_in_an_if_header_holds_until_the_collection_changes(env: Env) -> None:
+    token = sync(env.c).token
+    guarded = {"If": f"</dav/> (<{token}>)"}
+    assert env.c.put("/dav/docs/new.txt", content=b"1", headers=guarded).status_code == 201
+    # That PUT changed the account: the token is stale now, and the same condition fails.
+    assert env.c.put("/dav/docs/new.txt", content=b"2", headers=guarded).status_code == 412
+    assert env.vol.stat("docs/new.txt").size == 1
+    assert env.c.put("/dav/docs/new.txt", content=b"3", headers={"If": f"(Not <{token}>)"}).status_code == 204
+    # Another account's token, or a garbled one, never holds.
+    other = sync(env.bob).token
+    assert env.c.delete("/dav/a.txt", headers={"If": f"(<{other}>)"}).status_code == 412
+    assert (
+        env.c.delete("/dav/a.txt", headers={"If": "(<http://davserver.invalid/sync/x/y>)"}).status_code == 412
+    )
+    assert env.vol.stat("a.txt").size == 1
+
+
+def test_a_sync_token_condition_combines_with_a_lock_token(env: Env) -> None:
+    lockinfo = (
+        '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+        "<D:locktype><D:write/></D:locktype></D:lockinfo>"
+    )
+    lock = env.c.request("LOCK", "/dav/a.txt", content=lockinfo)
+    assert lock.status_code == 200
+    lock_token = lock.headers["Lock-Token"].strip("<>")
+    token = sync(env.c).token
+    both = {"If": f"(<{lock_token}> <{token}>)"}
+    assert env.c.put("/dav/a.txt", content=b"locked write", headers=both).status_code == 204
+    assert env.c.put("/dav/a.txt", content=b"stale", headers=both).status_code == 412
