@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -71,7 +72,7 @@ class Notifier:
 
     def __init__(self) -> None:
         #: Made by start() (so an engine that never serves long-polls owns no loop).
-        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._watches: dict[int, set[_Watch]] = {}
@@ -84,7 +85,7 @@ class Notifier:
     def start(self) -> None:
         with self._start_lock:
             if self._thread is None and not self._closed:
-                self._loop = asyncio.new_event_loop()
+                self._event_loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=self._run, name="davserver-notify", daemon=True)
                 self._thread.start()
 
@@ -97,6 +98,11 @@ class Notifier:
             return
         self._loop.call_soon_threadsafe(self._shutdown)
         thread.join(10)
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        assert self._event_loop is not None, "the notifier is not started"
+        return self._event_loop
 
     @property
     def waiting(self) -> int:
@@ -126,6 +132,9 @@ class Notifier:
         """
         self.start()
         watch = _Watch(account_id, after, scope, on_done, cancel_fd)
+        if self._event_loop is None:  # closed: the server is stopping
+            self._call(watch, False)
+            return
         self._loop.call_soon_threadsafe(self._add, watch, timeout)
 
     def accounts_waited_on(self) -> dict[int, int]:
@@ -259,7 +268,7 @@ class RedisBus:
         with contextlib.suppress(queue.Full):
             self._outbox.put_nowait(committed)
 
-    def _client(self) -> object:
+    def _client(self) -> Any:
         return self._redis.Redis.from_url(self._url, socket_timeout=5, socket_connect_timeout=2)
 
     def _send(self) -> None:
@@ -272,14 +281,14 @@ class RedisBus:
                 {"n": self._node, "a": committed.account_id, "s": committed.seq, "p": committed.paths}
             )
             try:
-                client.publish(self.channel, message)  # type: ignore[attr-defined]
+                client.publish(self.channel, message)
             except (self._redis.RedisError, OSError) as exc:
                 log.debug("change not published to Redis: %s", exc)
 
     def _listen(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
-            pubsub = self._client().pubsub()  # type: ignore[attr-defined]
+            pubsub = self._client().pubsub()
             try:
                 pubsub.subscribe(self.channel)
                 while not self._stop.is_set():

@@ -174,3 +174,11 @@ def test_while_redis_is_down_polling_takes_over_and_pubsub_comes_back(
     finally:
         redis_service.start()
     _wait_subscribed(a, b)
+
+
+def test_a_wait_after_close_is_answered_at_once() -> None:
+    closed = Notifier()
+    closed.close()
+    late = Outcome()
+    closed.watch(1, 0, timeout=30, on_done=late)
+    assert late.wait(0) is False
