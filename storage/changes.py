@@ -96,9 +96,11 @@ def read(conn: Connection, account_id: int, after: int, *, limit: int, scope: st
 
 def any_after(conn: Connection, account_id: int, after: int, scope: str = "") -> tuple[bool, int]:
     """Whether a reader at ``after`` (within ``scope``) has something to read; and how far this looked."""
-    page = read(conn, account_id, after, limit=200, scope=scope)
+    # Unscoped, any entry counts; scoped, a page may hold only entries the scope drops.
+    limit = 200 if scope else 1
+    page = read(conn, account_id, after, limit=limit, scope=scope)
     while not page.changes and page.has_more:
-        page = read(conn, account_id, page.position, limit=200, scope=scope)
+        page = read(conn, account_id, page.position, limit=limit, scope=scope)
     return bool(page.changes), page.position
 
 

@@ -6,11 +6,12 @@ minutes, not a database write per read. ``blocks.last_read_at`` is therefore a
 lower bound (a read in the last minutes before a crash is forgotten, which can
 only make a block look colder by that much).
 
-Moving a block: copy the object to the archive, mark the row ``tier = 1``, then
-delete it from the hot store. Reads go through :class:`~storage.backends.tiered.
-TieredBackend`, which falls through to the archive, so the block stays readable
-through every step; a crash between steps leaves a copy in both stores, which the
-next pass finishes (the row's tier says where it belongs).
+Moving a block: copy the object to the archive, mark the row ``MOVING``, delete
+it from the hot store, mark it ``ARCHIVE``. Reads go through
+:class:`~storage.backends.tiered.TieredBackend`, which falls through to the
+archive, so the block stays readable through every step; a crash after the first
+mark leaves a row ``MOVING`` (and perhaps a hot copy), which the next pass finishes
+-- only those rows are looked at again, not the whole archive.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from storage.errors import NotFound
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 
-HOT, ARCHIVE = 0, 1
+HOT, ARCHIVE, MOVING = 0, 1, 2
 b = t.blocks.c
 
 
@@ -69,17 +70,14 @@ def move_cold_blocks(
 ) -> TierReport:
     report = TierReport()
     with db.read() as conn:
-        # Blocks marked archived whose hot copy a crash may have left behind.
-        leftovers = conn.execute(select(b.name).where(b.tier == ARCHIVE)).scalars().all()
+        # Moves a crash interrupted: the archive copy exists, a hot copy may still too.
+        leftovers = conn.execute(select(b.id, b.name).where(b.tier == MOVING)).all()
         last_read = func.coalesce(b.last_read_at, b.created_at)
         query = select(b.id, b.name, b.stored_size).where(and_(b.tier == HOT, last_read < cold_before))
         cold = conn.execute(query.order_by(b.id).limit(limit)).all()
-    for name in leftovers:
-        try:
-            hot.stat(name)
-        except NotFound:
-            continue
+    for block_id, name in leftovers:
         hot.delete(name)
+        _mark(db, block_id, MOVING, ARCHIVE)
         report.finished += 1
     for row in cold:
         try:
@@ -91,17 +89,23 @@ def move_cold_blocks(
             moved = conn.execute(
                 update(t.blocks)
                 .where(b.id == row.id, b.tier == HOT, func.coalesce(b.last_read_at, 0) < cold_before)
-                .values(tier=ARCHIVE)
+                .values(tier=MOVING)
             ).rowcount
         if moved:
             hot.delete(row.name)
+            _mark(db, row.id, MOVING, ARCHIVE)
             report.blocks_moved += 1
             report.bytes_moved += row.stored_size
-        elif _tier(db, row.id) != ARCHIVE:
+        elif _tier(db, row.id) not in (ARCHIVE, MOVING):
             # Read meanwhile (it stays hot) or collected: the copy is not needed. When
             # another pass archived it first, that copy is the block's only one: kept.
             archive.delete(row.name)
     return report
+
+
+def _mark(db: Database, block_id: int, old: int, new: int) -> None:
+    with db.write() as conn:
+        conn.execute(update(t.blocks).where(b.id == block_id, b.tier == old).values(tier=new))
 
 
 def _tier(db: Database, block_id: int) -> int | None:
@@ -111,9 +115,14 @@ def _tier(db: Database, block_id: int) -> int | None:
 
 
 def bytes_per_tier(db: Database) -> dict[int, tuple[int, int]]:
-    """{tier: (blocks, stored bytes)}."""
+    """{tier: (blocks, stored bytes)}; blocks being moved count as archived."""
     with db.read() as conn:
         rows = conn.execute(
             select(b.tier, func.count(), func.coalesce(func.sum(b.stored_size), 0)).group_by(b.tier)
         ).all()
-    return {int(tier): (int(count), int(size)) for tier, count, size in rows}
+    tiers: dict[int, tuple[int, int]] = {}
+    for tier, count, size in rows:
+        key = ARCHIVE if tier == MOVING else int(tier)
+        before = tiers.get(key, (0, 0))
+        tiers[key] = (before[0] + int(count), before[1] + int(size))
+    return tiers

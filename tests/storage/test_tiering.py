@@ -78,11 +78,12 @@ def test_an_interrupted_move_is_finished_by_the_next_pass(tiered: Engine, clock:
     backend = tiered.backend
     assert isinstance(backend, TieredBackend)
     name = next(info.name for info in backend.hot.list("") if "tails" not in info.name)
-    # Copied and marked, then the process died before deleting the hot copy.
+    # Copied and marked as moving, then the process died before deleting the hot copy.
     backend.archive.put(name, backend.hot.get(name))
     with tiered.db.write() as conn:
-        conn.exec_driver_sql("UPDATE blocks SET tier = 1")
+        conn.exec_driver_sql("UPDATE blocks SET tier = 2")
     assert tiered.tier().finished == 1
+    assert tiered.bytes_per_tier()[1][0] == 1
     assert [info.name for info in backend.hot.list("") if "tails" not in info.name] == []
     with vol.open("f") as r:
         assert r.read() == b"y" * 100_000
