@@ -164,14 +164,19 @@ class Longpoll:
         if detach is None:
             return self._wait_here(req, cursor, checked, wait, extra)
         sock = detach()
-        notifications.watch(
-            volume.account.id,
-            checked,
-            scope=cursor.scope,
-            timeout=wait,
-            on_done=lambda changed: _answer(sock, changed, extra),
-            cancel_fd=sock.fileno(),
-        )
+        try:
+            notifications.watch(
+                volume.account.id,
+                checked,
+                scope=cursor.scope,
+                timeout=wait,
+                on_done=lambda changed: _answer(sock, changed, extra),
+                cancel_fd=sock.fileno(),
+            )
+        except Exception:
+            # The connection is ours now: it gets an answer whatever happened.
+            log.exception("a long-poll could not be parked")
+            _answer(sock, False, {"backoff": self._backoff(10, 60)})
         return DETACHED
 
     def _wait_here(
