@@ -132,7 +132,7 @@ class Notifier:
         """
         self.start()
         watch = _Watch(account_id, after, scope, on_done, cancel_fd)
-        if self._event_loop is None:  # closed: the server is stopping
+        if self._closed or self._event_loop is None:  # the server is stopping
             self._call(watch, False)
             return
         self._loop.call_soon_threadsafe(self._add, watch, timeout)

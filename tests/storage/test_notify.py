@@ -182,3 +182,10 @@ def test_a_wait_after_close_is_answered_at_once() -> None:
     late = Outcome()
     closed.watch(1, 0, timeout=30, on_done=late)
     assert late.wait(0) is False
+
+
+def test_a_wait_after_a_started_notifier_closed_is_answered_at_once(notifier: Notifier) -> None:
+    notifier.close()
+    late = Outcome()
+    notifier.watch(1, 0, timeout=30, on_done=late)
+    assert late.wait(0) is False
