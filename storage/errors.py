@@ -9,6 +9,7 @@ should escape from storage on a path a client can trigger::
     ├── Conflict                 the tree forbids it: parent missing, not a folder, ...
     │   └── OffsetMismatch       an upload resumed from another offset than the server's
     ├── InvalidName              a path or name that cannot be stored (NUL, '\\', ...)
+    ├── InvalidBlockList         a block-level commit whose blocks are missing or mis-sized
     ├── PreconditionFailed       If-Match / parent revision did not hold
     ├── Locked                   a lock held by someone else
     ├── QuotaExceeded            the account has no room for it
@@ -35,6 +36,10 @@ class NotFound(StorageError):
 
 class AlreadyExists(StorageError):
     pass
+
+
+class InvalidBlockList(StorageError):
+    """A commit of a block list that does not hold: a block not uploaded, sizes that disagree."""
 
 
 class CursorExpired(StorageError):

@@ -60,6 +60,11 @@ class VersionReader(io.RawIOBase):
 
     # -- file object protocol ------------------------------------------------------
 
+    @property
+    def locations(self) -> list[BlockLocation]:
+        """The version's blocks in order (its manifest)."""
+        return list(self._blocks)
+
     def readable(self) -> bool:
         return True
 

@@ -27,6 +27,7 @@ from storage.changes import ChangePage
 from storage.chunker import Readable
 from storage.codec import is_precompressed
 from storage.config import StorageConfig
+from storage.delta import BlockSync
 from storage.errors import (
     AlreadyExists,
     BackendUnavailable,
@@ -94,6 +95,11 @@ class Volume:
         self._s = services
         self._db = services.db
         self._clock = services.config.clock
+
+    @property
+    def block_sync(self) -> BlockSync:
+        """This account's block-level sync (storage.delta)."""
+        return BlockSync(self, self._s)
 
     @property
     def uploads(self) -> Uploads:
@@ -279,6 +285,21 @@ class Volume:
         Returns the entry and whether the file is new.
         """
         entry, committed, created = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
+        self._s.notify(committed)
+        return entry, created
+
+    def _commit_listed(
+        self,
+        path: str,
+        source: Committable,
+        if_match: str | None,
+        if_none_match: str | None,
+        mtime: float | None,
+        device: str | None,
+    ) -> tuple[Entry, bool]:
+        """Commit a client's block list (storage.delta); returns the entry and whether it is new."""
+        options = _WriteOptions(if_match, if_none_match, mtime, device)
+        entry, committed, created = self._commit(path, source, options)
         self._s.notify(committed)
         return entry, created
 

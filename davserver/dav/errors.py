@@ -41,6 +41,7 @@ STATUS: dict[type[e.StorageError], int] = {
     e.CursorExpired: HTTP_FORBIDDEN,
     e.Conflict: HTTP_CONFLICT,
     e.InvalidName: HTTP_BAD_REQUEST,
+    e.InvalidBlockList: HTTP_BAD_REQUEST,
     e.ChecksumMismatch: HTTP_BAD_REQUEST,
     e.PreconditionFailed: HTTP_PRECONDITION_FAILED,
     e.Locked: HTTP_LOCKED,

@@ -35,6 +35,7 @@ def create_api(engine: Engine, *, account_key: str, longpoll: LongpollSettings |
         *declared.files(),
         *declared.tus(tus.make_handlers(PREFIX, engine.config.max_file_size)),
         *declared.trash(),
+        *declared.blocks(),
         *declared.changes(Longpoll(engine.notifications, longpoll or LongpollSettings())),
         Route("GET", "/openapi.json", openapi, operation, public=True),
     ]

@@ -144,6 +144,96 @@ SCHEMAS: dict[str, Any] = {
         "required": ["path", "rev"],
         "properties": {"path": {"type": "string"}, "rev": {"type": "integer", "minimum": 1}},
     },
+    "SyncConfig": {
+        "type": "object",
+        "required": ["chunker", "block_hash", "max_block_size", "max_file_size", "max_blocks_per_commit"],
+        "properties": {
+            "chunker": {
+                "type": "object",
+                "description": "Cut files with this (pyfastcdc FastCDC, this seed) to match the server",
+                "required": ["algorithm", "implementation", "min_size", "avg_size", "max_size", "seed"],
+                "properties": {
+                    "algorithm": {"type": "string"},
+                    "implementation": {"type": "string"},
+                    "min_size": {"type": "integer"},
+                    "avg_size": {"type": "integer"},
+                    "max_size": {"type": "integer"},
+                    "normalization": {"type": "integer"},
+                    "seed": {"type": "integer", "description": "This account's gear-table seed"},
+                },
+            },
+            "block_hash": {
+                "enum": ["sha256"],
+                "description": "Blocks are named by the SHA-256 of their plaintext",
+            },
+            "max_block_size": {"type": "integer"},
+            "max_file_size": {"type": "integer"},
+            "max_blocks_per_commit": {"type": "integer"},
+        },
+    },
+    "HashList": {
+        "type": "object",
+        "required": ["hashes"],
+        "properties": {"hashes": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+    },
+    "MissingBlocks": {
+        "type": "object",
+        "required": ["missing"],
+        "properties": {"missing": {"type": "array", "items": {"type": "string"}}},
+    },
+    "BlockStored": {
+        "type": "object",
+        "required": ["hash", "size", "created"],
+        "properties": {
+            "hash": {"type": "string"},
+            "size": {"type": "integer"},
+            "created": {"type": "boolean"},
+        },
+    },
+    "CommitRequest": {
+        "type": "object",
+        "required": ["path", "size", "blocks", "parent_rev"],
+        "properties": {
+            "path": {"type": "string"},
+            "size": {"type": "integer", "minimum": 0},
+            "mtime": {"type": "number"},
+            "parent_rev": {
+                "type": ["integer", "null"],
+                "description": "The revision edited; null: a new file",
+            },
+            "blocks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["hash", "size"],
+                    "properties": {"hash": {"type": "string"}, "size": {"type": "integer", "minimum": 1}},
+                },
+            },
+        },
+    },
+    "Manifest": {
+        "allOf": [
+            ref("Metadata"),
+            {
+                "type": "object",
+                "required": ["blocks"],
+                "properties": {
+                    "blocks": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["hash", "size", "offset"],
+                            "properties": {
+                                "hash": {"type": "string"},
+                                "size": {"type": "integer"},
+                                "offset": {"type": "integer"},
+                            },
+                        },
+                    }
+                },
+            },
+        ]
+    },
     "Cursor": {
         "type": "object",
         "required": ["cursor"],

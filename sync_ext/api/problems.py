@@ -48,6 +48,7 @@ STORAGE_PROBLEMS: dict[type[e.StorageError], tuple[int, str, str]] = {
     e.AlreadyExists: (409, "already-exists", "Already exists"),
     e.Conflict: (409, "conflict", "Conflict with the current tree"),
     e.InvalidName: (400, "invalid-name", "Invalid name"),
+    e.InvalidBlockList: (400, "invalid-block-list", "Invalid block list"),
     e.PreconditionFailed: (412, "precondition-failed", "Precondition failed"),
     e.Locked: (423, "locked", "Locked"),
     e.QuotaExceeded: (507, "quota-exceeded", "Quota exceeded"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sync_ext.api import blocks as blocks_api
 from sync_ext.api import changes as changes_api
 from sync_ext.api import files as files_api
 from sync_ext.api import trash as trash_api
@@ -413,6 +414,114 @@ def changes(longpoll: Handler) -> list[Route]:
                 "responses": {
                     "200": json_body(ref("LongpollResult"), "Whether there are changes"),
                     "410": reset,
+                },
+            },
+        ),
+    ]
+
+
+def blocks() -> list[Route]:
+    sha = {
+        "name": "sha256",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    }
+    binary: dict[str, Any] = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return [
+        Route(
+            "GET",
+            "/config",
+            blocks_api.config,
+            {
+                "operationId": "config",
+                "summary": "How to cut files like the server (chunker and this account's seed), and limits",
+                "responses": {"200": json_body(ref("SyncConfig"), "The configuration")},
+            },
+        ),
+        Route(
+            "POST",
+            "/blocks/missing",
+            blocks_api.missing,
+            {
+                "operationId": "blocks_missing",
+                "summary": "Which of these block hashes the account does not have",
+                "requestBody": json_body(ref("HashList"), "Up to 10,000 SHA-256 hashes (hex)"),
+                "responses": {
+                    "200": json_body(ref("MissingBlocks"), "The missing ones, in the order asked"),
+                    "415": problem("The body is not JSON"),
+                },
+            },
+        ),
+        Route(
+            "PUT",
+            "/blocks/{sha256}",
+            blocks_api.put_block,
+            {
+                "operationId": "blocks_put",
+                "summary": "Upload one block (checked against its name, compressed, encrypted); idempotent",
+                "parameters": [sha],
+                "requestBody": {"description": "The block's plaintext", "content": binary, "required": True},
+                "responses": {
+                    "201": json_body(ref("BlockStored"), "Stored"),
+                    "200": json_body(ref("BlockStored"), "The account had it already"),
+                    "413": problem("Larger than the chunker's maximum block"),
+                },
+            },
+        ),
+        Route(
+            "GET",
+            "/blocks/{sha256}",
+            blocks_api.get_block,
+            {
+                "operationId": "blocks_get",
+                "summary": "One block's plaintext",
+                "parameters": [sha],
+                "responses": {
+                    "200": {"description": "The block", "content": binary},
+                    "404": problem("The account has no such block"),
+                },
+            },
+        ),
+        Route(
+            "POST",
+            "/files/commit",
+            blocks_api.commit,
+            {
+                "operationId": "files_commit",
+                "summary": "Make an ordered list of uploaded blocks a file's new revision",
+                "requestBody": json_body(ref("CommitRequest"), "The file as a block list"),
+                "responses": {
+                    "201": json_body(ref("Metadata"), "A new file"),
+                    "200": json_body(ref("Metadata"), "A new revision of the file"),
+                    "409": problem(
+                        "parent_rev no longer holds (type stale-parent; current_rev says what is)"
+                    ),
+                    "413": problem("Larger than the file size limit"),
+                    "415": problem("The body is not JSON"),
+                    "507": problem("Over quota"),
+                },
+            },
+        ),
+        Route(
+            "GET",
+            "/files/manifest",
+            blocks_api.manifest,
+            {
+                "operationId": "files_manifest",
+                "summary": "A file's (or one revision's) ordered block list",
+                "parameters": [
+                    PATH_PARAM,
+                    query(
+                        "rev",
+                        "A revision id (default: the current one)",
+                        schema={"type": "integer", "minimum": 1},
+                    ),
+                ],
+                "responses": {
+                    "200": json_body(ref("Manifest"), "The metadata and the blocks"),
+                    "404": problem("No such file or revision"),
+                    "409": problem("The path is a folder"),
                 },
             },
         ),

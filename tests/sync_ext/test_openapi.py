@@ -118,6 +118,7 @@ def test_every_operation_answers_as_documented(api: httpx.Client, engine: Engine
     _exercise_tus(api, c)
     _exercise_resumable(api, c)
     _exercise_trash(api, c)
+    _exercise_blocks(api, c)
     _exercise_changes(api, engine, c)
     engine.accounts.set_quota("alice", 1)
     tus_meta = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "path " + base64.b64encode(b"/q").decode()}
@@ -255,3 +256,31 @@ def _exercise_changes(api: httpx.Client, engine: Engine, c: Any) -> None:
     engine.compact_journal(now=engine.config.clock() + 10**9)
     assert c(api.get("/changes/list", params={"cursor": start})).status_code == 410
     assert c(api.get("/changes/longpoll", params={"cursor": start, "timeout": 30})).status_code == 410
+
+
+def _exercise_blocks(api: httpx.Client, c: Any) -> None:
+    import hashlib
+
+    cfg = c(api.get("/config")).json()
+    data = b"block data " * 100
+    sha = hashlib.sha256(data).hexdigest()
+    assert c(api.post("/blocks/missing", json={"hashes": [sha]})).json() == {"missing": [sha]}
+    assert c(api.post("/blocks/missing", content=b"{}")).status_code == 415
+    assert c(api.put(f"/blocks/{sha}", content=data)).status_code == 201
+    assert c(api.put(f"/blocks/{sha}", content=data)).status_code == 200
+    too_big = b"x" * (cfg["max_block_size"] + 1)
+    assert c(api.put(f"/blocks/{hashlib.sha256(too_big).hexdigest()}", content=too_big)).status_code == 413
+    assert c(api.get(f"/blocks/{sha}")).content == data
+    assert c(api.get(f"/blocks/{'0' * 64}")).status_code == 404
+    doc = {"path": "/delta.bin", "size": len(data), "blocks": [{"hash": sha, "size": len(data)}]}
+    created = c(api.post("/files/commit", json={**doc, "parent_rev": None}))
+    assert created.status_code == 201
+    rev = created.json()["rev"]
+    assert c(api.post("/files/commit", json={**doc, "parent_rev": rev})).status_code == 200
+    assert c(api.post("/files/commit", json={**doc, "parent_rev": rev})).status_code == 409
+    assert c(api.post("/files/commit", content=b"{}")).status_code == 415
+    assert c(api.post("/files/commit", json={**doc, "size": 11 << 30, "parent_rev": None})).status_code == 400
+    manifest = c(api.get("/files/manifest", params={"path": "/delta.bin"})).json()
+    assert manifest["blocks"] == [{"hash": sha, "size": len(data), "offset": 0}]
+    assert c(api.get("/files/manifest", params={"path": "/nope"})).status_code == 404
+    assert c(api.get("/files/manifest", params={"path": "/folder"})).status_code == 409
