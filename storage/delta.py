@@ -197,7 +197,11 @@ class BlockSync:
 
     def _expectation(self, path: str, parent_rev: int | None) -> tuple[str | None, str | None]:
         if parent_rev is None:
-            return None, "*"
+            try:
+                existing = self._vol.stat(path)
+            except NotFound:
+                return None, "*"
+            raise PreconditionFailed(f"the file exists, at revision {existing.version_id}")
         try:
             current = self._vol.stat(path)
         except NotFound:
