@@ -84,6 +84,7 @@ from bench.multinode import (
     print_cpu,
     print_table,
     remove_s3_prefix,
+    restore_environ,
     s3_url_for_run,
     start_services,
 )
@@ -680,11 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"could not remove the Redis keys {setups[0].namespace}:*: {exc}", file=sys.stderr)
         for svc in svcs.values():
             svc.close()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved_env)
         shutil.rmtree(root, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 

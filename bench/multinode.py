@@ -163,6 +163,15 @@ def start_services(into: dict[str, services.Service]) -> None:
         print(f"  {kind:<9} started {service.url} in {service.startup_seconds or 0:.1f} s", flush=True)
 
 
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put back environment variables saved as {name: value or None (unset)}."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -882,11 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"could not empty {s3_run_url}: {exc}", file=sys.stderr)
         for svc in svcs.values():
             svc.close()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved_env)
         shutil.rmtree(root, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from storage import paths
 from storage.errors import InvalidBlockList, NotFound, PreconditionFailed, TooLarge
 from storage.metadata import schema as t
-from storage.model import Entry
+from storage.model import BlockAt, Entry
 
 if TYPE_CHECKING:
     from storage.volume import Services, Volume
@@ -54,17 +54,11 @@ class ManifestBlock:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Ref:
-    block_id: int | None
-    offset: int
-
-
 class _Listed:
     """A client's block list as a :class:`storage.volume.Committable`."""
 
-    def __init__(self, refs: list[_Ref], size: int, sha256: bytes) -> None:
-        self.refs: Sequence[_Ref] = refs
+    def __init__(self, refs: list[BlockAt], size: int, sha256: bytes) -> None:
+        self.refs: Sequence[BlockAt] = refs
         self.size = size
         self.sha256 = sha256
 
@@ -189,10 +183,15 @@ class BlockSync:
         refs, offset = [], 0
         for h, s in blocks:
             whole.update(self._s.blocks.fetch(self._account.keys, rows[h].name, h, s))
-            refs.append(_Ref(int(rows[h].id), offset))
+            refs.append(BlockAt(int(rows[h].id), offset))
             offset += s
-        return self._vol._commit_listed(
-            path, _Listed(refs, size, whole.digest()), if_match, if_none_match, mtime, device
+        return self._vol._commit_source(
+            path,
+            _Listed(refs, size, whole.digest()),
+            if_match=if_match,
+            if_none_match=if_none_match,
+            mtime=mtime,
+            device=device,
         )
 
     def _expectation(self, path: str, parent_rev: int | None) -> tuple[str | None, str | None]:

@@ -99,3 +99,6 @@ class SchemaMismatch(StorageError):
 
 class BackendUnavailable(StorageError):
     """Transient: the caller may retry later (HTTP 503 with Retry-After)."""
+
+    #: What the faces tell clients to wait before retrying (both tables use it).
+    retry_after_seconds = 5

@@ -60,6 +60,14 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockAt:
+    """A stored block at an offset of a version being committed."""
+
+    block_id: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """One committed transaction of an account, told to listeners after the commit."""
 

@@ -56,7 +56,7 @@ from storage.codec import is_precompressed
 from storage.envelope import CODEC_RAW, OVERHEAD, open_sealed, seal
 from storage.errors import ChecksumMismatch, Conflict, IntegrityError, NotFound, OffsetMismatch, TooLarge
 from storage.metadata import schema as t
-from storage.model import Entry, UploadSession
+from storage.model import BlockAt, Entry, UploadSession
 from storage.reader import BlockLocation, VersionReader
 from storage.writer import BlockWriter, LimitedReader, WholeHash
 
@@ -390,7 +390,9 @@ class Uploads:
         whole = self._hashers.take(session_id, int(row.offset))
         sha = whole.digest() if whole is not None else self._read_back_hash(row, blocks)
         source = _SessionBlocks(row, blocks, sha, self._clock)
-        _, created = self._vol._commit_session(row.path, source, row.if_match, row.mtime, row.device)
+        _, created = self._vol._commit_source(
+            row.path, source, if_match=row.if_match, mtime=row.mtime, device=row.device
+        )
         return replace(self.get(session_id), created=created)
 
     def _store_tail(self, session_id: str) -> None:
@@ -533,12 +535,6 @@ class _Block:
     sha256: bytes
 
 
-@dataclass
-class _Ref:
-    block_id: int
-    offset: int
-
-
 class _SessionBlocks:
     """What :meth:`Volume._commit` needs from a write, for a finished session."""
 
@@ -547,7 +543,7 @@ class _SessionBlocks:
     ) -> None:
         self._row = row
         self._clock = clock
-        self.refs = [_Ref(x.block_id, x.offset) for x in blocks]
+        self.refs = [BlockAt(x.block_id, x.offset) for x in blocks]
         self.size = int(row.offset)
         self.sha256 = sha256
 

@@ -134,7 +134,8 @@ class Volume:
             return self._s.cache.listing(self.account.id, generation, path, load)
 
     def _generation(self, conn: Connection) -> int:
-        """The account's change sequence, read before what is cached under it (storage.cache)."""
+        """The account's change sequence: the change-feed position, and the generation the
+        metadata cache keys listings by (read before what is cached under it)."""
         return int(_GENERATION.scalar(conn, {"b_account": self.account.id}))
 
     def walk(self, path: str) -> list[Entry]:
@@ -162,7 +163,7 @@ class Volume:
     def change_seq(self) -> int:
         """The account's current change-feed position."""
         with self._db.read() as conn:
-            return changes_mod.position(conn, self.account.id)[0]
+            return self._generation(conn)
 
     def changes(self, after: int, *, limit: int = 1000, scope: str = "") -> ChangePage:
         """What changed after position ``after`` (within folder ``scope``); see storage.changes."""
@@ -277,27 +278,21 @@ class Volume:
             raise QuotaExceeded("the account's quota has no room for this file")
         return max(room, 0)
 
-    def _commit_session(
-        self, path: str, source: Committable, if_match: str | None, mtime: float | None, device: str | None
-    ) -> tuple[Entry, bool]:
-        """Commit a finished upload session's blocks as the file's new version (storage.uploads).
-
-        Returns the entry and whether the file is new.
-        """
-        entry, committed, created = self._commit(path, source, _WriteOptions(if_match, None, mtime, device))
-        self._s.notify(committed)
-        return entry, created
-
-    def _commit_listed(
+    def _commit_source(
         self,
         path: str,
         source: Committable,
-        if_match: str | None,
-        if_none_match: str | None,
-        mtime: float | None,
-        device: str | None,
+        *,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+        mtime: float | None = None,
+        device: str | None = None,
     ) -> tuple[Entry, bool]:
-        """Commit a client's block list (storage.delta); returns the entry and whether it is new."""
+        """Commit blocks already stored -- a finished upload session (storage.uploads) or a
+        client's block list (storage.delta) -- as the file's new version.
+
+        Returns the entry and whether the file is new.
+        """
         options = _WriteOptions(if_match, if_none_match, mtime, device)
         entry, committed, created = self._commit(path, source, options)
         self._s.notify(committed)

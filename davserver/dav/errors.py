@@ -61,13 +61,11 @@ def status_for(exc: e.StorageError) -> int:
     return HTTP_INTERNAL_ERROR
 
 
-#: Seconds a client is asked to wait when storage is unreachable (503).
-RETRY_AFTER_SECONDS = 5
-
-
 def retry_after(status: int) -> list[tuple[str, str]]:
     """The headers a response of ``status`` carries: Retry-After on 503."""
-    return [("Retry-After", str(RETRY_AFTER_SECONDS))] if status == HTTP_SERVICE_UNAVAILABLE else []
+    if status != HTTP_SERVICE_UNAVAILABLE:
+        return []
+    return [("Retry-After", str(e.BackendUnavailable.retry_after_seconds))]
 
 
 def to_dav_error(exc: e.StorageError) -> DAVError:

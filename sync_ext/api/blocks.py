@@ -15,7 +15,7 @@ from typing import Any
 from storage import errors as e
 from sync_ext.api.files import entry_json
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, epoch_seconds
+from sync_ext.api.routing import Request, Response, optional_mtime
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 #: Hashes one /blocks/missing request may ask about.
@@ -76,11 +76,7 @@ def commit(req: Request) -> Response:
         if not isinstance(item, dict) or not _is_int(item.get("size")) or item["size"] <= 0:
             raise bad_request("each block is {hash, size} with a positive size")
         listed.append((_hash(item.get("hash"), "each block's hash"), int(item["size"])))
-    mtime = doc.get("mtime")
-    try:
-        mtime = None if mtime is None else epoch_seconds(str(mtime))
-    except ValueError as exc:
-        raise bad_request(f"mtime: {exc}") from None
+    mtime = optional_mtime(doc.get("mtime"), "mtime")
     vol = req.volume
     try:
         entry, created = vol.block_sync.commit(

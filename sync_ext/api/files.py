@@ -10,7 +10,7 @@ from storage import errors as e
 from storage.model import Entry, Revision, UploadSession
 from storage.reader import VersionReader
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import PREFIX, Request, Response, epoch_seconds
+from sync_ext.api.routing import PREFIX, Request, Response, optional_mtime
 
 #: list_revisions pages at most this many revisions.
 MAX_REVISIONS_PAGE = 1000
@@ -274,10 +274,4 @@ class _Stream:
 
 
 def _mtime(req: Request) -> float | None:
-    raw = req.query.get("mtime")
-    if raw is None or raw == "":
-        return None
-    try:
-        return epoch_seconds(raw)
-    except ValueError as exc:
-        raise bad_request(f"mtime: {exc}") from None
+    return optional_mtime(req.query.get("mtime"), "mtime")

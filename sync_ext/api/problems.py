@@ -68,7 +68,7 @@ def from_storage_error(exc: e.StorageError) -> Problem:
             if isinstance(exc, e.OffsetMismatch) and exc.offset is not None:
                 problem.extra["offset"] = exc.offset
             if status == 503:
-                problem.headers.append(("Retry-After", "5"))
+                problem.headers.append(("Retry-After", str(e.BackendUnavailable.retry_after_seconds)))
             return problem
     return Problem(500, "internal-error", "Internal server error")
 

@@ -43,6 +43,16 @@ def epoch_seconds(text: str) -> float:
     return value
 
 
+def optional_mtime(raw: object, what: str) -> float | None:
+    """An optional modification time from a parameter, metadata or JSON; 400 naming ``what``."""
+    if raw is None or raw == "":
+        return None
+    try:
+        return epoch_seconds(str(raw))
+    except ValueError as exc:
+        raise bad_request(f"{what}: {exc}") from None
+
+
 class Request:
     def __init__(
         self, environ: dict[str, Any], volume: Volume | None, path_params: dict[str, str] | None = None

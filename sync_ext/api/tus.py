@@ -21,7 +21,7 @@ from storage.model import UploadSession
 from storage.uploads import Checksum
 from sync_ext.api import problems
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, epoch_seconds
+from sync_ext.api.routing import Request, Response, optional_mtime
 
 VERSION = "1.0.0"
 EXTENSIONS = (
@@ -190,13 +190,7 @@ def _target(meta: dict[str, str]) -> str:
 
 
 def _mtime(meta: dict[str, str]) -> float | None:
-    raw = meta.get("mtime")
-    if raw is None or raw == "":
-        return None
-    try:
-        return epoch_seconds(raw)
-    except ValueError as exc:
-        raise bad_request(f"the mtime metadata: {exc}") from None
+    return optional_mtime(meta.get("mtime"), "the mtime metadata")
 
 
 def _length(req: Request, *, deferred_ok: bool = True) -> int | None:
