@@ -30,6 +30,17 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class TreePage:
+    """One page of a folder listing (:meth:`storage.volume.Volume.walk_page`)."""
+
+    entries: list[Entry]
+    #: Whether nodes after the last entry remain (continue with ``after`` = its path).
+    has_more: bool
+    #: The account's change-feed position, read before the listing.
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class Revision:
     version_id: int
     size: int

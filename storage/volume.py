@@ -14,7 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage import changes as changes_mod
@@ -40,7 +51,7 @@ from storage.errors import (
 from storage.metadata import schema as t
 from storage.metadata.db import Database
 from storage.metadata.prepared import Prepared
-from storage.model import Change, Committed, Entry, Quota, Revision, TrashItem
+from storage.model import Change, Committed, Entry, Quota, Revision, TrashItem, TreePage
 from storage.reader import BlockLocation, VersionReader
 from storage.uploads import HasherCache, Uploads
 from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
@@ -149,6 +160,37 @@ class Volume:
                 .order_by(n.path)
             ).all()
         return [tree.to_entry(r) for r in rows]
+
+    def walk_page(
+        self, path: str, *, after: str | None = None, limit: int, recursive: bool = True
+    ) -> TreePage:
+        """One page of the live nodes below folder ``path`` (not itself) in path order, so
+        parents come before children; ``recursive=False``: its direct children only.
+
+        ``after`` (a path) continues a listing: only nodes whose path sorts after it. The
+        page is one indexed query (``ORDER BY path LIMIT``), never an offset scan: a
+        subtree is one range of the live-path index, read in order; children come by
+        the parent index (a range of the path index would also read their subtrees,
+        say the whole account for the root's children). The page's ``position`` is the
+        account's change sequence, read before the listing: replaying the change feed
+        from it over the listing's entries ends at the current tree.
+        """
+        path = paths.normalize_path(path)
+        start = None if after is None else paths.normalize_path(after)
+        with self._db.read() as conn:
+            position = self._generation(conn)
+            folder = tree.existing_node(conn, self.account.id, path)
+            if folder.kind != t.KIND_DIR:
+                raise Conflict(f"{path!r} is not a folder")
+            where: list[ColumnElement[bool]] = [n.deleted_at.is_(None)]
+            if recursive:
+                where += [n.account_id == self.account.id, tree.in_subtree(path)]
+            else:
+                where.append(n.parent_id == folder.id)
+            if start is not None:
+                where.append(n.path > start)
+            rows = conn.execute(tree.select_nodes().where(*where).order_by(n.path).limit(limit + 1)).all()
+        return TreePage([tree.to_entry(r) for r in rows[:limit]], len(rows) > limit, position)
 
     def quota(self) -> Quota:
         a = t.accounts.c
@@ -378,14 +420,19 @@ class Volume:
         )
         return entry, committed, op == "create"
 
-    def delete(self, path: str) -> int:
-        """Move a file or folder (with everything below it) to the trash; returns the trash item's id."""
+    def delete(self, path: str, *, if_rev: int | None = None) -> int:
+        """Move a file or folder (with everything below it) to the trash; returns the trash item's id.
+
+        ``if_rev``: a file must still be at that revision (checked in the transaction),
+        else :class:`PreconditionFailed` and nothing is deleted; folders have none to check.
+        """
         path = paths.normalize_path(path)
         if path == "":
             raise Conflict("the root folder cannot be deleted")
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
             node = tree.existing_node(conn, self.account.id, path, lock=True)
+            _check_rev(node, if_rev)
             tree.trash(change, node)
             committed = change.finish()
         self._s.notify(committed)
@@ -432,13 +479,17 @@ class Volume:
         self._s.notify(committed)
         return int(count)
 
-    def move(self, src: str, dst: str, *, overwrite: bool = False) -> Entry:
-        """Rename or move; the node keeps its id, so revisions and properties follow."""
+    def move(self, src: str, dst: str, *, overwrite: bool = False, if_rev: int | None = None) -> Entry:
+        """Rename or move; the node keeps its id, so revisions and properties follow.
+
+        ``if_rev``: as for :meth:`delete`, a file must still be at that revision.
+        """
         src, dst = paths.normalize_path(src), paths.normalize_path(dst)
         self._check_transfer(src, dst)
         with self._db.write() as conn:
             change = tree.Change(conn, self.account.id, self._clock())
             node = self._transfer_source(conn, src)
+            _check_rev(node, if_rev)
             parent = self._prepare_destination(change, dst, overwrite)
             conn.execute(
                 update(t.nodes)
@@ -780,6 +831,12 @@ def _block_locations(conn: Connection, version_id: int | None) -> list[BlockLoca
         return []
     rows = _BLOCK_LOCATIONS.all(conn, {"b_version": version_id})
     return [BlockLocation(r.offset, r.size, r.name, bytes(r.sha256)) for r in rows]
+
+
+def _check_rev(node: Row[Any], if_rev: int | None) -> None:
+    """A conditional delete or move of a file edited meanwhile fails (folders have no revision)."""
+    if if_rev is not None and node.kind == t.KIND_FILE and node.version_id != if_rev:
+        raise PreconditionFailed(f"{node.path!r} is at revision {node.version_id}, not {if_rev}")
 
 
 def _check_target(node: Row[Any] | None, if_match: str | None, if_none_match: str | None) -> None:

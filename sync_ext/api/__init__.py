@@ -12,6 +12,7 @@ from typing import Any
 from storage.engine import Engine
 from sync_ext.api import routes as declared
 from sync_ext.api import tus
+from sync_ext.api.account import Tokens
 from sync_ext.api.changes import Longpoll, LongpollSettings
 from sync_ext.api.openapi import document
 from sync_ext.api.routing import PREFIX, Api, Request, Response, Route
@@ -33,10 +34,12 @@ def create_api(engine: Engine, *, account_key: str, longpoll: LongpollSettings |
     }
     routes = [
         *declared.files(),
+        *declared.tree(),
         *declared.tus(tus.make_handlers(PREFIX, engine.config.max_file_size)),
         *declared.trash(),
         *declared.blocks(),
         *declared.changes(Longpoll(engine.notifications, longpoll or LongpollSettings())),
+        *declared.account(Tokens(engine.accounts)),
         Route("GET", "/openapi.json", openapi, operation, public=True),
     ]
     served["document"] = document(routes, PREFIX)

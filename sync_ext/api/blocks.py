@@ -20,6 +20,8 @@ from sync_ext.api.routing import Request, Response, optional_mtime
 _HEX = re.compile(r"[0-9a-f]{64}")
 #: Hashes one /blocks/missing request may ask about.
 MAX_HASHES = 10_000
+#: A commit's body: a block list of MAX_BLOCKS entries, about 100 bytes each, with room.
+MAX_COMMIT_BODY = 8 << 20
 
 
 def _hash(text: object, what: str) -> bytes:
@@ -47,7 +49,7 @@ def put_block(req: Request) -> Response:
     length = req.content_length()
     if length is not None and length > limit:
         raise Problem(413, "too-large", "Too large", f"a block holds at most {limit} bytes")
-    data = req.body().read(limit + 1)
+    data = req.body().read_up_to(limit + 1)
     created = sync.put(sha, data)
     return Response.json(201 if created else 200, {"hash": sha.hex(), "size": len(data), "created": created})
 
@@ -61,7 +63,7 @@ def get_block(req: Request) -> Response:
 
 
 def commit(req: Request) -> Response:
-    doc = req.json()
+    doc = req.json(MAX_COMMIT_BODY)
     path, size, blocks = doc.get("path"), doc.get("size"), doc.get("blocks")
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
@@ -83,11 +85,13 @@ def commit(req: Request) -> Response:
             path, listed, size=size, parent_rev=doc["parent_rev"], mtime=mtime, device=req.device()
         )
     except e.PreconditionFailed as exc:
-        raise _stale(req, path, str(exc)) from None
+        raise stale_parent(req, path, str(exc)) from None
     return Response.json(201 if created else 200, entry_json(entry))
 
 
-def _stale(req: Request, path: str, detail: str) -> Problem:
+def stale_parent(req: Request, path: str, detail: str) -> Problem:
+    """409 stale-parent: the file is not at the revision the client acted on; `current_rev` says
+    which it is (null: it is gone), so the client can fetch it and resolve the conflict."""
     try:
         current: Any = req.volume.stat(path).version_id
     except e.NotFound:

@@ -50,6 +50,14 @@ class RequestBody:
         self._count(len(data))
         return data
 
+    def read_up_to(self, size: int) -> bytes:
+        """``size`` bytes, or fewer only when the body ends first (read() may return less)."""
+        parts = []
+        while size > 0 and (chunk := self.read(size)):
+            parts.append(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
+
     def _count(self, n: int) -> None:
         self.received += n
         if self._left is not None:

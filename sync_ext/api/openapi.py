@@ -60,6 +60,10 @@ SCHEMAS: dict[str, Any] = {
             "title": {"type": "string"},
             "status": {"type": "integer"},
             "detail": {"type": "string"},
+            "current_rev": {
+                "type": ["integer", "null"],
+                "description": "stale-parent: the file's current revision (null: it is gone)",
+            },
         },
     },
     "Metadata": {
@@ -106,7 +110,100 @@ SCHEMAS: dict[str, Any] = {
         "required": ["upload_id", "location"],
         "properties": {"upload_id": {"type": "string"}, "location": {"type": "string"}},
     },
-    "PathRequest": {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}},
+    "DeleteRequest": {
+        "type": "object",
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string"},
+            "rev": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Delete the file only if it is still at this revision (ignored for folders)",
+            },
+        },
+    },
+    "FolderListing": {
+        "type": "object",
+        "required": ["entries", "cursor", "has_more", "next_after"],
+        "properties": {
+            "entries": {"type": "array", "items": ref("Metadata")},
+            "cursor": {
+                "type": "string",
+                "description": (
+                    "A change-feed cursor from before this page was read: keep the first page's and "
+                    "replay /changes/list from it after the listing"
+                ),
+            },
+            "has_more": {"type": "boolean"},
+            "next_after": {
+                "type": ["string", "null"],
+                "description": "With has_more: the last entry's path, to pass as after for the next page",
+            },
+        },
+    },
+    "CreateFolderRequest": {
+        "type": "object",
+        "required": ["path"],
+        "properties": {"path": {"type": "string"}, "mtime": {"type": "number"}},
+    },
+    "MoveRequest": {
+        "type": "object",
+        "required": ["from_path", "to_path"],
+        "properties": {
+            "from_path": {"type": "string"},
+            "to_path": {"type": "string"},
+            "rev": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Move the file only if it is still at this revision (ignored for folders)",
+            },
+        },
+    },
+    "Account": {
+        "type": "object",
+        "required": ["name", "used_bytes", "quota_bytes"],
+        "properties": {
+            "name": {"type": "string"},
+            "used_bytes": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Every kept revision counts, in the trash too",
+            },
+            "quota_bytes": {"type": ["integer", "null"], "description": "null: no quota"},
+        },
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["label"],
+        "properties": {"label": {"type": "string", "minLength": 1, "maxLength": 100}},
+    },
+    "NewToken": {
+        "type": "object",
+        "required": ["id", "label", "token", "created_at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "label": {"type": "string"},
+            "token": {"type": "string", "description": "The secret: a Bearer token or Basic password"},
+            "created_at": {"type": "number"},
+        },
+    },
+    "Token": {
+        "type": "object",
+        "required": ["id", "account", "label", "created_at", "last_used_at", "revoked"],
+        "properties": {
+            "id": {"type": "integer"},
+            "account": {"type": "string"},
+            "label": {"type": "string"},
+            "created_at": {"type": "number"},
+            "last_used_at": {"type": ["number", "null"], "description": "Recorded at most once a minute"},
+            "revoked": {"type": "boolean"},
+        },
+    },
+    "TokenList": {
+        "type": "object",
+        "required": ["tokens"],
+        "properties": {"tokens": {"type": "array", "items": ref("Token")}},
+    },
     "Deleted": {
         "allOf": [
             ref("Metadata"),

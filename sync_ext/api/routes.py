@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sync_ext.api import account as account_api
 from sync_ext.api import blocks as blocks_api
 from sync_ext.api import changes as changes_api
 from sync_ext.api import files as files_api
 from sync_ext.api import trash as trash_api
+from sync_ext.api import tree as tree_api
 from sync_ext.api.openapi import PATH_PARAM, json_body, problem, query, ref
 from sync_ext.api.routing import Handler, Route
 
@@ -305,12 +307,15 @@ def trash() -> list[Route]:
             trash_api.delete,
             {
                 "operationId": "files_delete",
-                "summary": "Move a file or folder to the trash",
-                "requestBody": json_body(ref("PathRequest"), "What to delete"),
+                "summary": "Move a file or folder to the trash (with rev: a file only at that revision)",
+                "requestBody": json_body(ref("DeleteRequest"), "What to delete"),
                 "responses": {
                     "200": json_body(ref("Deleted"), "The trashed file or folder, with its trash item id"),
                     "404": problem("No such file or folder"),
-                    "409": problem("The root folder cannot be deleted"),
+                    "409": problem(
+                        "The root folder cannot be deleted, or the file is not at rev "
+                        "(type stale-parent; current_rev says what is; nothing was deleted)"
+                    ),
                     "415": problem("The body is not JSON"),
                 },
             },
@@ -522,6 +527,127 @@ def blocks() -> list[Route]:
                     "200": json_body(ref("Manifest"), "The metadata and the blocks"),
                     "404": problem("No such file or revision"),
                     "409": problem("The path is a folder"),
+                },
+            },
+        ),
+    ]
+
+
+def tree() -> list[Route]:
+    return [
+        Route(
+            "GET",
+            "/files/list_folder",
+            tree_api.list_folder,
+            {
+                "operationId": "files_list_folder",
+                "summary": "A folder's entries in path order (parents first), paged by path, with a cursor",
+                "parameters": [
+                    query("path", "The folder (default: the root)"),
+                    query(
+                        "recursive",
+                        "true: the whole subtree; false (default): direct children",
+                        schema={"enum": ["true", "false"]},
+                    ),
+                    query(
+                        "limit",
+                        f"At most this many (default {tree_api.DEFAULT_PAGE}, up to {tree_api.MAX_PAGE})",
+                        schema={"type": "integer", "minimum": 1},
+                    ),
+                    query("after", "Only entries whose path sorts after this one (a page's next_after)"),
+                ],
+                "responses": {
+                    "200": json_body(ref("FolderListing"), "One page of entries"),
+                    "404": problem("No such folder"),
+                    "409": problem("The path is a file"),
+                },
+            },
+        ),
+        Route(
+            "POST",
+            "/files/create_folder",
+            tree_api.create_folder,
+            {
+                "operationId": "files_create_folder",
+                "summary": "Create a folder (its parent must exist)",
+                "requestBody": json_body(ref("CreateFolderRequest"), "Where, and optionally its mtime"),
+                "responses": {
+                    "201": json_body(ref("Metadata"), "The new folder"),
+                    "409": problem("Something exists there, or the parent folder does not"),
+                    "415": problem("The body is not JSON"),
+                },
+            },
+        ),
+        Route(
+            "POST",
+            "/files/move",
+            tree_api.move,
+            {
+                "operationId": "files_move",
+                "summary": "Move or rename a file or folder (it keeps its id and history); never overwrites",
+                "requestBody": json_body(ref("MoveRequest"), "From where to where (with rev: conditional)"),
+                "responses": {
+                    "200": json_body(ref("Metadata"), "The file or folder at its new path"),
+                    "404": problem("No such file or folder at from_path"),
+                    "409": problem(
+                        "Something exists at to_path, its folder does not, a folder into itself; or the "
+                        "file is not at rev (type stale-parent; current_rev says what is; nothing moved)"
+                    ),
+                    "415": problem("The body is not JSON"),
+                },
+            },
+        ),
+    ]
+
+
+def account(tokens: account_api.Tokens) -> list[Route]:
+    token_id = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    return [
+        Route(
+            "GET",
+            "/account",
+            account_api.account,
+            {
+                "operationId": "account",
+                "summary": "The authenticated account: name, bytes used, quota",
+                "responses": {"200": json_body(ref("Account"), "The account")},
+            },
+        ),
+        Route(
+            "POST",
+            "/account/tokens",
+            tokens.create,
+            {
+                "operationId": "account_tokens_create",
+                "summary": "A new device token for this account (its secret is shown this once)",
+                "requestBody": json_body(ref("TokenRequest"), "A label naming the device"),
+                "responses": {
+                    "201": json_body(ref("NewToken"), "The token, with its secret"),
+                    "415": problem("The body is not JSON"),
+                },
+            },
+        ),
+        Route(
+            "GET",
+            "/account/tokens",
+            tokens.listing,
+            {
+                "operationId": "account_tokens_list",
+                "summary": "This account's device tokens (never their secrets), revoked ones included",
+                "responses": {"200": json_body(ref("TokenList"), "The tokens")},
+            },
+        ),
+        Route(
+            "DELETE",
+            "/account/tokens/{token_id}",
+            tokens.revoke,
+            {
+                "operationId": "account_tokens_revoke",
+                "summary": "Revoke a device token of this account",
+                "parameters": [token_id],
+                "responses": {
+                    "204": {"description": "Revoked"},
+                    "404": problem("This account has no such active token"),
                 },
             },
         ),

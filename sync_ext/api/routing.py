@@ -123,16 +123,18 @@ class Request:
     def body(self) -> RequestBody:
         return RequestBody(self.environ["wsgi.input"], self.content_length())
 
-    def json(self) -> dict[str, Any]:
+    def json(self, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+        """The body as a JSON object of at most ``limit`` bytes (413 beyond)."""
         ctype = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise Problem(415, "unsupported-media-type", "Unsupported media type", "send application/json")
         length = self.content_length()
-        if length is not None and length > MAX_JSON_BODY:
-            raise Problem(413, "too-large", "Too large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
-        raw = self.body().read(MAX_JSON_BODY + 1) if length is None else self.body().read()
-        if len(raw) > MAX_JSON_BODY:
-            raise Problem(413, "too-large", "Too large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+        too_large = Problem(413, "too-large", "Too large", f"this JSON body is limited to {limit} bytes")
+        if length is not None and length > limit:
+            raise too_large
+        raw = self.body().read_up_to(limit + 1)
+        if len(raw) > limit:
+            raise too_large
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,13 +1,17 @@
-"""``/trash``: what was deleted (through WebDAV or the API), restored or purged; and ``/files/delete``."""
+"""``/trash``: what was deleted (through WebDAV or the API), restored or purged; and ``/files/delete``
+(conditional on a file's revision with ``rev``, as ``/files/move`` is: :mod:`sync_ext.api.tree`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from storage import errors as e
 from storage.model import TrashItem
+from sync_ext.api.blocks import stale_parent
 from sync_ext.api.files import entry_json
 from sync_ext.api.problems import bad_request
 from sync_ext.api.routing import Request, Response
+from sync_ext.api.tree import optional_rev
 
 MAX_PAGE = 1000
 
@@ -23,10 +27,15 @@ def item_json(item: TrashItem) -> dict[str, Any]:
 
 
 def delete(req: Request) -> Response:
-    path = req.json().get("path")
+    doc = req.json()
+    path = doc.get("path")
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
-    item_id = req.volume.delete(path)
+    rev = optional_rev(doc.get("rev"))
+    try:
+        item_id = req.volume.delete(path, if_rev=rev)
+    except e.PreconditionFailed as exc:
+        raise stale_parent(req, path, str(exc)) from None
     return Response.json(
         200, {"trash_id": item_id, **entry_json(req.volume.lookup(path, include_deleted=True))}
     )

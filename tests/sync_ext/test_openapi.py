@@ -120,6 +120,8 @@ def test_every_operation_answers_as_documented(api: httpx.Client, engine: Engine
     _exercise_trash(api, c)
     _exercise_blocks(api, c)
     _exercise_changes(api, engine, c)
+    _exercise_tree(api, c)
+    _exercise_account(api, c)
     engine.accounts.set_quota("alice", 1)
     tus_meta = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "path " + base64.b64encode(b"/q").decode()}
     assert c(api.post("/uploads/", headers={**tus_meta, "Upload-Length": "100"})).status_code == 507
@@ -284,3 +286,41 @@ def _exercise_blocks(api: httpx.Client, c: Any) -> None:
     assert manifest["blocks"] == [{"hash": sha, "size": len(data), "offset": 0}]
     assert c(api.get("/files/manifest", params={"path": "/nope"})).status_code == 404
     assert c(api.get("/files/manifest", params={"path": "/folder"})).status_code == 409
+
+
+def _exercise_tree(api: httpx.Client, c: Any) -> None:
+    made = c(api.post("/files/create_folder", json={"path": "/tree", "mtime": 1_600_000_000}))
+    assert made.status_code == 201
+    assert c(api.post("/files/create_folder", json={"path": "/tree"})).status_code == 409
+    assert c(api.post("/files/create_folder", json={})).status_code == 400
+    assert c(api.post("/files/create_folder", content=b"{}")).status_code == 415
+    c(api.post("/files/create_folder", json={"path": "/tree/sub"}))
+    c(api.post("/files/create_folder", json={"path": "/tree/sub/deeper"}))
+    page = c(api.get("/files/list_folder", params={"path": "/tree", "recursive": "true", "limit": 1}))
+    assert page.json()["has_more"] is True and page.json()["next_after"] == "/tree/sub"
+    assert c(api.get("/files/list_folder")).json()["next_after"] is None
+    assert c(api.get("/files/list_folder", params={"path": "/nope"})).status_code == 404
+    assert c(api.get("/files/list_folder", params={"path": "/doc.txt"})).status_code == 409
+    assert c(api.get("/files/list_folder", params={"recursive": "maybe"})).status_code == 400
+    moved = c(api.post("/files/move", json={"from_path": "/tree/sub", "to_path": "/tree/moved"}))
+    assert moved.status_code == 200
+    assert c(api.post("/files/move", json={"from_path": "/nope", "to_path": "/x"})).status_code == 404
+    assert c(api.post("/files/move", json={"from_path": "/tree", "to_path": "/doc.txt"})).status_code == 409
+    assert c(api.post("/files/move", json={"from_path": "/tree"})).status_code == 400
+    assert c(api.post("/files/move", content=b"{}")).status_code == 415
+    rev = api.get("/files/metadata", params={"path": "/doc.txt"}).json()["rev"]
+    stale = c(api.post("/files/move", json={"from_path": "/doc.txt", "to_path": "/x", "rev": rev - 1}))
+    assert stale.status_code == 409 and stale.json()["current_rev"] == rev
+    stale = c(api.post("/files/delete", json={"path": "/doc.txt", "rev": rev - 1}))
+    assert stale.status_code == 409 and stale.json()["current_rev"] == rev
+
+
+def _exercise_account(api: httpx.Client, c: Any) -> None:
+    assert c(api.get("/account")).json()["name"] == "alice"
+    created = c(api.post("/account/tokens", json={"label": "openapi"}))
+    assert created.status_code == 201
+    assert c(api.post("/account/tokens", json={"label": ""})).status_code == 400
+    assert c(api.post("/account/tokens", content=b"{}")).status_code == 415
+    assert c(api.get("/account/tokens")).json()["tokens"][0]["label"] == "openapi"
+    assert c(api.delete(f"/account/tokens/{created.json()['id']}")).status_code == 204
+    assert c(api.delete(f"/account/tokens/{created.json()['id']}")).status_code == 404

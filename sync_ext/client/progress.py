@@ -1,0 +1,97 @@
+"""What ``davsync`` tells its user: one line per action, progress bars on long transfers.
+
+Bars (rich) appear only on a terminal and only for files of at least
+:data:`BAR_FROM` bytes; lines go to stderr so ``--stats`` output on stdout stays
+machine-readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+BAR_FROM = 8 << 20
+
+
+def size_text(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError
+
+
+class Reporter:
+    def __init__(
+        self, *, verbose: bool = True, bars: bool | None = None, stream: TextIO | None = None
+    ) -> None:
+        self.verbose = verbose
+        self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
+        self.bars = self.console.is_terminal if bars is None else bars
+        self._skipped: set[str] = set()
+
+    def _line(self, text: str) -> None:
+        if self.verbose:
+            self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False)
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} warning: {text}", markup=False)
+
+    def error(self, path: str, reason: str) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} could not sync {path}: {reason}", markup=False)
+
+    def skip(self, path: str, reason: str) -> None:
+        if path not in self._skipped:  # once per run, not once per scan
+            self._skipped.add(path)
+            self.warn(f"skipping {path}: {reason}")
+
+    def uploaded(self, path: str, size: int, sent: int, total: int) -> None:
+        self._line(f"up   {path} ({size_text(size)}, sent {sent} of {total} blocks)")
+
+    def downloaded(self, path: str, size: int, from_local: int, total: int) -> None:
+        self._line(f"down {path} ({size_text(size)}, {from_local} of {total} blocks found locally)")
+
+    def folder(self, path: str, *, remote_side: bool) -> None:
+        self._line(f"{'up  ' if remote_side else 'down'} {path}/ (folder)")
+
+    def moved(self, old: str, new: str, *, remote_side: bool) -> None:
+        self._line(f"{'up  ' if remote_side else 'down'} moved {old} -> {new}")
+
+    def deleted(self, path: str, *, remote_side: bool) -> None:
+        self._line(f"{'up  ' if remote_side else 'down'} deleted {path}")
+
+    def conflict(self, path: str, copy: str) -> None:
+        self._line(f"conflict: {path} was edited on both sides; this side's version is now {copy}")
+
+    @contextmanager
+    def transfer(self, path: str, size: int, *, up: bool) -> Iterator[Callable[[int], None]]:
+        if not self.bars or size < BAR_FROM:
+            yield lambda n: None
+            return
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(f"{'up  ' if up else 'down'} {path}", total=size)
+            yield lambda n: bar.advance(task, n)

@@ -1,0 +1,101 @@
+"""Continuous sync: remote changes wake it through the long-poll, local ones through a scan.
+
+A background thread holds a long-poll on the change feed from the last cursor
+the sync stored; when the server says something changed it wakes the main loop,
+which pulls and syncs. Local changes are found by a periodic scan (``stat``
+only, cheap for tens of thousands of files); a pass without remote news makes no
+request unless it finds local work. Network trouble is waited out with
+exponential backoff; an authentication failure stops the run with its message.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from sync_ext.client.remote import AuthError, ClientError, Offline
+from sync_ext.client.syncer import Syncer
+
+#: The change feed is read at least this often even without a wake-up (a lost
+#: long-poll answer, a proxy that cut it).
+PULL_EVERY = 300.0
+
+
+class Runner:
+    def __init__(self, syncer: Syncer, *, scan_interval: float = 5.0, longpoll_timeout: int = 60) -> None:
+        self.syncer = syncer
+        self.scan_interval = scan_interval
+        self.longpoll_timeout = longpoll_timeout
+        self.stop = threading.Event()
+        self._wake = threading.Event()
+        self._remote_news = threading.Event()
+        self._pulled = threading.Event()
+        self.fatal: ClientError | None = None
+
+    def run(self) -> None:
+        poller = threading.Thread(target=self._poll, name="davsync-longpoll", daemon=True)
+        report = self.syncer.report
+        delay = 1.0
+        last_pull = 0.0
+        started = False
+        while not self.stop.is_set():
+            pull = self._remote_news.is_set() or time.monotonic() - last_pull > PULL_EVERY
+            self._remote_news.clear()
+            try:
+                summary = self.syncer.sync(pull=pull)
+            except AuthError as exc:
+                self.fatal = exc
+                break
+            except Offline as exc:
+                report.note(f"{exc}; retrying in {delay:.0f} s")
+                self.stop.wait(delay)
+                delay = min(60.0, delay * 2)
+                self._remote_news.set()
+                continue
+            delay = 1.0
+            if pull:
+                last_pull = time.monotonic()
+            self._pulled.set()
+            if not started:
+                started = True
+                poller.start()
+                report.note("in sync; watching for changes")
+            if summary.errors:
+                report.note(f"{len(summary.errors)} item(s) could not be synced; retrying later")
+            self._wake.wait(self.scan_interval)
+            self._wake.clear()
+        self._wake.set()
+
+    def _poll(self) -> None:
+        delay = 1.0
+        while not self.stop.is_set():
+            cursor = self.syncer.cursor
+            if cursor is None:
+                self.stop.wait(1.0)
+                continue
+            try:
+                answer = self.syncer.remote.longpoll(cursor, self.longpoll_timeout)
+            except AuthError as exc:
+                self.fatal = exc
+                self.stop.set()
+                self._wake.set()
+                return
+            except ClientError as exc:
+                # Offline, or a cursor the server reset: the main loop's pull sorts it out.
+                self.syncer.report.note(f"waiting for changes failed ({exc}); again in {delay:.0f} s")
+                self._remote_news.set()
+                self._wake.set()
+                self.stop.wait(delay * (0.5 + random.random()))
+                delay = min(60.0, delay * 2)
+                continue
+            delay = 1.0
+            if answer.get("changes"):
+                self._pulled.clear()
+                self._remote_news.set()
+                self._wake.set()
+                # Hold the next long-poll until the main loop has read the feed past this cursor.
+                while not self.stop.is_set() and not self._pulled.wait(1.0):
+                    pass
+            if answer.get("backoff"):
+                self.stop.wait(float(answer["backoff"]))
