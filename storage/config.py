@@ -47,6 +47,10 @@ class StorageConfig:
     pin_every_bytes: int = 64 << 20
     #: unreferenced blocks younger than this are never collected.
     gc_grace_seconds: float = 6 * 3600
+    #: bytes of blocks an account may have uploaded through the block API and not yet
+    #: committed (within the gc grace), on top of its quota's room: bounds what a client
+    #: can park on the server without ever committing a file.
+    max_pending_block_bytes: int = 20 * GiB
     #: a streaming write's lease; refreshed while data arrives.
     write_lease_seconds: float = 3600
     #: an upload session (tus, resumable) expires this long after its last data.

@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage import paths
-from storage.errors import InvalidBlockList, NotFound, PreconditionFailed, TooLarge
+from storage.errors import InvalidBlockList, NotFound, PreconditionFailed, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
 from storage.model import BlockAt, Entry
 
@@ -63,7 +63,12 @@ class _Listed:
         self.sha256 = sha256
 
     def finish_in(self, conn: Connection) -> None:
-        return None
+        # The listed blocks are committed now: they no longer count as parked uploads.
+        ids = sorted({ref.block_id for ref in self.refs})
+        for i in range(0, len(ids), 500):
+            conn.execute(
+                update(t.blocks).where(b.id.in_(ids[i : i + 500]), b.pending.is_(True)).values(pending=False)
+            )
 
     def retry_after(self, exc: Exception) -> None:
         if isinstance(exc, DBIntegrityError):
@@ -119,6 +124,7 @@ class BlockSync:
             raise InvalidBlockList("the block's bytes do not hash to its name")
         if self._rows({sha256}):
             return False
+        self._check_room(len(data))
         # The codec stores a block raw when compressing does not pay.
         stored = self._s.blocks.store(self._account.id, self._account.keys, data, sha256, compress=True)
         try:
@@ -133,12 +139,34 @@ class BlockSync:
                         codec=stored.codec,
                         key_epoch=stored.key_epoch,
                         created_at=self._s.config.clock(),
+                        pending=True,
                     )
                 )
         except DBIntegrityError:
             # Another upload of the same block won; ours is an orphan object gc removes.
             return False
         return True
+
+    def _check_room(self, size: int) -> None:
+        """Parked blocks (uploaded, not committed, within the gc grace) stay under the cap and
+        the quota's room: a client cannot fill the store without committing files."""
+        cfg = self._s.config
+        a = t.accounts.c
+        with self._s.db.read() as conn:
+            parked = conn.execute(
+                select(func.coalesce(func.sum(b.size), 0)).where(
+                    b.account_id == self._account.id,
+                    b.pending.is_(True),
+                    b.created_at > cfg.clock() - cfg.gc_grace_seconds,
+                )
+            ).scalar_one()
+            used, quota = conn.execute(
+                select(a.used_bytes, a.quota_bytes).where(a.id == self._account.id)
+            ).one()
+        if int(parked) + size > cfg.max_pending_block_bytes:
+            raise QuotaExceeded("too many uploaded blocks wait for a commit: commit files, or wait")
+        if quota is not None and int(used) + int(parked) + size > int(quota):
+            raise QuotaExceeded("the uploaded blocks would not fit in the account's quota")
 
     def get(self, sha256: bytes) -> bytes:
         rows = self._rows({sha256})

@@ -163,7 +163,15 @@ blocks = Table(
     Column("created_at", Float, nullable=False),
     #: When a read was last recorded (batched, storage.tiering); None: never since created.
     Column("last_read_at", Float),
+    #: Uploaded through the block API and not yet committed by it (storage.delta's cap).
+    Column("pending", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("account_id", "sha256"),
+    Index(
+        "ix_blocks_pending",
+        "account_id",
+        sqlite_where=text("pending"),
+        postgresql_where=text("pending"),
+    ),
     sqlite_autoincrement=True,
 )
 

@@ -12,8 +12,9 @@ import pytest
 from storage.chunker import Chunker, ChunkerParams
 from storage.delta import BlockSync
 from storage.engine import Engine
-from storage.errors import InvalidBlockList, NotFound, PreconditionFailed, TooLarge
+from storage.errors import InvalidBlockList, NotFound, PreconditionFailed, QuotaExceeded, TooLarge
 from storage.volume import Volume
+from tests.storage.conftest import EngineFactory
 
 
 @pytest.fixture
@@ -124,3 +125,32 @@ def test_uploaded_blocks_wait_for_their_commit_through_the_gc_grace(engine: Engi
     blocks2, _ = upload(sync, b"never committed" * 100)
     assert engine.gc(grace_seconds=0).blocks_deleted == 1
     assert sync.missing([h for h, _ in blocks2]) == [h for h, _ in blocks2]
+
+
+def test_parked_blocks_are_capped_until_a_commit_lists_them(make_engine: EngineFactory) -> None:
+    engine = make_engine(max_pending_block_bytes=150_000)
+    engine.accounts.create("alice", "alice-password")
+    sync = engine.volume("alice").block_sync
+    rng = random.Random(7)
+    first = rng.randbytes(100_000)
+    blocks, _ = upload(sync, first)
+    second = rng.randbytes(100_000)
+    with pytest.raises(QuotaExceeded):
+        upload(sync, second)  # 200,000 bytes would wait for a commit
+    sync.commit("first.bin", blocks, size=len(first), parent_rev=None)
+    blocks, _ = upload(sync, second)  # the commit freed the room
+    sync.commit("second.bin", blocks, size=len(second), parent_rev=None)
+    # Parked blocks older than the gc grace no longer count (gc may take them any time).
+    later = make_engine(max_pending_block_bytes=150_000, gc_grace_seconds=0)
+    later.accounts.create("bob", "bob-password-1")
+    bob = later.volume("bob").block_sync
+    upload(bob, rng.randbytes(100_000))
+    upload(bob, rng.randbytes(100_000))
+
+
+def test_parked_blocks_count_against_the_quota(engine: Engine) -> None:
+    engine.accounts.create("carol", "carol-password", quota=120_000)
+    sync = engine.volume("carol").block_sync
+    upload(sync, random.Random(8).randbytes(100_000))
+    with pytest.raises(QuotaExceeded):
+        upload(sync, random.Random(9).randbytes(50_000))
