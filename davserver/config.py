@@ -55,6 +55,7 @@ class ServerConfig:
     rehash_reads: bool = False
     max_file_size: int = 10 << 30
     gc_grace_seconds: float = 6 * 3600
+    max_pending_block_bytes: int = 20 << 30
     #: Retention (storage.retention): every version kept this long, then thinned by age.
     keep_all_minutes: float = 10
     max_versions: int | None = None
@@ -87,6 +88,7 @@ class ServerConfig:
             rehash_reads=self.rehash_reads,
             max_file_size=self.max_file_size,
             gc_grace_seconds=self.gc_grace_seconds,
+            max_pending_block_bytes=self.max_pending_block_bytes,
             upload_session_seconds=self.upload_session_days * 86400,
             retention=RetentionPolicy(
                 keep_all_seconds=self.keep_all_minutes * 60,
@@ -183,8 +185,9 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("master_key_file", "certfile", "keyfile"):
         if kwargs.get(key) is not None:
             kwargs[key] = Path(kwargs[key])
-    if "max_file_size" in kwargs:
-        kwargs["max_file_size"] = parse_size(kwargs["max_file_size"])
+    for key in ("max_file_size", "max_pending_block_bytes"):
+        if key in kwargs:
+            kwargs[key] = parse_size(kwargs[key])
     for key in ("port", "threads", "zstd_level"):
         if key in kwargs:
             kwargs[key] = int(kwargs[key])
