@@ -82,6 +82,8 @@ class Row:
     received: int
     seconds: float
     blocks: int | None = None
+    #: blocks in the file's manifest on the server (davsync rows)
+    file_blocks: int | None = None
     literal: int | None = None
 
     @property
@@ -225,6 +227,11 @@ def check_stored(url: str, user: str, password: str, digest: str) -> None:
         raise BenchError(f"{user}'s {NAME} on the server differs from the source")
 
 
+def manifest_blocks(url: str, password: str) -> int:
+    """How many blocks the davsync account's file has on the server."""
+    return len(api_get(url, USER, password, f"files/manifest?path=/{NAME}")["blocks"])
+
+
 # -- davsync devices ------------------------------------------------------------------------------
 
 
@@ -358,6 +365,7 @@ def run_state(s: Setup, state: str) -> list[Row]:
     rows.append(s.b.sync(state, "davsync B, download"))
     if file_sha(s.b.folder / NAME) != digest:
         raise BenchError(f"davsync B's copy differs from the source after '{state}'")
+    rows[0].file_blocks = rows[1].file_blocks = manifest_blocks(s.url, s.password)
     if s.rsync is not None:
         rows.append(s.rsync.push(s.source, state))
         if file_sha(s.rsync.dest / NAME) != digest:
@@ -410,7 +418,7 @@ def _ratio(row: Row, put: Row | None) -> str:
 
 def _moved(row: Row, avg: int) -> str:
     if row.blocks is not None:
-        return f"{row.blocks:,} blocks (wire = {row.wire / avg:,.2f} avg blocks)"
+        return f"{row.blocks:,} of {row.file_blocks or 0:,} blocks (wire = {row.wire / avg:,.2f} avg blocks)"
     if row.literal is not None:
         return f"{row.literal:,} literal bytes"
     return "the whole file"

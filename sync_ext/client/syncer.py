@@ -131,6 +131,7 @@ class Syncer:
         #: (The mirror only ever takes the feed's word, applied in order: echoes of our own
         #: moves and deletes applied early would let later entries land on the wrong paths.)
         self.remote_touched = False
+        self._cursor = index.get_meta("cursor")
         self.R: dict[str, RemoteEntry] = {}
         self.S: dict[str, Synced] = {}
         self.L: dict[str, LocalEntry] = {}
@@ -146,7 +147,8 @@ class Syncer:
 
     @property
     def cursor(self) -> str | None:
-        return self.index.get_meta("cursor")
+        """The change-feed position the mirror is at (read by the long-poll thread too)."""
+        return self._cursor
 
     def sync(self, *, pull: bool = True) -> Summary:
         """Passes until one finds nothing left to do (at most MAX_PASSES)."""
@@ -201,6 +203,7 @@ class Syncer:
                 for doc in page["entries"]:
                     self._apply_change(doc, moves)
                 self.index.set_meta("cursor", page["cursor"])
+            self._cursor = page["cursor"]
             cursor = page["cursor"]
             if not page["has_more"]:
                 return moves
@@ -222,6 +225,7 @@ class Syncer:
                 for doc in listing:
                     self.index.remote_put(RemoteEntry.from_api(doc))
                 self.index.set_meta("cursor", cursor)
+            self._cursor = cursor
             if self.remote.latest_cursor() == cursor:
                 return
             self.report.note(f"the account changed while it was listed; listing again ({attempt})")
@@ -328,8 +332,8 @@ class Syncer:
     def _step(self, path: str, s: Summary, *, deletes: bool) -> None:
         try:
             self._decide(path, s, deletes)
-        except Changed:
-            s.again = True
+        except (Changed, FileNotFoundError):
+            s.again = True  # it changed under us: the next pass looks again
         except ApiError as exc:
             if exc.slug == "stale-parent" or exc.status == 409:
                 # The server moved on since the last pull: the next pass sees both sides.
@@ -369,7 +373,12 @@ class Syncer:
         self, path: str, base: Synced | None, there: RemoteEntry | None, here: LocalEntry, s: Summary
     ) -> None:
         if base is not None and base.is_dir != here.is_dir and there is not None:
-            # A folder became a file (or the reverse) here: clear the server's path first.
+            # A folder became a file (or the reverse) here: clear the server's path first,
+            # unless someone changed what is in that folder there: then keep theirs.
+            if there.is_dir and self._changed_below(path):
+                self._conflict_copy(path, here, s)
+                self._pull_one(path, there, None, s)
+                return
             self.remote.delete(path, rev=None if there.is_dir else there.rev)
             self._drop_remote(path)
             there = None
@@ -377,12 +386,16 @@ class Syncer:
             self._create_remote_folder(path, here, s)
             return
         parent = there.rev if there is not None and not there.is_dir else None
-        if base is not None and not base.is_dir and there is not None:
+        if base is not None and not base.is_dir and there is not None and base.size == here.size:
             sha, blocks = self.transfers.hash_file(here)
             if sha == base.sha256:  # touched, not edited
                 self._record_file(path, here, there.rev, sha, blocks)
                 return
         self._upload(path, here, parent, s)
+
+    def _changed_below(self, path: str) -> bool:
+        below = [p for p in self.R if p.startswith(path + "/")]
+        return any(_remote_changed(self.S.get(p), self.R[p]) for p in below)
 
     def _pull_one(self, path: str, there: RemoteEntry, here: LocalEntry | None, s: Summary) -> None:
         if here is not None and here.is_dir != there.is_dir:

@@ -280,3 +280,22 @@ def test_two_devices_and_a_web_user_editing_at_once_converge_and_lose_nothing(
         before = contents(a.root)
         missing = kept - before
         assert not missing, f"round {round_}: {len(missing)} contents lost"
+
+
+def test_a_folder_replaced_here_by_a_file_keeps_what_the_server_added_to_it(
+    device: Device, engine: Engine
+) -> None:
+    a = device("a")
+    (a.root / "x").mkdir()
+    (a.root / "x/old.txt").write_bytes(b"old")
+    a.sync()
+    engine.volume("alice").write("x/added-there.txt", io.BytesIO(b"added on the server"))
+    (a.root / "x/old.txt").unlink()
+    (a.root / "x").rmdir()
+    (a.root / "x").write_bytes(b"now a file here")
+    settle(a)
+    tree = server_tree(engine)
+    assert local_tree(a.root) == tree
+    assert (a.root / "x/added-there.txt").read_bytes() == b"added on the server"
+    copies = [p for p in tree if p.startswith("x (conflicted copy, a, ")]
+    assert len(copies) == 1 and (a.root / copies[0]).read_bytes() == b"now a file here"
