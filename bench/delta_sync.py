@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,8 +82,9 @@ class Row:
     received: int
     seconds: float
     blocks: int | None = None
-    #: blocks in the file's manifest on the server (davsync rows)
+    #: blocks in the file's manifest on the server, and the bytes of those new in this state
     file_blocks: int | None = None
+    new_block_bytes: int | None = None
     literal: int | None = None
 
     @property
@@ -227,9 +228,10 @@ def check_stored(url: str, user: str, password: str, digest: str) -> None:
         raise BenchError(f"{user}'s {NAME} on the server differs from the source")
 
 
-def manifest_blocks(url: str, password: str) -> int:
-    """How many blocks the davsync account's file has on the server."""
-    return len(api_get(url, USER, password, f"files/manifest?path=/{NAME}")["blocks"])
+def manifest_blocks(url: str, password: str) -> dict[str, int]:
+    """The davsync account's file on the server: block hash -> size."""
+    man = api_get(url, USER, password, f"files/manifest?path=/{NAME}")
+    return {b["hash"]: int(b["size"]) for b in man["blocks"]}
 
 
 # -- davsync devices ------------------------------------------------------------------------------
@@ -350,6 +352,8 @@ class Setup:
     b: Device
     source: Path
     rsync: RsyncDaemon | None
+    #: the blocks of the previous state on the server
+    known_blocks: set[str] = field(default_factory=set)
 
 
 def run_state(s: Setup, state: str) -> list[Row]:
@@ -365,7 +369,11 @@ def run_state(s: Setup, state: str) -> list[Row]:
     rows.append(s.b.sync(state, "davsync B, download"))
     if file_sha(s.b.folder / NAME) != digest:
         raise BenchError(f"davsync B's copy differs from the source after '{state}'")
-    rows[0].file_blocks = rows[1].file_blocks = manifest_blocks(s.url, s.password)
+    blocks = manifest_blocks(s.url, s.password)
+    for row in rows:
+        row.file_blocks = len(blocks)
+        row.new_block_bytes = sum(n for h, n in blocks.items() if h not in s.known_blocks)
+    s.known_blocks = set(blocks)
     if s.rsync is not None:
         rows.append(s.rsync.push(s.source, state))
         if file_sha(s.rsync.dest / NAME) != digest:
@@ -416,16 +424,16 @@ def _ratio(row: Row, put: Row | None) -> str:
     return f"{row.wire / put.wire * 100:.3g}%"
 
 
-def _moved(row: Row, avg: int) -> str:
+def _moved(row: Row) -> str:
     if row.blocks is not None:
-        return f"{row.blocks:,} of {row.file_blocks or 0:,} blocks (wire = {row.wire / avg:,.2f} avg blocks)"
+        new = row.new_block_bytes or 0
+        return f"{row.blocks:,} of {row.file_blocks or 0:,} blocks: {new:,} new + {row.wire - new:,} other"
     if row.literal is not None:
         return f"{row.literal:,} literal bytes"
     return "the whole file"
 
 
-def print_table(rows: Sequence[Row], config: dict[str, Any]) -> None:
-    avg = int(config["chunker"]["avg_size"])
+def print_table(rows: Sequence[Row]) -> None:
     head = (
         f"{'state':<14} {'transfer':<30} {'bytes sent':>13} {'received':>13} {'on the wire':>13}"
         f" {'vs PUT':>7} {'seconds':>8}  content moved"
@@ -438,7 +446,7 @@ def print_table(rows: Sequence[Row], config: dict[str, Any]) -> None:
         for i, r in enumerate(mine):
             print(
                 f"{state if i == 0 else '':<14} {r.transfer:<30} {r.sent:>13,} {r.received:>13,}"
-                f" {r.wire:>13,} {_ratio(r, put):>7} {r.seconds:>8.2f}  {_moved(r, avg)}"
+                f" {r.wire:>13,} {_ratio(r, put):>7} {r.seconds:>8.2f}  {_moved(r)}"
             )
 
 
@@ -450,6 +458,8 @@ def print_notes(config: dict[str, Any], has_rsync: bool) -> None:
         f"avg {c['avg_size']:,}, max {c['max_size']:,} bytes; max_block_size {limit:,}.\n"
         f"  3 blocks' worth: 3 x avg = {3 * int(c['avg_size']):,}, at most 3 x max_block_size = "
         f"{3 * limit:,} bytes, plus the block list (commit) and headers.\n"
+        "davsync 'new': bytes of the blocks not in the previous state (the server's manifests);\n"
+        "  'other': the rest of the wire (hash lists, the commit's block list, the manifest, headers).\n"
         "on the wire = bytes sent + received, request/status lines and headers included (TCP/IP not);\n"
         "  vs PUT: relative to the WebDAV PUT of the same state. davsync and rsync seconds are whole\n"
         "  commands (process start included); davserver commits durably (fsync), rsync does not fsync."
@@ -543,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if busy0 is not None and busy1 is not None:  # all but this process and its children
         others = max(0.0, busy1 - busy0 - (own_cpu() - own0)) / seconds
     print()
-    print_table(rows, config)
+    print_table(rows)
     print_notes(config, has_rsync)
     load = "n/a" if others is None else f"{others:.2f} cores"
     print(f"run time {seconds:,.0f} s; other processes' CPU meanwhile {load}")

@@ -94,6 +94,8 @@ def login(home: Path, url: str, user: str | None, password_stdin: bool, device: 
             made = remote.create_token(f"davsync on {device}")
             token, token_id = made["token"], made["id"]
             name = user
+    except AuthError:
+        _fail(AuthError("the server refused the user name or password (or the token)"))
     except ClientError as exc:
         _fail(exc)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -142,6 +144,15 @@ def sync(
         on_wait=lambda why, delay: reporter.note(f"{why}; retrying in {delay:.1f} s"),
     )
     index = Index(state / "index.sqlite")
+    runner: Runner | None = None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        remote.cancelled.set()  # ends retry waits too: a stop never waits on the network
+        if runner is not None:
+            runner.wake()
+
+    if not once:
+        signal.signal(signal.SIGTERM, stop)
     try:
         _bind(index, creds["url"], remote)
         syncer = Syncer(
@@ -157,20 +168,17 @@ def sync(
             code = 1 if summary.errors else 0
         else:
             runner = Runner(syncer, scan_interval=interval)
-
-            def stop(signum: int, frame: FrameType | None) -> None:
-                runner.stop.set()
-
-            signal.signal(signal.SIGTERM, stop)
-            try:
-                runner.run()
-            except KeyboardInterrupt:
-                runner.stop.set()
+            runner.run()
             if runner.fatal is not None:
                 raise runner.fatal
             code = 0
     except ClientError as exc:
-        _fail(exc)
+        if not remote.cancelled.is_set():
+            _fail(exc)
+        code = 0  # stopped (SIGTERM) while waiting for the server
+    except KeyboardInterrupt:
+        click.echo("davsync: interrupted", err=True)
+        code = 130
     finally:
         if stats_file is not None:
             stats_file.write_text(json.dumps(remote.traffic.as_dict()))

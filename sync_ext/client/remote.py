@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +114,8 @@ class Remote:
         self.url = base_url(url)
         self.retry = retry or RetryPolicy()
         self.traffic = Traffic()
+        #: Set to stop waiting between retries (davsync's shutdown): the call raises Offline.
+        self.cancelled = threading.Event()
         self._on_wait = on_wait or (lambda why, delay: None)
         headers = {"User-Agent": "davsync/0.1"}
         basic: tuple[str, str] | None = None
@@ -248,7 +249,7 @@ class Remote:
                 if self.retry.attempts and attempt >= self.retry.attempts:
                     raise Offline(why) from None
                 self._on_wait(why, delay)
-                time.sleep(delay)
+                self._pause(delay, why)
                 continue
             if response.status_code < 400:
                 return response
@@ -257,9 +258,14 @@ class Remote:
             ):
                 delay = max(delay, _retry_after(response))
                 self._on_wait(f"the server answered {response.status_code}; retrying", delay)
-                time.sleep(delay)
+                self._pause(delay, f"the server answered {response.status_code}")
                 continue
             raise _error(response)
+
+
+    def _pause(self, delay: float, why: str) -> None:
+        if self.cancelled.wait(delay):
+            raise Offline(f"stopped while retrying ({why})")
 
 
 def _reason(exc: Exception) -> str:

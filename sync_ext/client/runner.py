@@ -27,7 +27,8 @@ class Runner:
         self.syncer = syncer
         self.scan_interval = scan_interval
         self.longpoll_timeout = longpoll_timeout
-        self.stop = threading.Event()
+        #: Setting it also ends the remote's retry waits, so a stop never waits on the network.
+        self.stop = syncer.remote.cancelled
         self._wake = threading.Event()
         self._remote_news = threading.Event()
         self._pulled = threading.Event()
@@ -48,6 +49,8 @@ class Runner:
                 self.fatal = exc
                 break
             except Offline as exc:
+                if self.stop.is_set():
+                    break
                 report.note(f"{exc}; retrying in {delay:.0f} s")
                 self.stop.wait(delay)
                 delay = min(60.0, delay * 2)
@@ -65,6 +68,9 @@ class Runner:
                 report.note(f"{len(summary.errors)} item(s) could not be synced; retrying later")
             self._wake.wait(self.scan_interval)
             self._wake.clear()
+        self._wake.set()
+
+    def wake(self) -> None:
         self._wake.set()
 
     def _poll(self) -> None:

@@ -95,7 +95,7 @@ def test_login_with_a_wrong_password_says_so(server: DavServer, account: str, tm
     c = SyncClient(server, tmp_path / "h", tmp_path / "f", "x")
     done = c.run("login", server.url, "--user", account, "--password-stdin", stdin="wrong\n")
     assert done.returncode == 2
-    assert "refused the credentials" in done.stderr
+    assert "refused the user name or password" in done.stderr
     assert not (tmp_path / "h" / "credentials.json").exists()
 
 
@@ -117,6 +117,25 @@ def test_an_unreachable_server_is_reported(devices: Devices, tmp_path: Path) -> 
     done = a.run("sync", str(a.folder), "--once", "--retries", "2")
     assert done.returncode == 3
     assert "cannot reach http://127.0.0.1:9" in done.stderr
+
+
+def test_a_stopped_client_does_not_wait_for_an_unreachable_server(devices: Devices) -> None:
+    (a,) = devices(1)
+    creds = a.home / "credentials.json"
+    doc = json.loads(creds.read_text())
+    doc["url"] = "http://127.0.0.1:9"
+    creds.write_text(json.dumps(doc))
+    proc = a.start()
+    try:
+        assert proc.stdout is not None
+        assert "cannot reach" in proc.stdout.readline()  # it is in its retry loop
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
 
 
 # -- convergence --------------------------------------------------------------------------
