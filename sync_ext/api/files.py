@@ -261,13 +261,22 @@ def _unsatisfiable(size: int) -> Problem:
 
 
 class _Stream:
+    """A range of a revision as the response body.
+
+    The first piece is read here, before the status line is decided, so a
+    block store that is down answers 503 (with Retry-After) instead of a 200 whose
+    body breaks off after the headers.
+    """
+
     def __init__(self, reader: VersionReader, start: int, end: int) -> None:
         self._reader = reader
-        self._start = start
-        self._end = end
+        self._rest = reader.iter_range(start, end)
+        self._first = next(self._rest, None)
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._reader.iter_range(self._start, self._end)
+        if self._first is not None:
+            yield self._first
+        yield from self._rest
 
     def close(self) -> None:
         self._reader.close()

@@ -739,6 +739,13 @@ def test_s3_down_refuses_writes_with_503_and_commits_nothing(
             got = b.get(f"{folder}/old.bin")
             assert got.status_code == 503, got.text
             assert got.headers.get("Retry-After", "").strip().isdigit()
+            # The same through WsgiDAV's GET (a Range, a condition) and through the API.
+            for headers in ({"Range": "bytes=100-199"}, {"If-Match": old_etag}):
+                got = b.get(f"{folder}/old.bin", headers=headers)
+                assert got.status_code == 503, (headers, got.status_code, got.text[:200])
+                assert got.headers.get("Retry-After", "").strip().isdigit()
+            got = b.get("/api/v1/files/download", params={"path": "/s3/old.bin"})
+            assert got.status_code == 503, got.text[:200]
             assert_no_tracebacks(cl)
         finally:
             s3_service.start()
