@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage.chunker import Chunker, ChunkerParams
 from tests.e2e.harness import DavServer, wait_until
-from tests.e2e.syncclient import SyncClient, local_tree, server_tree, sha
+from tests.e2e.syncclient import SyncClient, command, local_tree, server_tree, sha
 
 Devices = Callable[[int], list[SyncClient]]
 MiB = 1 << 20
@@ -337,8 +339,6 @@ def test_a_client_offline_during_200_changes_catches_up_from_its_cursor(
 
 
 def _cursor(c: SyncClient) -> str:
-    import sqlite3
-
     db = sqlite3.connect(c.folder / ".davsync" / "index.sqlite")
     try:
         return str(db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()[0])
@@ -355,16 +355,7 @@ def test_a_killed_upload_resumes_without_resending_finished_blocks(
     write(a.folder / "large.bin", data)
     hashes = _block_hashes(api, data)
     del data
-    proc = subprocess.Popen(
-        [*_sync_cmd(a), "--once"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=a.env()
-    )
-    try:
-        assert wait_until(lambda: _present(api, hashes) >= len(hashes) // 4, timeout=120)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_sync_when(a, lambda: _present(api, hashes) >= len(hashes) // 4)
     present = _present(api, hashes)
     assert present < len(hashes), "the upload finished before it could be interrupted"
     assert api.get("/api/v1/files/metadata", params={"path": "large.bin"}).status_code == 404
@@ -378,16 +369,7 @@ def test_a_killed_download_resumes_where_it_stopped(devices: Devices, api: httpx
     a, b = devices(2)
     write(a.folder / "large.bin", os.urandom(200 * MiB))
     a.sync()
-    proc = subprocess.Popen(
-        [*_sync_cmd(b), "--once"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=b.env()
-    )
-    try:
-        assert wait_until(lambda: _partial_size(b.folder) >= 80 * MiB, timeout=120)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_sync_when(b, lambda: _partial_size(b.folder) >= 80 * MiB)
     assert not (b.folder / "large.bin").exists()
     again = b.sync()
     blocks = len(api.get("/api/v1/files/manifest", params={"path": "large.bin"}).json()["blocks"])
@@ -397,10 +379,18 @@ def test_a_killed_download_resumes_where_it_stopped(devices: Devices, api: httpx
     assert not list(b.folder.glob(".~davsync-*"))
 
 
-def _sync_cmd(c: SyncClient) -> list[str]:
-    from tests.e2e.syncclient import command
-
-    return command("--home", str(c.home), "sync", str(c.folder), "--no-progress")
+def kill_sync_when(c: SyncClient, ready: Callable[[], bool]) -> None:
+    """Run ``sync --once`` and SIGKILL it as soon as ``ready()`` holds."""
+    cmd = command("--home", str(c.home), "sync", str(c.folder), "--once", "--no-progress")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=c.env())
+    try:
+        assert wait_until(ready, timeout=120)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _partial_size(folder: Path) -> int:
@@ -408,8 +398,6 @@ def _partial_size(folder: Path) -> int:
 
 
 def _block_hashes(api: httpx.Client, data: bytes) -> list[str]:
-    from storage.chunker import Chunker, ChunkerParams
-
     c = api.get("/api/v1/config").json()["chunker"]
     params = ChunkerParams(c["min_size"], c["avg_size"], c["max_size"], c["normalization"])
     return [sha(block) for block in Chunker(params, c["seed"]).split_bytes(data)]
