@@ -160,11 +160,16 @@ def _allprop_response(res: Resource, dead: dict[str, str]) -> str:
     )
     if not res.is_collection:
         etag = res.get_etag()
-        tail += f"<D:getetag>{escape(etag)}</D:getetag>" if etag else ""
+        tail += f"<D:getetag>{escape(quoted(etag))}</D:getetag>" if etag else ""
     return (
         f"{head}{middle}{tail}<D:lockdiscovery/>{_SUPPORTED_LOCK}{extra}</D:prop>"
         "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
     )
+
+
+def quoted(etag: str) -> str:
+    """RFC 4918 15.6: DAV:getetag is an entity-tag, quotes included, equal to the ETag header."""
+    return f'"{etag}"'
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -220,7 +225,7 @@ def _live(res: Resource, name: str, locked: bool, locking: bool) -> str | None:
         return f"<D:getcontenttype>{escape(res.get_content_type())}</D:getcontenttype>"
     if local == "getetag":
         etag = res.get_etag()
-        return None if etag is None else f"<D:getetag>{escape(etag)}</D:getetag>"
+        return None if etag is None else f"<D:getetag>{escape(quoted(etag))}</D:getetag>"
     return None
 
 

@@ -230,6 +230,13 @@ class FileResource(_Shared, DAVNonCollection):
     def support_etag(self) -> bool:
         return True
 
+    def get_property_value(self, name: str) -> Any:
+        if name == "{DAV:}getetag" and (etag := self.get_etag()) is not None:
+            # RFC 4918 15.6: an entity-tag, quotes included, as in the ETag header
+            # (WsgiDAV's own rendering leaves them out).
+            return f'"{etag}"'
+        return super().get_property_value(name)
+
     def support_ranges(self) -> bool:
         return True
 

@@ -373,3 +373,5 @@ def test_large_listing(c: httpx.Client, base: str) -> None:
     assert {prop(r, f"{D}getcontentlength") for r in files} == {"32"}
     etags = [prop(r, f"{D}getetag") for r in files]
     assert all(etags) and len(set(etags)) == 300
+    # RFC 4918 15.6: an entity-tag, quotes included, the same as the ETag header.
+    assert prop(tree[base + "/n0007"], f"{D}getetag") == c.head(f"{base}/n0007").headers["ETag"]

@@ -226,8 +226,8 @@ def parse_children(r: httpx.Response) -> dict[str, tuple[int, str]]:
 
 
 def same_etag(propfind_etag: str, header_etag: str) -> bool:
-    """WsgiDAV writes DAV:getetag without the quotes the ETag header has; compare the tags."""
-    return propfind_etag.strip('"') == header_etag.strip('"') and bool(header_etag)
+    """DAV:getetag is the entity-tag of the ETag header, quotes included (RFC 4918 15.6)."""
+    return propfind_etag == header_etag and bool(header_etag)
 
 
 def revisions(client: httpx.Client, path: str, limit: int = 1000) -> list[dict[str, Any]]:

@@ -40,14 +40,14 @@ def test_initial_then_incremental_sync(c: httpx.Client, base: str, dav_server: D
     assert c.put(f"{base}/d/{odd}", content=b"odd").status_code == 201
     changed, removed, token = report(c, f"{base}/", "")
     assert set(changed) == {f"{base}/a.txt", f"{base}/d/", f"{base}/d/{odd}"} and not removed
-    assert changed[f"{base}/a.txt"] == c.get(f"{base}/a.txt").headers["ETag"].strip('"')
+    assert changed[f"{base}/a.txt"] == c.get(f"{base}/a.txt").headers["ETag"]
 
     assert c.put(f"{base}/a.txt", content=b"a, again").status_code == 204
     assert c.delete(f"{base}/d/{odd}").status_code == 204
     assert c.request("MOVE", f"{base}/d/", headers={"Destination": f"{base}/e/"}).status_code == 201
     changed, removed, second = report(c, f"{base}/", token)
     assert (set(changed), removed) == ({f"{base}/a.txt", f"{base}/e/"}, {f"{base}/d/"})
-    assert changed[f"{base}/a.txt"] == c.get(f"{base}/a.txt").headers["ETag"].strip('"')
+    assert changed[f"{base}/a.txt"] == c.get(f"{base}/a.txt").headers["ETag"]
     assert report(c, f"{base}/", second)[:2] == ({}, set())
 
     with dav_server.client("bob") as bob:
