@@ -262,7 +262,6 @@ class Remote:
                 continue
             raise _error(response)
 
-
     def _pause(self, delay: float, why: str) -> None:
         if self.cancelled.wait(delay):
             raise Offline(f"stopped while retrying ({why})")
