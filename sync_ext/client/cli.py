@@ -117,6 +117,7 @@ def login(home: Path, url: str, user: str | None, password_stdin: bool, device: 
 @click.option("--stats", "stats_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write what crossed the wire (bytes, requests, blocks) as JSON here.")  # fmt: skip
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.option("--parallel", default=4, show_default=True, help="Files transferred at once.")
 @click.option("--retries", type=int, help="Attempts per request with --once (default 6); 0: forever.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.pass_obj
@@ -128,6 +129,7 @@ def sync(
     interval: float,
     stats_file: Path | None,
     progress: bool | None,
+    parallel: int,
     retries: int | None,
     quiet: bool,
 ) -> None:
@@ -155,9 +157,8 @@ def sync(
         signal.signal(signal.SIGTERM, stop)
     try:
         _bind(index, creds["url"], remote)
-        syncer = Syncer(
-            remote, index, root, state, device=creds.get("device") or "davsync", reporter=reporter
-        )
+        device = creds.get("device") or "davsync"
+        syncer = Syncer(remote, index, root, state, device=device, reporter=reporter, parallel=parallel)
         if once:
             summary = syncer.sync()
             reporter.note(

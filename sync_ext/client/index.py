@@ -16,12 +16,14 @@ separated and NFC-normalised, the form the server compares names in.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,9 +99,24 @@ def subtree(column: str) -> str:
     return f"({column} = :p OR ({column} > :p || '/' AND {column} < :p || '0'))"
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(method: Callable[Concatenate[Index, P], R]) -> Callable[Concatenate[Index, P], R]:
+    @functools.wraps(method)
+    def wrapper(self: Index, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Index:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        #: One connection, shared by the sync thread and the transfer threads, one at a time.
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -110,25 +127,29 @@ class Index:
         elif found != FORMAT:
             raise RuntimeError(f"{path} has index format {found}; this davsync reads {FORMAT}")
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- meta -------------------------------------------------------------------------
 
+    @_locked
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    @_locked
     def set_meta(self, key: str, value: str | None) -> None:
         if value is None:
             self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -137,37 +158,45 @@ class Index:
 
     # -- the remote mirror ------------------------------------------------------------
 
+    @_locked
     def remote_all(self) -> dict[str, RemoteEntry]:
         rows = self._db.execute("SELECT path, is_dir, rev, size, sha256, mtime FROM remote")
         return {r[0]: RemoteEntry(r[0], bool(r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
+    @_locked
     def remote_get(self, path: str) -> RemoteEntry | None:
         r = self._db.execute(
             "SELECT path, is_dir, rev, size, sha256, mtime FROM remote WHERE path = ?", (path,)
         ).fetchone()
         return None if r is None else RemoteEntry(r[0], bool(r[1]), r[2], r[3], r[4], r[5])
 
+    @_locked
     def remote_put(self, e: RemoteEntry) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO remote VALUES (?, ?, ?, ?, ?, ?)",
             (e.path, int(e.is_dir), e.rev, e.size, e.sha256, e.mtime),
         )
 
+    @_locked
     def remote_clear(self) -> None:
         self._db.execute("DELETE FROM remote")
 
+    @_locked
     def remote_delete_tree(self, path: str) -> None:
         self._db.execute(f"DELETE FROM remote WHERE {subtree('path')}", {"p": path})  # noqa: S608
 
+    @_locked
     def remote_move_tree(self, src: str, dst: str) -> None:
         self._move("remote", src, dst)
 
     # -- the synced base --------------------------------------------------------------
 
+    @_locked
     def synced_all(self) -> dict[str, Synced]:
         rows = self._db.execute("SELECT path, is_dir, rev, size, sha256, mtime_ns, inode FROM synced")
         return {r[0]: Synced(r[0], bool(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
+    @_locked
     def synced_put(self, s: Synced, blocks: list[tuple[str, int]] | None = None) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO synced VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -182,14 +211,17 @@ class Index:
                 offset += size
             self._db.executemany("INSERT INTO local_blocks VALUES (?, ?, ?, ?)", rows)
 
+    @_locked
     def synced_delete(self, path: str) -> None:
         self._db.execute("DELETE FROM synced WHERE path = ?", (path,))
         self._db.execute("DELETE FROM local_blocks WHERE path = ?", (path,))
 
+    @_locked
     def synced_move_tree(self, src: str, dst: str) -> None:
         self._move("synced", src, dst)
         self._move("local_blocks", src, dst)
 
+    @_locked
     def where_block(self, sha256: str) -> list[tuple[str, int, int]]:
         """Synced local files that held block ``sha256``: (path, offset, size)."""
         rows = self._db.execute(
@@ -207,25 +239,30 @@ class Index:
 
     # -- partial downloads ------------------------------------------------------------
 
+    @_locked
     def download_get(self, path: str) -> Download | None:
         r = self._db.execute(
             "SELECT path, rev, tmp, done_bytes, done_blocks FROM downloads WHERE path = ?", (path,)
         ).fetchone()
         return None if r is None else Download(r[0], r[1], r[2], r[3], r[4])
 
+    @_locked
     def download_all(self) -> list[Download]:
         rows = self._db.execute("SELECT path, rev, tmp, done_bytes, done_blocks FROM downloads")
         return [Download(*r) for r in rows]
 
+    @_locked
     def download_put(self, d: Download) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO downloads VALUES (?, ?, ?, ?, ?)",
             (d.path, d.rev, d.tmp, d.done_bytes, d.done_blocks),
         )
 
+    @_locked
     def download_delete(self, path: str) -> None:
         self._db.execute("DELETE FROM downloads WHERE path = ?", (path,))
 
+    @_locked
     def dump(self) -> dict[str, Any]:
         """For ``davsync status``."""
         return {

@@ -8,6 +8,7 @@ machine-readable.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -43,6 +45,11 @@ class Reporter:
         self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
         self.bars = self.console.is_terminal if bars is None else bars
         self._skipped: set[str] = set()
+        # One live display for all transfers at once (rich allows one): started with the
+        # first bar, stopped with the last.
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._bars = 0
 
     def _line(self, text: str) -> None:
         if self.verbose:
@@ -82,16 +89,33 @@ class Reporter:
 
     @contextmanager
     def transfer(self, path: str, size: int, *, up: bool) -> Iterator[Callable[[int], None]]:
+        """A progress callback (bytes done); a bar while it lasts, for big files on a terminal."""
         if not self.bars or size < BAR_FROM:
             yield lambda n: None
             return
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=self.console, transient=True) as bar:
+        with self._lock:
+            if self._progress is None:
+                self._progress = Progress(*_columns(), console=self.console, transient=True)
+                self._progress.start()
+            bar = self._progress
             task = bar.add_task(f"{'up  ' if up else 'down'} {path}", total=size)
+            self._bars += 1
+        try:
             yield lambda n: bar.advance(task, n)
+        finally:
+            with self._lock:
+                bar.remove_task(task)
+                self._bars -= 1
+                if self._bars == 0:
+                    bar.stop()
+                    self._progress = None
+
+
+def _columns() -> tuple[ProgressColumn, ...]:
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )

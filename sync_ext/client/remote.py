@@ -69,6 +69,13 @@ class Traffic:
             self.received += back + 2 + body_in
             self.requests += 1
 
+    def count_block(self, *, sent: bool) -> None:
+        with self._lock:
+            if sent:
+                self.blocks_sent += 1
+            else:
+                self.blocks_received += 1
+
     def as_dict(self) -> dict[str, int]:
         return {
             "bytes_sent": self.sent,
@@ -202,11 +209,11 @@ class Remote:
 
     def put_block(self, sha256: str, data: bytes) -> None:
         self._json("PUT", f"/blocks/{sha256}", content=data)
-        self.traffic.blocks_sent += 1
+        self.traffic.count_block(sent=True)
 
     def get_block(self, sha256: str) -> bytes:
         response = self._send("GET", f"/blocks/{sha256}")
-        self.traffic.blocks_received += 1
+        self.traffic.count_block(sent=False)
         return response.content
 
     def manifest(self, path: str) -> dict[str, Any]:

@@ -42,16 +42,19 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sync_ext.client.index import Index, RemoteEntry, Synced, relative
 from sync_ext.client.localfs import Cutter, LocalEntry, conflict_name, ignored, os_path, scan
 from sync_ext.client.progress import Reporter
 from sync_ext.client.remote import ApiError, Remote
-from sync_ext.client.transfer import Changed, Transfers
+from sync_ext.client.transfer import Changed, Downloaded, Progress, Transfers, Uploaded
+
+T = TypeVar("T")
 
 #: Passes run back to back while they keep finding work (a conflict copy, a 409).
 MAX_PASSES = 5
@@ -118,6 +121,7 @@ class Syncer:
         device: str,
         reporter: Reporter,
         clock: Callable[[], float] = time.time,
+        parallel: int = 4,
     ) -> None:
         self.remote = remote
         self.index = index
@@ -127,6 +131,11 @@ class Syncer:
         self.report = reporter
         self.clock = clock
         self._transfers: Transfers | None = None
+        #: Files transferred at once (their bytes; decisions and bookkeeping stay sequential).
+        self.parallel = max(1, parallel)
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: list[tuple[str, Future[Any], Callable[[Any], None]]] = []
+        self._current = Summary()
         #: This client changed the server: the mirror lags until the feed is read again.
         #: (The mirror only ever takes the feed's word, applied in order: echoes of our own
         #: moves and deletes applied early would let later entries land on the wrong paths.)
@@ -174,8 +183,16 @@ class Syncer:
         self._replay_remote_moves(moves, s)
         self._find_local_moves(s)
         paths = sorted(set(self.R) | set(self.S) | set(self.L))
-        for path in paths:
-            self._step(path, s, deletes=False)
+        self._current = s
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="davsync-transfer") as pool:
+            self._pool = pool if self.parallel > 1 else None
+            try:
+                for path in paths:
+                    self._step(path, s, deletes=False)
+                    self._collect(s)
+            finally:
+                self._collect(s, wait_for=ALL_COMPLETED)
+                self._pool = None
         self._delete_remote_folders(sorted(set(self.R) | set(self.S) | set(self.L)), s)
         for path in reversed(paths):
             self._step(path, s, deletes=True)
@@ -330,8 +347,14 @@ class Syncer:
     # -- one path ---------------------------------------------------------------------
 
     def _step(self, path: str, s: Summary, *, deletes: bool) -> None:
-        try:
+        with self._guard(path, s):
             self._decide(path, s, deletes)
+
+    @contextlib.contextmanager
+    def _guard(self, path: str, s: Summary) -> Iterator[None]:
+        """What one path's trouble does to the pass: never more than that path."""
+        try:
+            yield
         except (Changed, FileNotFoundError):
             s.again = True  # it changed under us: the next pass looks again
         except ApiError as exc:
@@ -437,10 +460,49 @@ class Syncer:
 
     # -- actions ----------------------------------------------------------------------
 
+    # -- transfers: the bytes move on worker threads, the bookkeeping stays here --------
+
+    def _transfer(
+        self, path: str, size: int, up: bool, work: Callable[[Progress], T], then: Callable[[T], None]
+    ) -> None:
+        def run() -> T:
+            with self.report.transfer(path, size, up=up) as progress:
+                return work(progress)
+
+        if self._pool is None:
+            then(run())
+            return
+        self._inflight.append((path, self._pool.submit(run), then))
+        if len(self._inflight) >= 2 * self.parallel:
+            self._collect(self._current, wait_for=FIRST_COMPLETED)
+
+    def _collect(self, s: Summary, *, wait_for: str | None = None) -> None:
+        """Apply the results of finished transfers, after waiting as ``wait_for`` says
+        (``FIRST_COMPLETED``, ``ALL_COMPLETED``; None: only those already done)."""
+        if not self._inflight:
+            return
+        futures = [f for _, f, _ in self._inflight]
+        done = wait(futures, return_when=wait_for).done if wait_for else {f for f in futures if f.done()}
+        keep = []
+        for path, future, then in self._inflight:
+            if future not in done:
+                keep.append((path, future, then))
+                continue
+            with self._guard(path, s):
+                then(future.result())
+        self._inflight = keep
+
     def _upload(self, path: str, here: LocalEntry, parent_rev: int | None, s: Summary) -> None:
         self._ensure_remote_parents(path)
-        with self.report.transfer(path, here.size, up=True) as progress:
-            done = self.transfers.upload(path, here, parent_rev, progress)
+        self._transfer(
+            path,
+            here.size,
+            True,
+            lambda progress: self.transfers.upload(path, here, parent_rev, progress),
+            lambda done: self._uploaded(path, here, done, s),
+        )
+
+    def _uploaded(self, path: str, here: LocalEntry, done: Uploaded, s: Summary) -> None:
         entry = RemoteEntry.from_api(done.entry)
         self.remote_touched = True
         self.R[path] = entry
@@ -452,8 +514,15 @@ class Syncer:
     def _download(self, path: str, here: LocalEntry | None, s: Summary) -> None:
         there = self.R[path]
         target = here.os_path if here is not None else os_path(self.root, path)
-        with self.report.transfer(path, there.size or 0, up=False) as progress:
-            done = self.transfers.download(path, target, here, progress)
+        self._transfer(
+            path,
+            there.size or 0,
+            False,
+            lambda progress: self.transfers.download(path, target, here, progress),
+            lambda done: self._downloaded(path, there, target, done, s),
+        )
+
+    def _downloaded(self, path: str, there: RemoteEntry, target: Path, done: Downloaded, s: Summary) -> None:
         synced = Synced(
             path, False, done.entry.rev, done.stat.st_size, done.entry.sha256,
             done.stat.st_mtime_ns, done.stat.st_ino,

@@ -299,3 +299,18 @@ def test_a_folder_replaced_here_by_a_file_keeps_what_the_server_added_to_it(
     assert (a.root / "x/added-there.txt").read_bytes() == b"added on the server"
     copies = [p for p in tree if p.startswith("x (conflicted copy, a, ")]
     assert len(copies) == 1 and (a.root / copies[0]).read_bytes() == b"now a file here"
+
+
+def test_big_files_move_in_parallel_with_one_progress_display(device: Device, engine: Engine) -> None:
+    a = device("a")
+    a.report = Reporter(verbose=True, bars=True, stream=io.StringIO())
+    assert a.parallel > 1
+    for i in range(3):
+        (a.root / f"big{i}.bin").write_bytes(os.urandom(9 << 20))
+    summary = a.sync()
+    assert summary.uploaded == 3 and not summary.errors
+    assert local_tree(a.root) == server_tree(engine)
+    b = device("b")
+    b.report = Reporter(verbose=True, bars=True, stream=io.StringIO())
+    assert b.sync().downloaded == 3
+    assert local_tree(b.root) == server_tree(engine)
