@@ -38,7 +38,7 @@ class Runner:
         poller = threading.Thread(target=self._poll, name="davsync-longpoll", daemon=True)
         report = self.syncer.report
         delay = 1.0
-        last_pull = 0.0
+        last_pull = float("-inf")  # the first pass always reads the feed
         started = False
         while not self.stop.is_set():
             pull = self._remote_news.is_set() or time.monotonic() - last_pull > PULL_EVERY

@@ -139,7 +139,9 @@ class Syncer:
         #: This client changed the server: the mirror lags until the feed is read again.
         #: (The mirror only ever takes the feed's word, applied in order: echoes of our own
         #: moves and deletes applied early would let later entries land on the wrong paths.)
-        self.remote_touched = False
+        #: Kept in the index too, so a client killed before its next pull pulls first when
+        #: it starts again: else its own uploads would look deleted on the server.
+        self._mirror_lags = index.get_meta("mirror_lags") == "1"
         self._cursor = index.get_meta("cursor")
         self.R: dict[str, RemoteEntry] = {}
         self.S: dict[str, Synced] = {}
@@ -171,8 +173,7 @@ class Syncer:
 
     def sync_pass(self, *, pull: bool = True) -> Summary:
         s = Summary()
-        moves = self.pull() if pull or self.remote_touched or self.cursor is None else []
-        self.remote_touched = False
+        moves = self.pull() if pull or self._mirror_lags or self.cursor is None else []
         found = scan(self.root, self.state_dir)
         for path, why in found.skipped.items():
             self.report.skip(path, why)
@@ -220,6 +221,8 @@ class Syncer:
                 for doc in page["entries"]:
                     self._apply_change(doc, moves)
                 self.index.set_meta("cursor", page["cursor"])
+                if not page["has_more"]:
+                    self._caught_up()
             self._cursor = page["cursor"]
             cursor = page["cursor"]
             if not page["has_more"]:
@@ -242,6 +245,7 @@ class Syncer:
                 for doc in listing:
                     self.index.remote_put(RemoteEntry.from_api(doc))
                 self.index.set_meta("cursor", cursor)
+                self._caught_up()
             self._cursor = cursor
             if self.remote.latest_cursor() == cursor:
                 return
@@ -263,6 +267,15 @@ class Syncer:
             if before is not None and before.is_dir != entry.is_dir:
                 self.index.remote_delete_tree(path)
         self.index.remote_put(entry)
+
+    def _caught_up(self) -> None:
+        self._mirror_lags = False
+        self.index.set_meta("mirror_lags", None)
+
+    def _touched(self) -> None:
+        if not self._mirror_lags:
+            self._mirror_lags = True
+            self.index.set_meta("mirror_lags", "1")
 
     # -- renames ----------------------------------------------------------------------
 
@@ -313,6 +326,7 @@ class Syncer:
             return False
         if not base.is_dir and (not _unchanged(base, here) or was.rev != base.rev):
             return False
+        self._touched()
         try:
             self._ensure_remote_parents(new)
             entry = RemoteEntry.from_api(self.remote.move(old, new, rev=None if base.is_dir else base.rev))
@@ -320,7 +334,6 @@ class Syncer:
             self.report.note(f"{old}: moving it on the server failed ({exc}); sending it again instead")
             return False
         self.index.synced_move_tree(old, new)
-        self.remote_touched = True
         self._rekey(self.R, old, new)
         self.R[new] = entry
         self._rekey(self.S, old, new)
@@ -375,6 +388,8 @@ class Syncer:
         remote_changed = _remote_changed(base, there)
         if not local_changed and not remote_changed:
             return
+        if local_changed:
+            self._touched()  # before the server is changed, in case this process dies after
         if local_changed and not remote_changed:
             if here is None:
                 if deletes:
@@ -504,7 +519,6 @@ class Syncer:
 
     def _uploaded(self, path: str, here: LocalEntry, done: Uploaded, s: Summary) -> None:
         entry = RemoteEntry.from_api(done.entry)
-        self.remote_touched = True
         self.R[path] = entry
         self._record_file(path, here, entry.rev, done.sha256, done.blocks)
         s.uploaded += 1
@@ -523,13 +537,13 @@ class Syncer:
         )
 
     def _downloaded(self, path: str, there: RemoteEntry, target: Path, done: Downloaded, s: Summary) -> None:
+        if done.entry.rev != there.rev:
+            self._touched()  # newer than the mirror: read the feed before trusting it
         synced = Synced(
             path, False, done.entry.rev, done.stat.st_size, done.entry.sha256,
             done.stat.st_mtime_ns, done.stat.st_ino,
         )  # fmt: skip
         self.index.synced_put(synced, done.blocks)
-        if done.entry.rev != there.rev:
-            self.remote_touched = True  # newer than the mirror: read the feed before trusting it
         self.R[path] = done.entry
         self.S[path] = synced
         self.L[path] = LocalEntry.of(path, target, done.stat)
@@ -560,6 +574,7 @@ class Syncer:
             return
         if os.path.lexists(os_path(self.root, path)):
             raise Changed(path)  # it is back (or the scan missed it): never delete on a stale view
+        self._touched()
         if there.is_dir and not folder_and_all and any(p.startswith(path + "/") for p in self.R):
             # Something in it was kept (edited on the server): the folder stays, here too.
             self._forget(path)
@@ -634,7 +649,6 @@ class Syncer:
                 raise
             s.again = True  # someone made it meanwhile; the next pull shows what it is
             return
-        self.remote_touched = True
         self.R[path] = entry
         self._record_folder(path, here)
         s.folders += 1
@@ -648,7 +662,6 @@ class Syncer:
             if known is not None and known.is_dir:
                 continue
             entry = RemoteEntry.from_api(self.remote.create_folder(folder))
-            self.remote_touched = True
             self.R[folder] = entry
             here = self.L.get(folder)
             if here is not None and here.is_dir:
@@ -673,7 +686,6 @@ class Syncer:
         self.S.pop(path, None)
 
     def _drop_remote(self, path: str) -> None:
-        self.remote_touched = True
         for p in [p for p in self.R if p == path or p.startswith(path + "/")]:
             del self.R[p]
 

@@ -314,3 +314,19 @@ def test_big_files_move_in_parallel_with_one_progress_display(device: Device, en
     b.report = Reporter(verbose=True, bars=True, stream=io.StringIO())
     assert b.sync().downloaded == 3
     assert local_tree(b.root) == server_tree(engine)
+
+
+def test_a_restarted_client_reads_the_feed_before_trusting_its_mirror(device: Device, engine: Engine) -> None:
+    """Its own last uploads are not in the mirror until the feed is read: a client killed
+    before that must not take them for deleted on the server when it starts again."""
+    a = device("a")
+    (a.root / "new.txt").write_bytes(b"uploaded just before the client died")
+    (a.root / "folder").mkdir()
+    assert a.sync_pass(pull=True).uploaded == 1  # uploads; the mirror lags now
+    restarted = Syncer(a.remote, Index(a.root / ".davsync" / "index.sqlite"), a.root, a.state_dir,
+                       device="a", reporter=a.report)  # fmt: skip
+    summary = restarted.sync(pull=False)  # the continuous mode's pass without remote news
+    assert summary.deleted_local == 0 and summary.actions == 0
+    assert (a.root / "new.txt").exists() and (a.root / "folder").is_dir()
+    assert local_tree(a.root) == server_tree(engine)
+    restarted.index.close()
