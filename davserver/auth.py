@@ -8,9 +8,11 @@ contract the faces read; neither face imports this module).
 Why it looks like this:
 
 * argon2id costs ~100 ms by design, and WebDAV clients authenticate every
-  request, so verified credentials are cached in memory for ``cache_seconds``
+  request, so verified passwords are cached in memory for ``cache_seconds``
   (keyed by a SHA-256 of name and secret, never the secret itself). A password
-  change or token revocation therefore takes effect within that time.
+  change therefore takes effect within that time. Device tokens need no KDF
+  (one indexed read of their SHA-256), so they are checked on every request
+  and a revocation bites at once, on every node.
 * Failed logins are throttled per account name and per client address: past
   ``max_failures`` in ``window`` seconds, further attempts get 429 with
   Retry-After without any password check, which caps online guessing.
@@ -34,7 +36,7 @@ from http import HTTPStatus
 from typing import Any
 
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
-from storage.accounts import Accounts
+from storage.accounts import Accounts, is_token
 from storage.errors import AuthenticationFailed, BackendUnavailable
 from sync_ext.api.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from sync_ext.api.problems import Problem, bad_request, from_storage_error
@@ -199,6 +201,9 @@ class Authenticator:
         return any(ip in net for net in self._proxies)
 
     def _verify(self, name: str, secret: str) -> tuple[int, str]:
+        if is_token(secret):
+            # One indexed read, no KDF: not cached, so a revoked token stops at once, on every node.
+            return self._check(name, secret)
         key = hashlib.sha256(f"{name}\0{secret}".encode()).digest()
         now = self._clock()
         with self._cache_lock:
@@ -206,11 +211,15 @@ class Authenticator:
             if hit is not None and hit[2] > now:
                 self._cache.move_to_end(key)
                 return hit[0], hit[1]
-        info = self._accounts.authenticate(name, secret) if name else self._accounts.account_for_token(secret)
+        account_id, account = self._check(name, secret)
         with self._cache_lock:
-            self._cache[key] = (info.id, info.name, now + self._s.cache_seconds)
+            self._cache[key] = (account_id, account, now + self._s.cache_seconds)
             while len(self._cache) > self._s.cache_size:
                 self._cache.popitem(last=False)
+        return account_id, account
+
+    def _check(self, name: str, secret: str) -> tuple[int, str]:
+        info = self._accounts.authenticate(name, secret) if name else self._accounts.account_for_token(secret)
         return info.id, info.name
 
     def _challenge(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

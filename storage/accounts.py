@@ -30,6 +30,13 @@ from storage.model import AccountInfo, TokenInfo
 from storage.retention import RetentionPolicy
 
 TOKEN_PREFIX = "dst_"  # noqa: S105 (a marker, not a secret)
+
+
+def is_token(secret: str) -> bool:
+    """Whether a secret is a device token (they carry a prefix) rather than a password."""
+    return secret.startswith(TOKEN_PREFIX)
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -256,16 +263,16 @@ class Accounts:
                     a.name == name
                 )
             ).first()
-            if row is not None and secret.startswith(TOKEN_PREFIX):
-                token_id = conn.execute(
-                    select(t.device_tokens.c.id).where(
+            if row is not None and is_token(secret):
+                token = conn.execute(
+                    select(t.device_tokens.c.id, t.device_tokens.c.last_used_at).where(
                         t.device_tokens.c.token_hash == _token_hash(secret),
                         t.device_tokens.c.account_id == row.id,
                         t.device_tokens.c.revoked_at.is_(None),
                     )
-                ).scalar()
-                if token_id is not None:
-                    self._touch_token(int(token_id))
+                ).first()
+                if token is not None:
+                    self._touch_token(int(token.id), token.last_used_at)
                     return AccountInfo(*row[:5])
         stored = row.password_hash if row is not None and row.password_hash else self._dummy()
         try:
@@ -287,19 +294,24 @@ class Accounts:
         a, d = t.accounts.c, t.device_tokens.c
         with self._db.read() as conn:
             row = conn.execute(
-                select(a.id, a.name, a.quota_bytes, a.used_bytes, a.created_at, d.id.label("tid"))
+                select(
+                    a.id, a.name, a.quota_bytes, a.used_bytes, a.created_at, d.id.label("tid"), d.last_used_at
+                )
                 .join(t.device_tokens, d.account_id == a.id)
                 .where(d.token_hash == _token_hash(token), d.revoked_at.is_(None))
             ).first()
         if row is None:
             raise AuthenticationFailed("unknown or revoked token")
-        self._touch_token(row.tid)
+        self._touch_token(row.tid, row.last_used_at)
         return AccountInfo(*row[:5])
 
-    def _touch_token(self, token_id: int) -> None:
+    def _touch_token(self, token_id: int, last_used_at: float | None) -> None:
         now = self._clock()
         d = t.device_tokens.c
-        # At most one write per token per minute: authentication is on every request.
+        # At most one write per token per minute: tokens are checked on every request
+        # (never cached, so a revocation bites at once), and a write takes the lock.
+        if last_used_at is not None and last_used_at >= now - 60:
+            return
         with self._db.write() as conn:
             conn.execute(
                 update(t.device_tokens)
