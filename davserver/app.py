@@ -23,7 +23,7 @@ from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from davserver.auth import Authenticator, AuthSettings
+from davserver.auth import Authenticator, AuthSettings, SharedLoginThrottle
 from davserver.config import ServerConfig
 from davserver.dav.errors import ErrorResponses
 from davserver.dav.fastlane import FastLane
@@ -102,7 +102,11 @@ def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
         dav = FastLane(dav, provider, DAV_PREFIX)
     api = create_api(engine, account_key=ACCOUNT_KEY)
     router = Router(dav, api)
-    authed = Authenticator(router, engine.accounts, settings.auth)
+    throttle = None
+    if settings.redis_url:
+        # Behind a balancer the nodes count failed logins together.
+        throttle = SharedLoginThrottle(settings.auth, settings.redis_url, engine.config.redis_namespace)
+    authed = Authenticator(router, engine.accounts, settings.auth, throttle=throttle)
     return Guard(authed, settings)
 
 

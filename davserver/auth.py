@@ -27,13 +27,18 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.accounts import Accounts, is_token
@@ -42,6 +47,8 @@ from sync_ext.api.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from sync_ext.api.problems import Problem, bad_request, from_storage_error
 
 ACCOUNT_NAME_KEY = "davserver.account_name"
+T = TypeVar("T")
+log = logging.getLogger("davserver.auth")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,88 @@ class LoginThrottle:
         with self._lock:
             self._failures.pop(account_key, None)
 
+    def shared_retry_after(self, keys: Iterable[str]) -> float:
+        """What the other nodes know (nothing here: this throttle is one node's)."""
+        return 0.0
+
+
+class Throttled(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"retry in {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class SharedLoginThrottle(LoginThrottle):
+    """The throttle of all nodes at once, in Redis: N nodes behind a balancer must not allow
+    N times the guesses.
+
+    Failures are counted per key in a fixed window (``SET NX EX`` then ``INCR``); reaching
+    ``max_failures`` sets a lock key that expires after ``lockout_seconds``. Everything is
+    also counted in memory, which is what protects this node while Redis is unreachable
+    (then checks skip Redis for ``BYPASS_SECONDS`` rather than wait on it each time).
+    Only logins that need a check consult Redis (cached passwords do not: they were
+    right a moment ago), so a busy node makes no Redis round trip per request.
+    """
+
+    BYPASS_SECONDS = 5.0
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        redis_url: str,
+        namespace: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(settings, clock)
+        self._redis = redis.Redis.from_url(
+            redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+        )
+        self._prefix = f"{namespace}:login:"
+        self._down_until = 0.0
+
+    def shared_retry_after(self, keys: Iterable[str]) -> float:
+        keys = list(keys)
+        # PTTL is -2 for no lock, -1 for one without expiry (not written by this class).
+        return self._shared(lambda r: max([0.0, *(ms / 1000 for ms in self._pttls(r, keys))]), 0.0)
+
+    def failed(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        super().failed(keys)
+        self._shared(lambda r: self._count(r, keys), None)
+
+    def succeeded(self, account_key: str) -> None:
+        super().succeeded(account_key)
+        self._shared(lambda r: r.delete(self._prefix + "fail:" + account_key), None)
+
+    def _pttls(self, r: redis.Redis, keys: list[str]) -> list[int]:
+        pipe = r.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(self._prefix + "lock:" + key)
+        return [int(ms) for ms in pipe.execute()]
+
+    def _count(self, r: redis.Redis, keys: list[str]) -> None:
+        window, lockout = int(self._s.window_seconds) or 1, int(self._s.lockout_seconds) or 1
+        pipe = r.pipeline(transaction=False)
+        for key in keys:
+            # The window starts with the first failure (SET NX EX; INCR keeps the expiry).
+            pipe.set(self._prefix + "fail:" + key, 0, ex=window, nx=True)
+            pipe.incr(self._prefix + "fail:" + key)
+        counts = pipe.execute()[1::2]
+        for key, count in zip(keys, counts, strict=True):
+            if int(count) >= self._s.max_failures:
+                r.set(self._prefix + "lock:" + key, 1, ex=lockout)
+                r.delete(self._prefix + "fail:" + key)
+
+    def _shared(self, action: Callable[[redis.Redis], T], fallback: T) -> T:
+        if self._clock() < self._down_until:
+            return fallback
+        try:
+            return action(self._redis)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("login throttle: Redis unreachable (%s); counting on this node only", exc)
+            self._down_until = self._clock() + self.BYPASS_SECONDS
+            return fallback
+
 
 class Authenticator:
     def __init__(
@@ -104,12 +193,13 @@ class Authenticator:
         accounts: Accounts,
         settings: AuthSettings,
         clock: Callable[[], float] = time.monotonic,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self._app = app
         self._accounts = accounts
         self._s = settings
         self._clock = clock
-        self.throttle = LoginThrottle(settings, clock)
+        self.throttle = throttle or LoginThrottle(settings, clock)
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
         self._cache: OrderedDict[bytes, tuple[int, str, float]] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -149,7 +239,13 @@ class Authenticator:
             problem.headers.append(("Retry-After", str(int(wait) + 1)))
             return self._refuse(environ, start_response, problem)
         try:
-            account_id, account_name = self._verify(name, secret)
+            account_id, account_name = self._verify(name, secret, keys)
+        except Throttled as exc:
+            problem = Problem(
+                429, "too-many-failed-logins", "Too many requests", "too many failed logins; retry later"
+            )
+            problem.headers.append(("Retry-After", str(int(exc.seconds) + 1)))
+            return self._refuse(environ, start_response, problem)
         except AuthenticationFailed:
             self.throttle.failed(keys)
             return self._challenge(environ, start_response)
@@ -200,9 +296,10 @@ class Authenticator:
             return False
         return any(ip in net for net in self._proxies)
 
-    def _verify(self, name: str, secret: str) -> tuple[int, str]:
+    def _verify(self, name: str, secret: str, keys: list[str]) -> tuple[int, str]:
         if is_token(secret):
             # One indexed read, no KDF: not cached, so a revoked token stops at once, on every node.
+            # (Guessing a 256-bit token is hopeless: this node's throttle is enough.)
             return self._check(name, secret)
         key = hashlib.sha256(f"{name}\0{secret}".encode()).digest()
         now = self._clock()
@@ -211,6 +308,10 @@ class Authenticator:
             if hit is not None and hit[2] > now:
                 self._cache.move_to_end(key)
                 return hit[0], hit[1]
+        # A password to check: first ask the other nodes whether this is a guessing spree.
+        wait = self.throttle.shared_retry_after(keys)
+        if wait > 0:
+            raise Throttled(wait)
         account_id, account = self._check(name, secret)
         with self._cache_lock:
             self._cache[key] = (account_id, account, now + self._s.cache_seconds)

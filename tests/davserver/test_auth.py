@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
-from davserver.auth import ACCOUNT_KEY, Authenticator, AuthSettings
+from davserver.auth import ACCOUNT_KEY, Authenticator, AuthSettings, SharedLoginThrottle
 from storage.engine import Engine
 from tests.davserver.statements import statements
 from tests.storage.conftest import EngineFactory
@@ -165,3 +166,35 @@ def test_a_remote_client_through_a_local_plain_http_proxy_is_not_loopback(engine
     alice = basic("alice", "alice-password")
     assert call(make(engine), auth=alice, **local_proxy)[0] == 200  # looks local without the setting
     assert call(make(engine, trusted_proxies=("127.0.0.1",)), auth=alice, **local_proxy)[0] == 403
+
+
+@pytest.mark.services
+def test_nodes_sharing_redis_throttle_guesses_together(engine: Engine, redis_url: str) -> None:
+    """Two nodes behind a balancer: failures on either count once, for both."""
+    settings = AuthSettings(max_failures=4, window_seconds=60, lockout_seconds=30)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    nodes = [
+        Authenticator(
+            _inner, engine.accounts, settings, throttle=SharedLoginThrottle(settings, redis_url, namespace)
+        )
+        for _ in range(2)
+    ]
+    https = {"wsgi.url_scheme": "https"}
+    for i in range(4):  # two guesses on each node
+        assert (
+            call(nodes[i % 2], auth=basic("alice", f"guess-{i}"), REMOTE_ADDR=f"10.0.0.{i}", **https)[0]
+            == 401
+        )
+    good = basic("alice", "alice-password")
+    assert call(nodes[0], auth=good, REMOTE_ADDR="10.9.9.9", **https)[0] == 429
+    assert call(nodes[1], auth=good, REMOTE_ADDR="10.9.9.9", **https)[0] == 429
+
+
+def test_a_shared_throttle_without_redis_still_throttles_this_node(engine: Engine) -> None:
+    settings = AuthSettings(max_failures=3, window_seconds=60, lockout_seconds=30)
+    throttle = SharedLoginThrottle(settings, "redis://127.0.0.1:9/0", "t")  # nothing listens
+    app = Authenticator(_inner, engine.accounts, settings, throttle=throttle)
+    https = {"wsgi.url_scheme": "https"}
+    for _ in range(3):
+        assert call(app, auth=basic("alice", "wrong"), **https)[0] == 401
+    assert call(app, auth=basic("alice", "alice-password"), **https)[0] == 429
