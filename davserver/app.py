@@ -4,6 +4,7 @@
         /dav/...     fast lane, else WsgiDAV (VolumeProvider over the engine)
         /api/v1/...  the extension API (sync_ext.api)
         /healthz     liveness, no authentication
+        /readyz      readiness (database, block store, Redis), no authentication
         /            redirect to /dav/ (OPTIONS answered for Windows' probe)
 
 Everything is built from explicit objects (engine, settings); nothing here is
@@ -13,8 +14,9 @@ module-level state, so tests can build several apps in one process.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -101,7 +103,7 @@ def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
     if settings.fast_lane:
         dav = FastLane(dav, provider, DAV_PREFIX)
     api = create_api(engine, account_key=ACCOUNT_KEY)
-    router = Router(dav, api)
+    router = Router(dav, api, engine.readiness)
     throttle = None
     if settings.redis_url:
         # Behind a balancer the nodes count failed logins together.
@@ -142,9 +144,20 @@ def _dav_app(engine: Engine, settings: AppSettings) -> tuple[WSGIApp, VolumeProv
 
 
 class Router:
-    def __init__(self, dav: WSGIApp, api: WSGIApp) -> None:
+    def __init__(self, dav: WSGIApp, api: WSGIApp, ready: Callable[[], dict[str, str]]) -> None:
         self._dav = dav
         self._api = api
+        self._ready = ready
+
+    def _readiness(self, start_response: StartResponse) -> Iterable[bytes]:
+        """200 when the database and the block store answer (Redis is optional), else 503."""
+        checks = self._ready()
+        ok = checks["database"] == "ok" and checks["blocks"] == "ok"
+        body = json.dumps({"ready": ok, **checks}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        headers.append(("Cache-Control", "no-store"))
+        start_response("200 OK" if ok else "503 Service Unavailable", headers)
+        return [body]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
@@ -155,6 +168,8 @@ class Router:
             return self._api(environ, start_response)
         if path == "/healthz":
             return plain(start_response, "200 OK", "ok\n")
+        if path == "/readyz":
+            return self._readiness(start_response)
         if path in ("/", "*"):
             if method == "OPTIONS":
                 # Windows' mini-redirector probes the server root before anything else.

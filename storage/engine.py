@@ -12,6 +12,9 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import select
 
 from storage import changes, retention, tiering
 from storage import gc as gc_mod
@@ -23,6 +26,7 @@ from storage.blockstore import BlockStore
 from storage.cache import open_cache
 from storage.codec import Codec
 from storage.config import StorageConfig
+from storage.errors import NotFound
 from storage.keys import MasterKey
 from storage.locks import LockRecords
 from storage.metadata.db import Database
@@ -35,6 +39,13 @@ from storage.volume import Services, Volume
 
 Listener = Callable[[Committed], None]
 log = logging.getLogger("davserver.storage")
+#: An object name no block has: a store that answers "not found" for it is up.
+READINESS_PROBE = "readiness-probe"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Engine:
@@ -65,6 +76,7 @@ class Engine:
             safety_seconds=config.notify_safety_seconds,
         )
         self._listeners.append(self.notifications.committed)
+        self._redis_probe: Any = None
 
     @classmethod
     def open(cls, config: StorageConfig) -> Engine:
@@ -134,6 +146,43 @@ class Engine:
                 listener(committed)
             except Exception:
                 log.exception("a commit listener failed")
+
+    # -- readiness -------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, str]:
+        """What this node needs, checked now: ``ok``, ``down: <why>`` or ``off`` (not configured).
+
+        The node can serve when the database and the block store answer; Redis only makes
+        it faster and shares state between nodes (without it the node stays correct).
+        """
+        out = {"database": "ok", "blocks": "ok", "redis": "off"}
+        try:
+            with self.db.read() as conn:
+                conn.execute(select(1))
+        except Exception as exc:  # any failure is an answer here, not an error
+            out["database"] = f"down: {_reason(exc)}"
+        try:
+            self.backend.stat(READINESS_PROBE)
+        except NotFound:
+            pass  # the store answered
+        except Exception as exc:
+            out["blocks"] = f"down: {_reason(exc)}"
+        if self.config.redis_url:
+            out["redis"] = self._ping_redis()
+        return out
+
+    def _ping_redis(self) -> str:
+        import redis
+
+        if self._redis_probe is None:
+            self._redis_probe = redis.Redis.from_url(
+                self.config.redis_url or "", socket_timeout=1, socket_connect_timeout=1
+            )
+        try:
+            self._redis_probe.ping()
+        except (redis.RedisError, OSError) as exc:
+            return f"down: {_reason(exc)}"
+        return "ok"
 
     # -- maintenance -----------------------------------------------------------------
 

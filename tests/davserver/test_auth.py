@@ -59,6 +59,7 @@ def make(engine: Engine, clock: Clock | None = None, **settings: Any) -> Authent
 def test_paths_outside_the_faces_need_no_credentials(engine: Engine) -> None:
     app = make(engine)
     assert call(app, "/healthz")[0] == 200
+    assert call(app, "/readyz")[0] == 200
     assert call(app, "/api/v1/openapi.json")[0] == 200
     assert call(app, "/dav/")[0] == 401
     assert call(app, "/davx")[0] == 200  # not a prefix match on a partial segment
