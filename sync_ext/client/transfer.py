@@ -34,6 +34,9 @@ from sync_ext.client.remote import Remote
 BATCH_BYTES = 32 << 20
 #: Download progress is recorded at least this often.
 CHECKPOINT_BYTES = 16 << 20
+#: A file this small is sent without asking first: asking costs a round trip, sending it
+#: again when the server has it costs at most this many bytes (it keeps one copy either way).
+ASK_FROM = 64 << 10
 
 Progress = Callable[[int], None]
 
@@ -69,6 +72,7 @@ class Transfers:
     # -- up ---------------------------------------------------------------------------
 
     def upload(self, path: str, local: LocalEntry, parent_rev: int | None, progress: Progress) -> Uploaded:
+        ask = local.size >= ASK_FROM  # (uploads run on several threads: no state on self)
         blocks: list[tuple[str, int]] = []
         whole = hashlib.sha256()
         batch: list[tuple[str, bytes]] = []
@@ -81,18 +85,22 @@ class Transfers:
             held += len(data)
             progress(len(data))
             if held >= BATCH_BYTES:
-                sent += self._send_missing(batch)
+                sent += self._send_missing(batch, ask=ask)
                 batch, held = [], 0
-        sent += self._send_missing(batch)
+        sent += self._send_missing(batch, ask=ask)
         if not local.same_stat(local.os_path.stat()):
             raise Changed(path)
         size = sum(s for _, s in blocks)
         entry = self.remote.commit(path, blocks, size=size, mtime=local.mtime_ns / 1e9, parent_rev=parent_rev)
         return Uploaded(entry, blocks, whole.hexdigest(), size, sent)
 
-    def _send_missing(self, batch: list[tuple[str, bytes]]) -> int:
+    def _send_missing(self, batch: list[tuple[str, bytes]], *, ask: bool) -> int:
         if not batch:
             return 0
+        if not ask:
+            for sha, data in dict(batch).items():
+                self.remote.put_block(sha, data)
+            return len(dict(batch))
         missing = self.remote.missing(list(dict.fromkeys(sha for sha, _ in batch)))
         sent = 0
         for sha, data in batch:
