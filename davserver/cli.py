@@ -148,7 +148,12 @@ def serve(
         raise click.ClickException(str(exc)) from None
     with _engine(cfg) as engine:
         listen = ListenSettings(
-            host=cfg.host, port=cfg.port, threads=cfg.threads, certfile=cfg.certfile, keyfile=cfg.keyfile
+            host=cfg.host,
+            port=cfg.port,
+            threads=cfg.threads,
+            certfile=cfg.certfile,
+            keyfile=cfg.keyfile,
+            shutdown_seconds=cfg.shutdown_seconds,
         )
         try:
             server = make_server(create_app(engine, settings), listen)

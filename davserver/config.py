@@ -48,6 +48,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 32
+    #: On SIGTERM, in-flight requests get this long to finish (a rolling restart should not
+    #: cut uploads); the listening socket closes at once. Keep systemd's TimeoutStopSec above it.
+    shutdown_seconds: float = 10.0
     certfile: Path | None = None
     keyfile: Path | None = None
     durable: bool = True
@@ -194,7 +197,13 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("max_versions",):
         if key in kwargs:
             kwargs[key] = _optional(kwargs[key], int)
-    floats = ("keep_all_minutes", "retention_interval_minutes", "upload_session_days", "archive_after_days")
+    floats = (
+        "keep_all_minutes",
+        "retention_interval_minutes",
+        "upload_session_days",
+        "archive_after_days",
+        "shutdown_seconds",
+    )
     for key in floats:
         if key in kwargs:
             kwargs[key] = float(kwargs[key])

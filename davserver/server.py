@@ -32,6 +32,8 @@ class ListenSettings:
     keyfile: Path | None = None
     #: Seconds a socket read or write may stall before the connection is dropped.
     socket_timeout: float = 60.0
+    #: On SIGTERM: seconds in-flight requests (a long PUT) get to finish before they are cut.
+    shutdown_seconds: float = 10.0
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
@@ -89,7 +91,7 @@ def make_server(app: WSGIApp, listen: ListenSettings) -> wsgi.Server:
         timeout=int(listen.socket_timeout),
         # Room for bursts of new connections (thousands of long-polls reconnecting).
         request_queue_size=1024,
-        shutdown_timeout=10,
+        shutdown_timeout=listen.shutdown_seconds,
     )
     server.gateway = DetachingGateway
     # Bodies are bounded by the app (413 before reading, abort past the limit).

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import os
+import signal
+import socket
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.e2e.conftest import PASSWORDS
+from tests.e2e.harness import wait_until
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -114,3 +120,39 @@ def test_size_limit_on_declared_and_chunked_bodies(make_server) -> None:  # type
         assert c.get("/dav/ok.bin").content == b"o" * 1000
         assert c.get("/dav/new.bin").status_code == 404
         assert c.put("/dav/edge.bin", content=iter([b"e" * (512 << 10)] * 2)).status_code == 201
+
+
+def test_a_stopping_server_lets_an_upload_in_flight_finish(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A rolling restart: SIGTERM closes the listening socket at once, but a PUT already
+    sending its body gets ``shutdown_seconds`` to finish, and is committed."""
+    srv = make_server(settings={"shutdown_seconds": 30})
+    host, port = srv.url.removeprefix("http://").split(":")
+    body = os.urandom(3 << 20)
+    auth = base64.b64encode(f"alice:{PASSWORDS['alice']}".encode()).decode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"PUT /dav/in-flight.bin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[: 1 << 20])
+        time.sleep(0.5)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: not _accepts(host, int(port)), timeout=10), "still accepting"
+        for i in range(1, 3):  # the rest, slowly
+            time.sleep(1)
+            sock.sendall(body[i << 20 : (i + 1) << 20])
+        answer = sock.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 201"), answer
+    srv.stop()  # (already exiting: this waits for it and reaps its pipes)
+    srv.start()
+    with srv.client("alice") as c:
+        assert c.get("/dav/in-flight.bin").content == body
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
