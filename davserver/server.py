@@ -91,7 +91,7 @@ def make_server(app: WSGIApp, listen: ListenSettings) -> wsgi.Server:
         timeout=int(listen.socket_timeout),
         # Room for bursts of new connections (thousands of long-polls reconnecting).
         request_queue_size=1024,
-        shutdown_timeout=listen.shutdown_seconds,
+        shutdown_timeout=max(1, round(listen.shutdown_seconds)),
     )
     server.gateway = DetachingGateway
     # Bodies are bounded by the app (413 before reading, abort past the limit).
