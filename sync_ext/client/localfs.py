@@ -35,16 +35,21 @@ def ignored(path: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class LocalEntry:
     path: str
-    os_path: Path
+    #: The name on disk (kept as a string: a scan of 100,000 files builds no Path objects).
+    os_name: str
     is_dir: bool
     size: int
     mtime_ns: int
     inode: int
 
     @classmethod
-    def of(cls, path: str, os_path: Path, st: os.stat_result) -> LocalEntry:
+    def of(cls, path: str, os_path: str | Path, st: os.stat_result) -> LocalEntry:
         is_dir = stat.S_ISDIR(st.st_mode)
-        return cls(path, os_path, is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns, st.st_ino)
+        return cls(path, str(os_path), is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns, st.st_ino)
+
+    @property
+    def os_path(self) -> Path:
+        return Path(self.os_name)
 
     def same_stat(self, st: os.stat_result) -> bool:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
@@ -60,7 +65,7 @@ class Scan:
 def scan(root: Path, state_dir: Path) -> Scan:
     entries: dict[str, LocalEntry] = {}
     skipped: dict[str, str] = {}
-    state = state_dir.resolve()
+    state = str(state_dir.resolve())
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
@@ -89,13 +94,13 @@ def scan(root: Path, state_dir: Path) -> Scan:
                 skipped[path] = f"cannot stat: {exc.strerror}"
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if Path(item.path).resolve() == state:
+                if item.path == state:  # (root is resolved and links are not followed)
                     continue
                 stack.append((Path(item.path), path))
             elif not stat.S_ISREG(st.st_mode):
                 skipped[path] = "not a regular file"
                 continue
-            entries[path] = LocalEntry.of(path, Path(item.path), st)
+            entries[path] = LocalEntry.of(path, item.path, st)
     return Scan(entries, skipped)
 
 

@@ -3,8 +3,9 @@
 A background thread holds a long-poll on the change feed from the last cursor
 the sync stored; when the server says something changed it wakes the main loop,
 which pulls and syncs. Local changes are found by a periodic scan (``stat``
-only, cheap for tens of thousands of files); a pass without remote news makes no
-request unless it finds local work. Network trouble is waited out with
+only); a pass without remote news makes no request unless it finds local work,
+and decides nothing when the disk is as the last pass left it. The scan interval
+grows with the tree, so scanning stays a small share of one core. Network trouble is waited out with
 exponential backoff; an authentication failure stops the run with its message.
 """
 
@@ -20,6 +21,8 @@ from sync_ext.client.syncer import Syncer
 #: The change feed is read at least this often even without a wake-up (a lost
 #: long-poll answer, a proxy that cut it).
 PULL_EVERY = 300.0
+#: Local scans use at most about 1/SCAN_SHARE of one core.
+SCAN_SHARE = 20
 
 
 class Runner:
@@ -43,6 +46,7 @@ class Runner:
         while not self.stop.is_set():
             pull = self._remote_news.is_set() or time.monotonic() - last_pull > PULL_EVERY
             self._remote_news.clear()
+            began = time.monotonic()
             try:
                 summary = self.syncer.sync(pull=pull)
             except AuthError as exc:
@@ -66,7 +70,10 @@ class Runner:
                 report.note("in sync; watching for changes")
             if summary.errors:
                 report.note(f"{len(summary.errors)} item(s) could not be synced; retrying later")
-            self._wake.wait(self.scan_interval)
+            # Scanning stays a small share of the time, however big the tree: an idle pass
+            # (the scan, mostly) is waited for SCAN_SHARE times over before the next one.
+            idle = time.monotonic() - began if not summary.actions else 0.0
+            self._wake.wait(max(self.scan_interval, SCAN_SHARE * idle))
             self._wake.clear()
         self._wake.set()
 

@@ -136,6 +136,9 @@ class Syncer:
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: list[tuple[str, Future[Any], Callable[[Any], None]]] = []
         self._current = Summary()
+        #: The disk as the last complete pass left it; the same scan without remote news
+        #: means there is nothing to decide (a pass on a 100,000-file tree costs seconds).
+        self._settled: dict[str, LocalEntry] | None = None
         #: This client changed the server: the mirror lags until the feed is read again.
         #: (The mirror only ever takes the feed's word, applied in order: echoes of our own
         #: moves and deletes applied early would let later entries land on the wrong paths.)
@@ -173,10 +176,14 @@ class Syncer:
 
     def sync_pass(self, *, pull: bool = True) -> Summary:
         s = Summary()
-        moves = self.pull() if pull or self._mirror_lags or self.cursor is None else []
+        pulled = pull or self._mirror_lags or self.cursor is None
+        moves = self.pull() if pulled else []
         found = scan(self.root, self.state_dir)
         for path, why in found.skipped.items():
             self.report.skip(path, why)
+        if not pulled and found.entries == self._settled:
+            return s  # nothing new on either side since a pass that left nothing to do
+        self._settled = None
         self.R = {p: e for p, e in self.index.remote_all().items() if not ignored(p)}
         self.S = self.index.synced_all()
         self.L = found.entries
@@ -197,6 +204,8 @@ class Syncer:
         self._delete_remote_folders(sorted(set(self.R) | set(self.S) | set(self.L)), s)
         for path in reversed(paths):
             self._step(path, s, deletes=True)
+        if not s.again and not s.errors:
+            self._settled = dict(self.L)
         return s
 
     # -- the remote mirror ------------------------------------------------------------
@@ -352,7 +361,7 @@ class Syncer:
         for p, e in self.L.items():
             if p == old or p.startswith(old + "/"):
                 q = new + p[len(old) :]
-                out[q] = LocalEntry(q, os_path(self.root, q), e.is_dir, e.size, e.mtime_ns, e.inode)
+                out[q] = LocalEntry(q, str(os_path(self.root, q)), e.is_dir, e.size, e.mtime_ns, e.inode)
             else:
                 out[p] = e
         return out

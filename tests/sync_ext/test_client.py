@@ -330,3 +330,16 @@ def test_a_restarted_client_reads_the_feed_before_trusting_its_mirror(device: De
     assert (a.root / "new.txt").exists() and (a.root / "folder").is_dir()
     assert local_tree(a.root) == server_tree(engine)
     restarted.index.close()
+
+
+def test_an_idle_pass_asks_nothing_and_a_change_is_still_seen(device: Device, engine: Engine) -> None:
+    a = device("a")
+    (a.root / "f.txt").write_bytes(b"one")
+    a.sync()
+    a.sync()  # reads the feed (its own upload), settles
+    before = a.remote.traffic.requests
+    assert a.sync(pull=False).actions == 0
+    assert a.remote.traffic.requests == before
+    (a.root / "g.txt").write_bytes(b"two")
+    assert a.sync(pull=False).uploaded == 1
+    assert local_tree(a.root) == server_tree(engine)
