@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage import paths
@@ -42,6 +42,9 @@ HASH_ALGORITHM = "sha256"
 #: Blocks per commit: a 10 GB file at the chunker's minimum size, with room.
 MAX_BLOCKS = 50_000
 
+#: The partial index's own predicate, word for word: SQLite uses ix_blocks_pending only
+#: then (``pending IS 1`` or ``pending = 1`` read every block of the account).
+_PENDING: ColumnElement[bool] = literal_column("blocks.pending")
 _BY_HASHES = select(b.id, b.sha256, b.size, b.name).where(
     b.account_id == bindparam("b_account"), b.sha256.in_(bindparam("b_shas", expanding=True))
 )
@@ -156,7 +159,7 @@ class BlockSync:
             parked = conn.execute(
                 select(func.coalesce(func.sum(b.size), 0)).where(
                     b.account_id == self._account.id,
-                    b.pending.is_(True),
+                    _PENDING,
                     b.created_at > cfg.clock() - cfg.gc_grace_seconds,
                 )
             ).scalar_one()
