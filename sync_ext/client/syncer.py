@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync_ext.client.index import Index, RemoteEntry, Synced, relative
+from sync_ext.client.index import Index, RemoteEntry, Synced
 from sync_ext.client.localfs import Cutter, LocalEntry, conflict_name, ignored, os_path, scan
+from sync_ext.client.mirror import Mirror, Move
 from sync_ext.client.progress import Reporter
 from sync_ext.client.remote import ApiError, Remote
 from sync_ext.client.transfer import Changed, Downloaded, Progress, Transfers, Uploaded
@@ -58,7 +59,6 @@ T = TypeVar("T")
 
 #: Passes run back to back while they keep finding work (a conflict copy, a 409).
 MAX_PASSES = 5
-RELIST_TRIES = 5
 
 
 _COUNTS = (
@@ -139,13 +139,7 @@ class Syncer:
         #: The disk as the last complete pass left it; the same scan without remote news
         #: means there is nothing to decide (a pass on a 100,000-file tree costs seconds).
         self._settled: dict[str, LocalEntry] | None = None
-        #: This client changed the server: the mirror lags until the feed is read again.
-        #: (The mirror only ever takes the feed's word, applied in order: echoes of our own
-        #: moves and deletes applied early would let later entries land on the wrong paths.)
-        #: Kept in the index too, so a client killed before its next pull pulls first when
-        #: it starts again: else its own uploads would look deleted on the server.
-        self._mirror_lags = index.get_meta("mirror_lags") == "1"
-        self._cursor = index.get_meta("cursor")
+        self.mirror = Mirror(remote, index, reporter)
         self.R: dict[str, RemoteEntry] = {}
         self.S: dict[str, Synced] = {}
         self.L: dict[str, LocalEntry] = {}
@@ -162,7 +156,7 @@ class Syncer:
     @property
     def cursor(self) -> str | None:
         """The change-feed position the mirror is at (read by the long-poll thread too)."""
-        return self._cursor
+        return self.mirror.cursor
 
     def sync(self, *, pull: bool = True) -> Summary:
         """Passes until one finds nothing left to do (at most MAX_PASSES)."""
@@ -176,8 +170,8 @@ class Syncer:
 
     def sync_pass(self, *, pull: bool = True) -> Summary:
         s = Summary()
-        pulled = pull or self._mirror_lags or self.cursor is None
-        moves = self.pull() if pulled else []
+        pulled = pull or self.mirror.lags or self.cursor is None
+        moves = self.mirror.pull() if pulled else []
         found = scan(self.root, self.state_dir)
         for path, why in found.skipped.items():
             self.report.skip(path, why)
@@ -208,87 +202,9 @@ class Syncer:
             self._settled = dict(self.L)
         return s
 
-    # -- the remote mirror ------------------------------------------------------------
-
-    def pull(self) -> list[tuple[str, str, bool]]:
-        """Bring the remote mirror up to date; returns the moves the feed reported."""
-        cursor = self.cursor
-        if cursor is None:
-            self._relist()
-            return []
-        moves: list[tuple[str, str, bool]] = []
-        while True:
-            try:
-                page = self.remote.changes(cursor)
-            except ApiError as exc:
-                if exc.slug != "cursor-reset":
-                    raise
-                self.report.note("the server's change history was reset: listing everything again")
-                self._relist()
-                return []
-            with self.index.transaction():
-                for doc in page["entries"]:
-                    self._apply_change(doc, moves)
-                self.index.set_meta("cursor", page["cursor"])
-                if not page["has_more"]:
-                    self._caught_up()
-            self._cursor = page["cursor"]
-            cursor = page["cursor"]
-            if not page["has_more"]:
-                return moves
-
-    def _relist(self) -> None:
-        """List the whole account into the mirror, as of one change-feed position.
-
-        Pages are separate reads; the listing counts as a snapshot only when the
-        account's position did not move while it was read, so the feed is then
-        replayed from exactly the state listed. Under constant writes it is retried,
-        and after RELIST_TRIES accepted as it is (replay converges on a later pass).
-        """
-        self.report.note("listing the account's files")
-        for attempt in range(1, RELIST_TRIES + 1):
-            listing = iter(self.remote.list_folder("", recursive=True))
-            cursor = next(listing)
-            with self.index.transaction():
-                self.index.remote_clear()
-                for doc in listing:
-                    self.index.remote_put(RemoteEntry.from_api(doc))
-                self.index.set_meta("cursor", cursor)
-                self._caught_up()
-            self._cursor = cursor
-            if self.remote.latest_cursor() == cursor:
-                return
-            self.report.note(f"the account changed while it was listed; listing again ({attempt})")
-
-    def _apply_change(self, doc: dict[str, Any], moves: list[tuple[str, str, bool]]) -> None:
-        path = relative(str(doc["path"]))
-        if doc["op"] == "delete":
-            self.index.remote_delete_tree(path)
-            return
-        entry = RemoteEntry.from_api(doc)
-        if doc["op"] == "move":
-            old = relative(str(doc["old_path"]))
-            if self.index.remote_get(old) is not None:
-                self.index.remote_move_tree(old, path)
-            moves.append((old, path, entry.is_dir))
-        else:
-            before = self.index.remote_get(path)
-            if before is not None and before.is_dir != entry.is_dir:
-                self.index.remote_delete_tree(path)
-        self.index.remote_put(entry)
-
-    def _caught_up(self) -> None:
-        self._mirror_lags = False
-        self.index.set_meta("mirror_lags", None)
-
-    def _touched(self) -> None:
-        if not self._mirror_lags:
-            self._mirror_lags = True
-            self.index.set_meta("mirror_lags", "1")
-
     # -- renames ----------------------------------------------------------------------
 
-    def _replay_remote_moves(self, moves: list[tuple[str, str, bool]], s: Summary) -> None:
+    def _replay_remote_moves(self, moves: list[Move], s: Summary) -> None:
         for old, new, is_dir in moves:
             base, here = self.S.get(old), self.L.get(old)
             if base is None or here is None or new in self.L or base.is_dir != is_dir or ignored(new):
@@ -335,7 +251,7 @@ class Syncer:
             return False
         if not base.is_dir and (not _unchanged(base, here) or was.rev != base.rev):
             return False
-        self._touched()
+        self.mirror.touched()
         try:
             self._ensure_remote_parents(new)
             entry = RemoteEntry.from_api(self.remote.move(old, new, rev=None if base.is_dir else base.rev))
@@ -398,7 +314,7 @@ class Syncer:
         if not local_changed and not remote_changed:
             return
         if local_changed:
-            self._touched()  # before the server is changed, in case this process dies after
+            self.mirror.touched()  # before the server is changed, in case this process dies after
         if local_changed and not remote_changed:
             if here is None:
                 if deletes:
@@ -547,7 +463,7 @@ class Syncer:
 
     def _downloaded(self, path: str, there: RemoteEntry, target: Path, done: Downloaded, s: Summary) -> None:
         if done.entry.rev != there.rev:
-            self._touched()  # newer than the mirror: read the feed before trusting it
+            self.mirror.touched()  # newer than the mirror: read the feed before trusting it
         synced = Synced(
             path, False, done.entry.rev, done.stat.st_size, done.entry.sha256,
             done.stat.st_mtime_ns, done.stat.st_ino,
@@ -583,7 +499,7 @@ class Syncer:
             return
         if os.path.lexists(os_path(self.root, path)):
             raise Changed(path)  # it is back (or the scan missed it): never delete on a stale view
-        self._touched()
+        self.mirror.touched()
         if there.is_dir and not folder_and_all and any(p.startswith(path + "/") for p in self.R):
             # Something in it was kept (edited on the server): the folder stays, here too.
             self._forget(path)
