@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from bench import add_common_options
 from bench.storage_throughput import (
     cpu_seconds,
     machine_busy_seconds,
@@ -1063,20 +1064,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(SERVERS),
         help=f"comma-separated subset of {','.join(SERVERS)} (default: all three)",
     )
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="parent of the (removed afterwards) bench folder; default /tmp",
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each server, wait up to this long for other processes to go idle (default 0: no)",
-    )
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    add_common_options(ap, wait_quiet="before each server")
     args = ap.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not servers or any(s not in SERVERS for s in servers):

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench import add_common_options
 from bench.dav_vs_wsgidav import (
     CHEAP_HASHING,
     REPO,
@@ -474,17 +475,7 @@ def print_notes(config: dict[str, Any], has_rsync: bool) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.delta_sync", description=__doc__.split("\n")[0])
     ap.add_argument("--size-mib", type=int, default=100, help="size of the file in MiB (default 100)")
-    ap.add_argument(
-        "--workdir", type=Path, default=None, help="parent of the (removed afterwards) bench folder"
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="first wait up to this long for other processes to go idle (default 0: no)",
-    )
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    add_common_options(ap, wait_quiet="first")
     args = ap.parse_args(argv)
     if args.size_mib < 8:
         ap.error("--size-mib must be at least 8")

@@ -63,6 +63,7 @@ from urllib.parse import quote, urlsplit
 
 import psutil
 
+from bench import add_common_options
 from bench.dav_vs_wsgidav import (
     CHEAP_HASHING,
     BenchError,
@@ -983,15 +984,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--fanout", type=int, default=None, help="waiters on the fan-out account (default 500)")
     ap.add_argument("--threads", type=int, default=None, help="server worker threads (default 8)")
     ap.add_argument("--quick", action="store_true", help="500 waiters, 50 accounts, 50 commits, fan-out 200")
-    ap.add_argument("--workdir", type=Path, default=None, help="parent of the bench folder (default /tmp)")
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="first wait up to this long for other processes to go idle (default 0: no)",
-    )
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    add_common_options(ap, wait_quiet="first")
     return ap.parse_args(argv)
 
 

@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import add_common_options
 from bench.dav_vs_wsgidav import (
     CHEAP_HASHING,
     REPO,
@@ -569,17 +570,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="32 MiB large file, fewer repetitions")
     ap.add_argument("--size-mib", type=int, default=None, help="large file size in MiB (default 256)")
     ap.add_argument("--threads", type=int, default=8, help="cheroot worker threads of the node (default 8)")
-    ap.add_argument(
-        "--workdir", type=Path, default=None, help="parent of the (removed afterwards) bench folder"
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each measured phase, wait up to this long for other processes to go idle",
-    )
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    add_common_options(ap, wait_quiet="before each measured phase")
     args = ap.parse_args(argv)
     if args.size_mib is not None and args.size_mib < 1:
         ap.error("--size-mib must be at least 1")

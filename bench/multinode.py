@@ -63,6 +63,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psutil
 
+from bench import add_common_options
 from bench.dav_vs_wsgidav import (
     CHEAP_HASHING,
     REPO,
@@ -716,17 +717,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=8, help="cheroot worker threads per node (default 8)")
     ap.add_argument("--small-kib", type=int, default=None, help="size of the small files in KiB (default 4)")
     ap.add_argument("--small-count", type=int, default=None, help="small files per run (default 2000)")
-    ap.add_argument(
-        "--workdir", type=Path, default=None, help="parent of the (removed afterwards) bench folder"
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before the workloads, wait up to this long for other processes to go idle",
-    )
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    add_common_options(ap, wait_quiet="before the workloads")
     args = ap.parse_args(argv)
     if args.size_mib is not None and args.size_mib < 1:
         ap.error("--size-mib must be at least 1")
