@@ -34,6 +34,12 @@ from sync_ext.client.syncer import Syncer
 CREDENTIALS = "credentials.json"
 
 
+class UsageProblem(click.ClickException):
+    """Credentials or usage: exit code 2, like a refused token."""
+
+    exit_code = 2
+
+
 def _home(home: str | None) -> Path:
     if home:
         return Path(home)
@@ -49,7 +55,7 @@ def _load_credentials(home: Path) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads((home / CREDENTIALS).read_text())
     except FileNotFoundError:
-        raise click.ClickException(
+        raise UsageProblem(
             "not logged in: run `davsync login URL` (or set DAVSYNC_URL and DAVSYNC_TOKEN)"
         ) from None
     return doc
@@ -199,7 +205,7 @@ def _bind(index: Index, url: str, remote: Remote) -> None:
     if known is None:
         index.set_meta("bound_to", key)
     elif known != key:
-        raise click.ClickException(
+        raise UsageProblem(
             f"this folder is synced with {known}, not {key}: use another folder or --state-dir"
         )
 

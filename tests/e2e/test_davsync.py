@@ -110,6 +110,16 @@ def test_a_revoked_token_stops_sync_with_a_clear_message(devices: Devices, api: 
     assert "davsync login" in done.stderr
 
 
+def test_logout_revokes_the_token_and_sync_then_asks_for_a_login(devices: Devices, server: DavServer) -> None:
+    (a,) = devices(1)
+    token = json.loads((a.home / "credentials.json").read_text())["token"]
+    assert a.run("logout").returncode == 0
+    r = httpx.get(server.url + "/api/v1/account", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    done = a.run("sync", str(a.folder), "--once")
+    assert done.returncode == 2 and "not logged in" in done.stderr
+
+
 def test_an_unreachable_server_is_reported(devices: Devices, tmp_path: Path) -> None:
     (a,) = devices(1)
     creds = a.home / "credentials.json"
