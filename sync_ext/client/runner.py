@@ -43,7 +43,7 @@ class Runner:
         delay = 1.0
         last_pull = float("-inf")  # the first pass always reads the feed
         started = False
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.fatal is None:
             pull = self._remote_news.is_set() or time.monotonic() - last_pull > PULL_EVERY
             self._remote_news.clear()
             began = time.monotonic()
@@ -90,8 +90,8 @@ class Runner:
             try:
                 answer = self.syncer.remote.longpoll(cursor, self.longpoll_timeout)
             except AuthError as exc:
+                # Not a stop (that would end quietly): the main loop sees ``fatal`` and fails.
                 self.fatal = exc
-                self.stop.set()
                 self._wake.set()
                 return
             except ClientError as exc:

@@ -110,6 +110,26 @@ def test_a_revoked_token_stops_sync_with_a_clear_message(devices: Devices, api: 
     assert "davsync login" in done.stderr
 
 
+def test_a_running_client_whose_token_is_revoked_stops_and_says_why(
+    devices: Devices, api: httpx.Client
+) -> None:
+    (a,) = devices(1)
+    proc = a.start()
+    try:
+        assert proc.stdout is not None
+        assert "in sync" in proc.stdout.readline() + proc.stdout.readline()
+        token_id = json.loads((a.home / "credentials.json").read_text())["token_id"]
+        assert api.delete(f"/api/v1/account/tokens/{token_id}").status_code == 204
+        write(a.folder / "after.txt", "made after the revocation")  # the next scan needs the server
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, out
+    assert "davsync login" in out
+
+
 def test_logout_revokes_the_token_and_sync_then_asks_for_a_login(devices: Devices, server: DavServer) -> None:
     (a,) = devices(1)
     token = json.loads((a.home / "credentials.json").read_text())["token"]
