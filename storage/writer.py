@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage.accounts import AccountContext
@@ -47,6 +49,15 @@ _LOOKUP_BLOCK = Prepared(
 )
 _BLOCK_KEYS = ("account_id", "sha256", "name", "size", "stored_size", "codec", "key_epoch", "created_at")
 _INSERT_BLOCKS = Prepared(insert(t.blocks), keys=_BLOCK_KEYS)
+#: One new block (a small file's): inserted unless a concurrent write just did, and its id
+#: returned, in one statement instead of look-up, insert, look-up (per dialect: the
+#: conflict clause is each database's own).
+_INSERT_ONE_BLOCK = {
+    name: Prepared(
+        dialect_insert(t.blocks).on_conflict_do_nothing().returning(t.blocks.c.id), keys=_BLOCK_KEYS
+    )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
 #: Up to this many hashes are looked up one by one (prepared); more go in one IN query.
 _FEW_HASHES = 4
 _BLOCK_IDS = select(t.blocks.c.id, t.blocks.c.sha256).where(
@@ -365,16 +376,25 @@ class BlockWriter:
         wanted = {r.sha256 for r in refs if r.block_id is None}
         if not wanted:
             return
-        ids = self._block_ids(conn, wanted)
-        missing_new = [row for sha, row in new_rows.items() if sha not in ids]
-        if missing_new:
-            _INSERT_BLOCKS.execute_many(conn, missing_new)
-            ids.update(self._block_ids(conn, set(new_rows) - set(ids)))
+        if len(new_rows) == 1 and wanted == set(new_rows):
+            ids = self._insert_one(conn, next(iter(new_rows.values())))
+        else:
+            ids = self._block_ids(conn, wanted)
+            missing_new = [row for sha, row in new_rows.items() if sha not in ids]
+            if missing_new:
+                _INSERT_BLOCKS.execute_many(conn, missing_new)
+                ids.update(self._block_ids(conn, set(new_rows) - set(ids)))
         if any(sha not in ids for sha in wanted):
             raise VanishedBlocks()
         for r in refs:
             if r.block_id is None:
                 r.block_id = ids[r.sha256]
+
+    def _insert_one(self, conn: Connection, row: dict[str, Any]) -> dict[bytes, int]:
+        got = _INSERT_ONE_BLOCK[conn.dialect.name].first(conn, row)
+        if got is not None:
+            return {row["sha256"]: int(got.id)}
+        return self._block_ids(conn, {row["sha256"]})  # a concurrent write recorded it first
 
     def _block_ids(self, conn: Connection, shas: set[bytes]) -> dict[bytes, int]:
         ordered = sorted(shas)

@@ -6,7 +6,9 @@ import io
 
 from storage.chunker import ChunkerParams
 from storage.engine import Engine
-from tests.storage.conftest import EngineFactory
+from tests.storage.conftest import EngineFactory, database_url
+
+__all__ = ["database_url"]
 
 MiB = 1 << 20
 
@@ -58,3 +60,23 @@ def test_a_one_byte_edit_in_the_middle_adds_at_most_two_blocks(make_engine: Engi
     data[16 * MiB] ^= 0xFF
     vol.write("mid.bin", io.BytesIO(bytes(data)))
     assert engine.stats().blocks - blocks_before <= 2
+
+
+def test_two_writes_racing_with_the_same_new_small_file_share_one_block(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    """Both miss the block at look-up time and both store it; the second commit finds the
+    first's row (its insert does nothing) and both versions read back."""
+    engine = make_engine(database_url)
+    engine.accounts.create("d", "password1")
+    vol = engine.volume("d")
+    data = b"the same small file, written twice at once"
+    first, second = vol.begin_write("a.txt"), vol.begin_write("b.txt")
+    first.feed(io.BytesIO(data))
+    second.feed(io.BytesIO(data))
+    first.commit()
+    second.commit()
+    for name in ("a.txt", "b.txt"):
+        with vol.open(name) as f:
+            assert f.read() == data
+    assert engine.stats().blocks == 1
