@@ -54,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -1078,9 +1078,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     params = QUICK if args.quick else Params()
-    params = Params(**{**asdict(params), "threads": args.threads})
+    params = replace(params, threads=args.threads)
     if args.size_mib is not None:
-        params = Params(**{**asdict(params), "size_mib": args.size_mib})
+        params = replace(params, size_mib=args.size_mib)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     parent = args.workdir or Path(tempfile.gettempdir())

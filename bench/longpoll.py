@@ -56,7 +56,7 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -1003,7 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if v is not None
     }
-    params = Params(**{**asdict(params), **overrides})
+    params = replace(params, **overrides)
     if params.accounts < 1 or params.waiters < params.accounts or params.rate <= 0 or params.fanout < 0:
         print("need waiters >= accounts >= 1, rate > 0 and fanout >= 0", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -592,9 +592,9 @@ def _remove_redis_namespace(url: str, namespace: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     params = QUICK if args.quick else Params()
-    params = Params(**{**asdict(params), "threads": args.threads})
+    params = replace(params, threads=args.threads)
     if args.size_mib is not None:
-        params = Params(**{**asdict(params), "size_mib": args.size_mib})
+        params = replace(params, size_mib=args.size_mib)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     parent = args.workdir or Path(tempfile.gettempdir())
@@ -611,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     svcs: dict[str, services.Service] = {}
     setups: list[Setup] = []
     db_url = s3_url = ""
-    saved_env = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    saved_env: dict[str, str | None] = {}
     failed: list[str] = []
     busy0, own0 = machine_busy_seconds(), cpu_seconds()
     try:
@@ -621,10 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}; services:", flush=True)
-        start_services(svcs)
-        if isinstance(svcs["s3"], services.ServiceProcess):
-            os.environ["AWS_ACCESS_KEY_ID"] = services.S3_ACCESS_KEY
-            os.environ["AWS_SECRET_ACCESS_KEY"] = services.S3_SECRET_KEY
+        start_services(svcs, saved_env)
         service_pids = {
             kind: svc.pid if isinstance(svc, services.ServiceProcess) else None for kind, svc in svcs.items()
         }

@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -141,10 +141,13 @@ class ErrorLog:
 # -- services and deployments ---------------------------------------------------------------------
 
 
-def start_services(into: dict[str, services.Service]) -> None:
+def start_services(into: dict[str, services.Service], saved_env: dict[str, str | None]) -> None:
     """PostgreSQL, Redis and S3: given by DAVSERVER_TEST_*_URL, else started from the wheels.
 
     Fills ``into`` as it goes, so the caller can stop what was started if a later one fails.
+    Our own SeaweedFS accepts only the fixed test key pair, which boto3 finds in the
+    environment: it is set there, and what it replaced kept in ``saved_env`` for
+    :func:`restore_environ`.
     """
     for kind, (env_var, factory) in services.FACTORIES.items():
         given = os.environ.get(env_var, "").strip()
@@ -162,6 +165,13 @@ def start_services(into: dict[str, services.Service]) -> None:
         except services.ServiceError as exc:
             raise BenchError(f"cannot start {kind} (set {env_var} to use a running one): {exc}") from None
         print(f"  {kind:<9} started {service.url} in {service.startup_seconds or 0:.1f} s", flush=True)
+    if isinstance(into.get("s3"), services.ServiceProcess):
+        for key, value in (
+            ("AWS_ACCESS_KEY_ID", services.S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", services.S3_SECRET_KEY),
+        ):
+            saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
 
 
 def restore_environ(saved: dict[str, str | None]) -> None:
@@ -731,13 +741,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     params = QUICK if args.quick else Params()
-    params = Params(**{**asdict(params), "threads": args.threads})
+    params = replace(params, threads=args.threads)
     if args.size_mib is not None:
-        params = Params(**{**asdict(params), "size_mib": args.size_mib})
+        params = replace(params, size_mib=args.size_mib)
     if args.small_kib is not None:
-        params = Params(**{**asdict(params), "small_size": args.small_kib * 1024})
+        params = replace(params, small_size=args.small_kib * 1024)
     if args.small_count is not None:
-        params = Params(**{**asdict(params), "small_count": args.small_count})
+        params = replace(params, small_count=args.small_count)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     parent = args.workdir or Path(tempfile.gettempdir())
@@ -755,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deployments: list[Deployment] = []
     databases: list[str] = []
     s3_run_url = ""
-    saved_env = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    saved_env: dict[str, str | None] = {}
     errors = ErrorLog()
     watch: Watch | None = None
     failed: list[str] = []
@@ -769,11 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}; services:", flush=True)
-        start_services(svcs)
-        if isinstance(svcs["s3"], services.ServiceProcess):
-            # our SeaweedFS accepts only the fixed test key pair; boto3 finds it in the environment
-            os.environ["AWS_ACCESS_KEY_ID"] = services.S3_ACCESS_KEY
-            os.environ["AWS_SECRET_ACCESS_KEY"] = services.S3_SECRET_KEY
+        start_services(svcs, saved_env)
         key_file = root / "master.key"
         MasterKey.generate().save(key_file)  # generated once, shared by every node
 
