@@ -221,28 +221,32 @@ class Syncer:
                 s.errors.append(f"{old}: could not rename to {new}: {exc.strerror}")
                 continue
             self.index.synced_move_tree(old, new)
-            self._rekey(self.S, old, new)
-            self.L = self._moved_local(old, new)
+            self._rekey(self.S, old, new, subtree=is_dir)
+            self._rekey(self.L, old, new, subtree=is_dir)
             self.report.moved(old, new, remote_side=False)
             s.moved_local += 1
 
     def _find_local_moves(self, s: Summary) -> None:
-        tried: set[str] = set()
-        while True:
-            gone = sorted(
-                (p for p in self.S if p not in self.L and p not in tried), key=lambda p: p.count("/")
-            )
-            arrived: dict[tuple[int | None, bool], LocalEntry] = {
-                (e.inode, e.is_dir): e for p, e in self.L.items() if p not in self.S
-            }
-            for old in gone:
-                tried.add(old)
-                base = self.S[old]
-                here = arrived.get((base.inode, base.is_dir))
-                if here is not None and self._move_remote(old, here, s):
-                    break
-            else:
-                return
+        """Synced paths gone from the disk, matched by inode with paths new on it, shallowest
+        first: a folder's move takes its subtree along, and what is then synced under the
+        new folder but not on disk (renamed inside it too) is matched in turn."""
+        arrived: dict[tuple[int | None, bool], LocalEntry] = {
+            (e.inode, e.is_dir): e for p, e in self.L.items() if p not in self.S
+        }
+        gone = sorted((p for p in self.S if p not in self.L), key=_depth)
+        i = 0
+        while i < len(gone):
+            old, i = gone[i], i + 1
+            base = self.S.get(old)
+            if base is None or old in self.L:  # went along with a folder moved before it
+                continue
+            here = arrived.get((base.inode, base.is_dir))
+            if here is None or here.path in self.S or not self._move_remote(old, here, s):
+                continue
+            del arrived[(base.inode, base.is_dir)]
+            if base.is_dir:
+                below = here.path + "/"
+                gone += sorted((p for p in self.S if p.startswith(below) and p not in self.L), key=_depth)
 
     def _move_remote(self, old: str, here: LocalEntry, s: Summary) -> bool:
         base, new = self.S[old], here.path
@@ -259,28 +263,26 @@ class Syncer:
             self.report.note(f"{old}: moving it on the server failed ({exc}); sending it again instead")
             return False
         self.index.synced_move_tree(old, new)
-        self._rekey(self.R, old, new)
+        self._rekey(self.R, old, new, subtree=base.is_dir)
         self.R[new] = entry
-        self._rekey(self.S, old, new)
+        self._rekey(self.S, old, new, subtree=base.is_dir)
         self.report.moved(old, new, remote_side=True)
         s.moved_remote += 1
         return True
 
-    @staticmethod
-    def _rekey(table: dict[str, Any], old: str, new: str) -> None:
-        for p in [p for p in table if p == old or p.startswith(old + "/")]:
+    def _rekey(self, table: dict[str, Any], old: str, new: str, *, subtree: bool) -> None:
+        """``old`` is ``new`` now in ``table`` (R, S or L), with everything below it for a folder
+        (a file's move touches one key: no scan of a large tree per rename)."""
+        below = [p for p in table if p.startswith(old + "/")] if subtree else []
+        for p in [old, *below]:
+            item = table.pop(p, None)
+            if item is None:
+                continue
             q = new + p[len(old) :]
-            table[q] = dataclasses.replace(table.pop(p), path=q)
-
-    def _moved_local(self, old: str, new: str) -> dict[str, LocalEntry]:
-        out: dict[str, LocalEntry] = {}
-        for p, e in self.L.items():
-            if p == old or p.startswith(old + "/"):
-                q = new + p[len(old) :]
-                out[q] = LocalEntry(q, str(os_path(self.root, q)), e.is_dir, e.size, e.mtime_ns, e.inode)
+            if isinstance(item, LocalEntry):
+                table[q] = dataclasses.replace(item, path=q, os_name=str(os_path(self.root, q)))
             else:
-                out[p] = e
-        return out
+                table[q] = dataclasses.replace(item, path=q)
 
     # -- one path ---------------------------------------------------------------------
 
@@ -641,3 +643,7 @@ def _remote_changed(base: Synced | None, there: RemoteEntry | None) -> bool:
     if base.is_dir != there.is_dir:
         return True
     return not base.is_dir and base.rev != there.rev
+
+
+def _depth(path: str) -> int:
+    return path.count("/")
