@@ -125,9 +125,10 @@ class BlockSync:
             raise TooLarge(f"a block holds 1 to {self._account.chunker.max_size} bytes")
         if hashlib.sha256(data).digest() != sha256:
             raise InvalidBlockList("the block's bytes do not hash to its name")
-        if self._rows({sha256}):
-            return False
-        self._check_room(len(data))
+        with self._s.db.read() as conn:
+            if self._rows_in(conn, {sha256}):
+                return False
+            self._check_room(conn, len(data))
         # The codec stores a block raw when compressing does not pay.
         stored = self._s.blocks.store(self._account.id, self._account.keys, data, sha256, compress=True)
         try:
@@ -150,22 +151,19 @@ class BlockSync:
             return False
         return True
 
-    def _check_room(self, size: int) -> None:
+    def _check_room(self, conn: Connection, size: int) -> None:
         """Parked blocks (uploaded, not committed, within the gc grace) stay under the cap and
         the quota's room: a client cannot fill the store without committing files."""
         cfg = self._s.config
         a = t.accounts.c
-        with self._s.db.read() as conn:
-            parked = conn.execute(
-                select(func.coalesce(func.sum(b.size), 0)).where(
-                    b.account_id == self._account.id,
-                    _PENDING,
-                    b.created_at > cfg.clock() - cfg.gc_grace_seconds,
-                )
-            ).scalar_one()
-            used, quota = conn.execute(
-                select(a.used_bytes, a.quota_bytes).where(a.id == self._account.id)
-            ).one()
+        parked = conn.execute(
+            select(func.coalesce(func.sum(b.size), 0)).where(
+                b.account_id == self._account.id,
+                _PENDING,
+                b.created_at > cfg.clock() - cfg.gc_grace_seconds,
+            )
+        ).scalar_one()
+        used, quota = conn.execute(select(a.used_bytes, a.quota_bytes).where(a.id == self._account.id)).one()
         if int(parked) + size > cfg.max_pending_block_bytes:
             raise QuotaExceeded("too many uploaded blocks wait for a commit: commit files, or wait")
         if quota is not None and int(used) + int(parked) + size > int(quota):
@@ -243,10 +241,13 @@ class BlockSync:
     def _rows(self, hashes: set[bytes]) -> list[Any]:
         if not hashes:
             return []
+        with self._s.db.read() as conn:
+            return self._rows_in(conn, hashes)
+
+    def _rows_in(self, conn: Connection, hashes: set[bytes]) -> list[Any]:
         ordered = sorted(hashes)
         out: list[Any] = []
-        with self._s.db.read() as conn:
-            for i in range(0, len(ordered), 500):
-                params = {"b_account": self._account.id, "b_shas": ordered[i : i + 500]}
-                out.extend(conn.execute(_BY_HASHES, params).all())
+        for i in range(0, len(ordered), 500):
+            params = {"b_account": self._account.id, "b_shas": ordered[i : i + 500]}
+            out.extend(conn.execute(_BY_HASHES, params).all())
         return out
