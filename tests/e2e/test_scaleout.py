@@ -230,6 +230,14 @@ def same_etag(propfind_etag: str, header_etag: str) -> bool:
     return propfind_etag == header_etag and bool(header_etag)
 
 
+def assert_one_revision(reader: httpx.Client, lister: httpx.Client, path: str, data: bytes) -> None:
+    """The upload reads back whole through one node and is one revision as another lists it."""
+    back = reader.get("/dav" + path)
+    assert back.status_code == 200 and sha(back.content) == sha(data)
+    revs = revisions(lister, path)
+    assert len(revs) == 1 and revs[0]["content_sha256"] == sha(data), revs
+
+
 def revisions(client: httpx.Client, path: str, limit: int = 1000) -> list[dict[str, Any]]:
     """Every revision of a file, newest first (all pages)."""
     out: list[dict[str, Any]] = []
@@ -390,10 +398,7 @@ def test_resumable_upload_started_on_one_node_is_finished_on_another(cluster: Cl
         assert done.status_code == 201, (done.status_code, done.text)
         assert done.json()["content_sha256"] == sha(data)
 
-        back = a.get("/dav" + path)
-        assert back.status_code == 200 and sha(back.content) == sha(data)
-        revs = revisions(c, path)
-        assert len(revs) == 1 and revs[0]["content_sha256"] == sha(data), revs
+        assert_one_revision(a, c, path, data)
 
 
 def test_tus_upload_started_on_one_node_is_finished_on_another(cluster: Cluster) -> None:
@@ -436,10 +441,7 @@ def test_tus_upload_started_on_one_node_is_finished_on_another(cluster: Cluster)
         p = b.patch(url, headers={"Upload-Offset": str(second), **octets}, content=data[second:])
         assert p.status_code == 204 and p.headers["Upload-Offset"] == str(total), (p.status_code, p.text)
 
-        back = a.get("/dav" + path)
-        assert back.status_code == 200 and sha(back.content) == sha(data)
-        revs = revisions(c, path)
-        assert len(revs) == 1 and revs[0]["content_sha256"] == sha(data), revs
+        assert_one_revision(a, c, path, data)
 
 
 # -- 3. a lock taken on one node holds on the others ----------------------------------------
