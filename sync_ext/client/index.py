@@ -261,12 +261,3 @@ class Index:
     @_locked
     def download_delete(self, path: str) -> None:
         self._db.execute("DELETE FROM downloads WHERE path = ?", (path,))
-
-    @_locked
-    def dump(self) -> dict[str, Any]:
-        """For ``davsync status``."""
-        return {
-            "synced": self._db.execute("SELECT count(*) FROM synced").fetchone()[0],
-            "remote": self._db.execute("SELECT count(*) FROM remote").fetchone()[0],
-            "partial_downloads": [d.path for d in self.download_all()],
-        }

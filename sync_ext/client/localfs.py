@@ -123,7 +123,6 @@ class Cutter:
         self.matches_server = (
             c["algorithm"] == params.algorithm and c["implementation"] == params.implementation
         )
-        self.max_block = int(config["max_block_size"])
         self._chunker = Chunker(params, int(c["seed"]))
 
     def blocks(self, path: Path) -> Iterator[tuple[str, bytes]]:
