@@ -70,6 +70,9 @@ class AuthSettings:
     lockout_seconds: float = 60.0
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
 class LoginThrottle:
     """Counts failures per key in a sliding window; thread-safe, in memory."""
 
@@ -268,8 +271,11 @@ class Authenticator:
             return True
         if self._s.trust_forwarded_proto and environ.get("HTTP_X_FORWARDED_PROTO", "").lower() == "https":
             return True
+        address = self.client_address(environ)
+        if address in _LOOPBACK:
+            return True  # the usual case, without parsing the address
         try:
-            return ipaddress.ip_address(self.client_address(environ)).is_loopback
+            return ipaddress.ip_address(address).is_loopback
         except ValueError:
             return False
 

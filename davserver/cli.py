@@ -392,7 +392,7 @@ def stats(data_dir: str | None, config_file: str | None) -> None:
     click.echo(f"stored bytes        {_human(s.stored_bytes)}")
     click.echo(f"dedup ratio         {s.dedup_ratio:.2f}x")
     click.echo(f"compression ratio   {s.compression_ratio:.2f}x")
-    for tier, label in ((0, "hot store"), (1, "archive")):
+    for tier, label in ((0, "hot store"), (1, "archive"), (-1, "inline in database")):
         count, size = tiers.get(tier, (0, 0))
         click.echo(f"{label:<20}{_human(size)} in {count} blocks")
     if cache is not None:

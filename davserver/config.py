@@ -59,6 +59,8 @@ class ServerConfig:
     max_file_size: int = 10 << 30
     gc_grace_seconds: float = 6 * 3600
     max_pending_block_bytes: int = 20 << 30
+    #: Blocks whose sealed object is at most this size live in their metadata row (0: never).
+    inline_block_bytes: int = 32 << 10
     #: Retention (storage.retention): every version kept this long, then thinned by age.
     keep_all_minutes: float = 10
     max_versions: int | None = None
@@ -92,6 +94,7 @@ class ServerConfig:
             max_file_size=self.max_file_size,
             gc_grace_seconds=self.gc_grace_seconds,
             max_pending_block_bytes=self.max_pending_block_bytes,
+            inline_block_bytes=self.inline_block_bytes,
             upload_session_seconds=self.upload_session_days * 86400,
             retention=RetentionPolicy(
                 keep_all_seconds=self.keep_all_minutes * 60,
@@ -188,7 +191,7 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("master_key_file", "certfile", "keyfile"):
         if kwargs.get(key) is not None:
             kwargs[key] = Path(kwargs[key])
-    for key in ("max_file_size", "max_pending_block_bytes"):
+    for key in ("max_file_size", "max_pending_block_bytes", "inline_block_bytes"):
         if key in kwargs:
             kwargs[key] = parse_size(kwargs[key])
     for key in ("port", "threads", "zstd_level"):
@@ -219,6 +222,8 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
         raise ConfigError(str(exc)) from None
     if not 1 <= cfg.zstd_level <= 22:
         raise ConfigError("zstd_level must be 1..22")
+    if not 0 <= cfg.inline_block_bytes <= 1 << 20:
+        raise ConfigError("inline_block_bytes must be 0..1M")
     if (cfg.certfile is None) != (cfg.keyfile is None):
         raise ConfigError("certfile and keyfile go together")
     return cfg

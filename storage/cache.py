@@ -80,7 +80,10 @@ class Cache:
 
     def _decoded(self, key: str, decode: Callable[[Any], Any]) -> Any:
         """The cached value decoded, or None (a miss; also for a value this code cannot read)."""
-        raw = self.get(key)
+        return self._parse(key, self.get(key), decode)
+
+    @staticmethod
+    def _parse(key: str, raw: bytes | None, decode: Callable[[Any], Any]) -> Any:
         if raw is None:
             return None
         try:
@@ -89,38 +92,45 @@ class Cache:
             log.warning("ignored an unreadable metadata cache entry %s", key)
             return None
 
+    def _keep(self, key: str, value: Any, doc: Callable[[], Any], size: int) -> None:
+        """Store ``value`` (``doc()`` is its JSON form; ``size`` an estimate of its bytes)."""
+        self.set(key, json.dumps(doc(), separators=(",", ":")).encode())
+
     def listing(
         self, account_id: int, generation: int, path: str, load: Callable[[], list[Entry]]
     ) -> list[Entry]:
         key = f"ls:{account_id}:{generation}:{path}"
         cached = self._decoded(key, lambda docs: [_entry(doc) for doc in docs])
         if cached is not None:
-            return cast(list[Entry], cached)
+            return list(cached)
         entries = load()
-        self.set(key, json.dumps([_entry_doc(e) for e in entries], separators=(",", ":")).encode())
-        return entries
+        self._keep(key, entries, lambda: [_entry_doc(e) for e in entries], 64 + 192 * len(entries))
+        return list(entries)
 
     def properties(
         self, account_id: int, generation: int, path: str, load: Callable[[], dict[int, dict[str, str]]]
     ) -> dict[int, dict[str, str]]:
         key = f"pr:{account_id}:{generation}:{path}"
         cached = self._decoded(key, lambda doc: {int(k): dict(v) for k, v in doc.items()})
-        if cached is not None:
-            return cast(dict[int, dict[str, str]], cached)
-        props = load()
-        self.set(key, json.dumps(props, separators=(",", ":")).encode())
-        return props
+        if cached is None:
+            cached = load()
+            size = 64 + sum(32 + sum(len(k) + len(v) for k, v in p.items()) for p in cached.values())
+            self._keep(key, cached, lambda: cached, size)
+        return {node: dict(props) for node, props in cast(dict[int, dict[str, str]], cached).items()}
 
     def blocks(self, version_id: int, load: Callable[[], list[BlockLocation]]) -> list[BlockLocation]:
         key = f"bl:{version_id}"
-        cached = self._decoded(
-            key, lambda docs: [BlockLocation(o, s, n, bytes.fromhex(h)) for o, s, n, h in docs]
-        )
+        cached = self._decoded(key, lambda docs: [_block(doc) for doc in docs])
         if cached is not None:
-            return cast(list[BlockLocation], cached)
+            return list(cached)
         blocks = load()
-        self.set(key, json.dumps([[b.offset, b.size, b.name, b.sha256.hex()] for b in blocks]).encode())
-        return blocks
+        self._keep(
+            key,
+            blocks,
+            lambda: [_block_doc(b) for b in blocks],
+            64 + sum(160 + len(b.inline or b"") for b in blocks),
+        )
+        return list(blocks)
 
 
 class NoCache(Cache):
@@ -132,36 +142,56 @@ class NoCache(Cache):
 
 
 class LocalCache(Cache):
-    """An LRU bounded by the bytes it holds (one process: the embedded default)."""
+    """An LRU bounded by the bytes it holds (one process: the embedded default).
+
+    Listings, properties and block lists are kept as the objects themselves (their
+    elements are immutable; callers get a fresh outer list or dict), not as JSON:
+    decoding a block list on every GET of a small file cost more than the look-up.
+    Their size is an estimate of the objects' bytes.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__()
         self._max = max_bytes
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._size = 0
 
-    def get(self, key: str) -> bytes | None:
+    def _lookup(self, key: str) -> Any:
         with self._lock:
-            value = self._items.get(key)
-            if value is None:
+            item = self._items.get(key)
+            if item is None:
                 self.stats.misses += 1
                 return None
             self._items.move_to_end(key)
             self.stats.hits += 1
-            return value
+            return item[0]
 
-    def set(self, key: str, value: bytes) -> None:
-        if len(value) > self._max // 8:
+    def _store(self, key: str, value: Any, size: int) -> None:
+        if size > self._max // 8:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self._size -= len(old)
-            self._items[key] = value
-            self._size += len(value)
+                self._size -= old[1]
+            self._items[key] = (value, size)
+            self._size += size
             while self._size > self._max:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._size -= dropped
+
+    def get(self, key: str) -> bytes | None:
+        value = self._lookup(key)
+        return value if isinstance(value, bytes) else None
+
+    def set(self, key: str, value: bytes) -> None:
+        self._store(key, value, len(value))
+
+    def _decoded(self, key: str, decode: Callable[[Any], Any]) -> Any:
+        value = self._lookup(key)
+        return self._parse(key, value, decode) if isinstance(value, bytes) else value
+
+    def _keep(self, key: str, value: Any, doc: Callable[[], Any], size: int) -> None:
+        self._store(key, value, size)
 
 
 class RedisCache(Cache):
@@ -265,3 +295,16 @@ def _entry(doc: list[Any]) -> Entry:
         version_id,
         None if sha is None else bytes.fromhex(sha),
     )
+
+
+def _block_doc(b: BlockLocation) -> list[Any]:
+    doc: list[Any] = [b.offset, b.size, b.name, b.sha256.hex()]
+    if b.inline is not None:
+        doc.append(b.inline.hex())
+    return doc
+
+
+def _block(doc: list[Any]) -> BlockLocation:
+    offset, size, name, sha = doc[:4]
+    inline = bytes.fromhex(doc[4]) if len(doc) > 4 else None
+    return BlockLocation(offset, size, name, bytes.fromhex(sha), inline)

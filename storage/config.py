@@ -36,6 +36,10 @@ class StorageConfig:
     durable: bool = True
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     zstd_level: int = 1
+    #: Blocks whose sealed object is at most this many bytes are kept in their metadata row,
+    #: written in the commit's own transaction, instead of as an object in the block store
+    #: (0: never). A small file then costs no file creation, no extra fsync, no S3 request.
+    inline_block_bytes: int = 32 << 10
     #: Re-hash every block read with SHA-256 on top of the AES-GCM check (fsck --deep always does).
     rehash_reads: bool = False
     max_file_size: int = 10 * GiB

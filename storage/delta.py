@@ -45,7 +45,7 @@ MAX_BLOCKS = 50_000
 #: The partial index's own predicate, word for word: SQLite uses ix_blocks_pending only
 #: then (``pending IS 1`` or ``pending = 1`` read every block of the account).
 _PENDING: ColumnElement[bool] = literal_column("blocks.pending")
-_BY_HASHES = select(b.id, b.sha256, b.size, b.name).where(
+_BY_HASHES = select(b.id, b.sha256, b.size, b.name, b.inline_data).where(
     b.account_id == bindparam("b_account"), b.sha256.in_(bindparam("b_shas", expanding=True))
 )
 
@@ -144,6 +144,7 @@ class BlockSync:
                         key_epoch=stored.key_epoch,
                         created_at=self._s.config.clock(),
                         pending=True,
+                        inline_data=stored.inline,
                     )
                 )
         except DBIntegrityError:
@@ -174,7 +175,9 @@ class BlockSync:
         if not rows:
             raise NotFound("the account has no such block")
         row = rows[0]
-        return self._s.blocks.fetch(self._account.keys, row.name, sha256, int(row.size))
+        return self._s.blocks.fetch(
+            self._account.keys, row.name, sha256, int(row.size), inline=row.inline_data
+        )
 
     def manifest(self, path: str, version_id: int | None = None) -> tuple[Entry, list[ManifestBlock]]:
         with self._vol.open(path, version_id=version_id, include_deleted=version_id is not None) as reader:
@@ -211,7 +214,9 @@ class BlockSync:
         whole = hashlib.sha256()
         refs, offset = [], 0
         for h, s in blocks:
-            whole.update(self._s.blocks.fetch(self._account.keys, rows[h].name, h, s))
+            whole.update(
+                self._s.blocks.fetch(self._account.keys, rows[h].name, h, s, inline=rows[h].inline_data)
+            )
             refs.append(BlockAt(int(rows[h].id), offset))
             offset += s
         return self._vol._commit_source(

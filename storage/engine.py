@@ -55,7 +55,13 @@ class Engine:
         self.backend = backend
         self.codec = Codec(level=config.zstd_level)
         self.reads = ReadTracker() if isinstance(backend, TieredBackend) else None
-        self.blocks = BlockStore(backend, self.codec, rehash_reads=config.rehash_reads, reads=self.reads)
+        self.blocks = BlockStore(
+            backend,
+            self.codec,
+            rehash_reads=config.rehash_reads,
+            reads=self.reads,
+            inline_bytes=config.inline_block_bytes,
+        )
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="davserver-blocks")
         self.accounts = Accounts(db, config.master_key, config.password_hashing, config.chunker, config.clock)
         self.locks = LockRecords(db, config.clock)

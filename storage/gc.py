@@ -32,6 +32,7 @@ from storage.model import FsckReport, GcReport, Stats
 
 _BATCH = 200
 b = t.blocks.c
+_IS_INLINE = b.inline_data.is_not(None).label("is_inline")
 
 
 def _unreferenced() -> Any:
@@ -61,26 +62,28 @@ def collect(db: Database, backend: Backend, *, now: float, grace: float) -> GcRe
     for name in tails:
         backend.delete(name)
     with db.read() as conn:
-        candidates = (
-            conn.execute(select(b.id).where(b.created_at < cutoff, _unreferenced()).order_by(b.id))
-            .scalars()
-            .all()
-        )
+        candidates = conn.execute(
+            select(b.id, _IS_INLINE).where(b.created_at < cutoff, _unreferenced()).order_by(b.id)
+        ).all()
+    inline = {row.id for row in candidates if row.is_inline}
     for i in range(0, len(candidates), _BATCH):
-        batch = candidates[i : i + _BATCH]
+        batch = [row.id for row in candidates[i : i + _BATCH]]
         try:
             with db.write() as conn:
                 gone = conn.execute(
                     delete(t.blocks)
                     .where(b.id.in_(batch), b.created_at < cutoff, _unreferenced())
-                    .returning(b.name, b.size)
+                    .returning(b.id, b.name, b.size)
                 ).all()
         except DBIntegrityError:
             report.blocks_skipped_in_use += len(batch)
             continue
         report.blocks_skipped_in_use += len(batch) - len(gone)
         for row in gone:
-            backend.delete(row.name)
+            # (Whether it is inline comes from the look-up: SQLite 3.40 answered
+            # ``inline_data IS NOT NULL`` wrongly in this DELETE's RETURNING.)
+            if row.id not in inline:  # an inline block's object went with its row
+                backend.delete(row.name)
             report.blocks_deleted += 1
             report.bytes_freed += row.size
     report.orphan_objects_deleted = _sweep_orphans(db, backend, cutoff)
@@ -123,10 +126,10 @@ def check(db: Database, store: BlockStore, accounts: Accounts, *, deep: bool) ->
                 accounts.context(account_id)
             except IntegrityError as exc:
                 problems.append(f"account {account_id}: key does not unwrap: {exc}")
-        rows = conn.execute(select(b.id, b.account_id, b.name, b.sha256, b.size)).all()
+        rows = conn.execute(select(b.id, b.account_id, b.name, b.sha256, b.size, _IS_INLINE)).all()
         stored = {info.name: info.size for info in store.backend.list("")}
         for row in rows:
-            if row.name not in stored:
+            if not row.is_inline and row.name not in stored:
                 problems.append(f"block {row.id}: object {row.name} is missing")
         known = {row.name for row in rows} | _tail_names(conn)
         report.orphan_objects = sum(1 for name in stored if name not in known)
@@ -196,12 +199,18 @@ def check(db: Database, store: BlockStore, accounts: Accounts, *, deep: bool) ->
         )
     if deep:
         for row in rows:
-            if row.name not in stored:
+            inline = None
+            if row.is_inline:
+                with db.read() as conn:
+                    inline = conn.execute(select(b.inline_data).where(b.id == row.id)).scalar()
+                if inline is None:
+                    continue  # collected meanwhile
+            elif row.name not in stored:
                 continue
             report.blocks_checked += 1
             try:
                 keys = accounts.context(row.account_id).keys
-                store.fetch(keys, row.name, bytes(row.sha256), row.size, rehash=True)
+                store.fetch(keys, row.name, bytes(row.sha256), row.size, rehash=True, inline=inline)
             except (IntegrityError, NotFound) as exc:
                 problems.append(f"block {row.id} ({row.name}): {exc}")
     return report

@@ -76,7 +76,7 @@ class LockRecords:
             return []
         below = root.rstrip("/")
         params = {"b_root": root, "b_low": below + "/", "b_high": below + "0", "b_now": self._clock()}
-        with self._db.read() as conn:
+        with self._db.read(snapshot=False) as conn:
             rows = query.all(conn, params)
         return [dict(json.loads(r.data)) for r in rows]
 

@@ -34,6 +34,8 @@ class BlockLocation:
     size: int
     name: str
     sha256: bytes
+    #: The sealed object, for a block kept in its metadata row (storage.blockstore).
+    inline: bytes | None = None
 
 
 class VersionReader(io.RawIOBase):
@@ -171,4 +173,4 @@ class VersionReader(io.RawIOBase):
 
     def _fetch(self, index: int) -> bytes:
         b = self._blocks[index]
-        return self._store.fetch(self._keys, b.name, b.sha256, b.size)
+        return self._store.fetch(self._keys, b.name, b.sha256, b.size, inline=b.inline)

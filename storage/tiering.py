@@ -27,6 +27,8 @@ from storage.metadata import schema as t
 from storage.metadata.db import Database
 
 HOT, ARCHIVE, MOVING = 0, 1, 2
+#: Not a tier of the ``tier`` column: bytes_per_tier's key for blocks kept in their rows.
+INLINE = -1
 b = t.blocks.c
 
 
@@ -73,7 +75,10 @@ def move_cold_blocks(
         # Moves a crash interrupted: the archive copy exists, a hot copy may still too.
         leftovers = conn.execute(select(b.id, b.name).where(b.tier == MOVING)).all()
         last_read = func.coalesce(b.last_read_at, b.created_at)
-        query = select(b.id, b.name, b.stored_size).where(and_(b.tier == HOT, last_read < cold_before))
+        # Inline blocks live in their rows: there is no object to move.
+        query = select(b.id, b.name, b.stored_size).where(
+            and_(b.tier == HOT, last_read < cold_before, b.inline_data.is_(None))
+        )
         cold = conn.execute(query.order_by(b.id).limit(limit)).all()
     for block_id, name in leftovers:
         hot.delete(name)
@@ -115,14 +120,18 @@ def _tier(db: Database, block_id: int) -> int | None:
 
 
 def bytes_per_tier(db: Database) -> dict[int, tuple[int, int]]:
-    """{tier: (blocks, stored bytes)}; blocks being moved count as archived."""
+    """{tier: (blocks, stored bytes)}; blocks being moved count as archived, and blocks kept
+    in their metadata rows as :data:`INLINE`."""
+    inline = b.inline_data.is_not(None).label("inline")
     with db.read() as conn:
         rows = conn.execute(
-            select(b.tier, func.count(), func.coalesce(func.sum(b.stored_size), 0)).group_by(b.tier)
+            select(b.tier, inline, func.count(), func.coalesce(func.sum(b.stored_size), 0)).group_by(
+                b.tier, inline
+            )
         ).all()
     tiers: dict[int, tuple[int, int]] = {}
-    for tier, count, size in rows:
-        key = ARCHIVE if tier == MOVING else int(tier)
+    for tier, is_inline, count, size in rows:
+        key = INLINE if is_inline else ARCHIVE if tier == MOVING else int(tier)
         before = tiers.get(key, (0, 0))
         tiers[key] = (before[0] + int(count), before[1] + int(size))
     return tiers

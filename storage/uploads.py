@@ -412,7 +412,7 @@ class Uploads:
     def _read_back_hash(self, row: Row[Any], blocks: list[_Block]) -> bytes:
         h = hashlib.sha256()
         entry = Entry(0, row.path or "", "", False, int(row.offset), 0.0, 0.0)
-        locations = [BlockLocation(x.offset, x.size, x.name, x.sha256) for x in blocks]
+        locations = [BlockLocation(x.offset, x.size, x.name, x.sha256, x.inline) for x in blocks]
         reader = VersionReader(entry, locations, self._s.blocks, self._vol.account.keys, self._s.executor)
         with reader:
             for data in reader.iter_range(0, int(row.offset)):
@@ -434,12 +434,22 @@ class Uploads:
 
     def _blocks(self, conn: Connection, row: Row[Any]) -> list[_Block]:
         rows = conn.execute(
-            select(ub.idx, ub.offset, ub.block_id, b.size, b.name, b.sha256)
+            select(ub.idx, ub.offset, ub.block_id, b.size, b.name, b.sha256, b.inline_data)
             .join(t.blocks, b.id == ub.block_id)
             .where(ub.upload_id == row.upload_id, ub.idx < row.block_count)
             .order_by(ub.idx)
         ).all()
-        return [_Block(int(r.block_id), int(r.offset), int(r.size), r.name, bytes(r.sha256)) for r in rows]
+        return [
+            _Block(
+                int(r.block_id),
+                int(r.offset),
+                int(r.size),
+                r.name,
+                bytes(r.sha256),
+                None if r.inline_data is None else bytes(r.inline_data),
+            )
+            for r in rows
+        ]
 
     def _store_tail_object(self, session_id: str, at: int, data: bytes) -> str:
         """The tail, sealed like a block and bound to this session and offset, as its own object."""
@@ -533,6 +543,7 @@ class _Block:
     size: int
     name: str
     sha256: bytes
+    inline: bytes | None
 
 
 class _SessionBlocks:

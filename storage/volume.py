@@ -308,7 +308,7 @@ class Volume:
         self, path: str, if_match: str | None, if_none_match: str | None, size_hint: int | None
     ) -> int | None:
         """Fail fast before reading a body; returns the room left under the quota."""
-        with self._db.read() as conn:
+        with self._db.read(snapshot=False) as conn:
             tree.live_folder(conn, self.account.id, paths.parent_of(path))
             node = tree.live_node(conn, self.account.id, path)
             _check_target(node, if_match, if_none_match)
@@ -691,7 +691,7 @@ class Volume:
         ``include_deleted``: a path whose file is in the trash reads that file's versions.
         """
         path = paths.normalize_path(path)
-        with self._db.read() as conn:
+        with self._db.read(snapshot=False) as conn:
             if include_deleted:
                 node = revisions.find_node(conn, self.account.id, path, include_deleted=True)
             else:
@@ -798,7 +798,13 @@ class PendingWrite:
 
 _GENERATION = Prepared(select(t.accounts.c.change_seq).where(t.accounts.c.id == bindparam("b_account")))
 _BLOCK_LOCATIONS = Prepared(
-    select(t.version_blocks.c.offset, t.blocks.c.size, t.blocks.c.name, t.blocks.c.sha256)
+    select(
+        t.version_blocks.c.offset,
+        t.blocks.c.size,
+        t.blocks.c.name,
+        t.blocks.c.sha256,
+        t.blocks.c.inline_data,
+    )
     .join(t.blocks, t.blocks.c.id == t.version_blocks.c.block_id)
     .where(t.version_blocks.c.version_id == bindparam("b_version"))
     .order_by(t.version_blocks.c.idx)
@@ -830,7 +836,12 @@ def _block_locations(conn: Connection, version_id: int | None) -> list[BlockLoca
     if version_id is None:
         return []
     rows = _BLOCK_LOCATIONS.all(conn, {"b_version": version_id})
-    return [BlockLocation(r.offset, r.size, r.name, bytes(r.sha256)) for r in rows]
+    return [
+        BlockLocation(
+            r.offset, r.size, r.name, bytes(r.sha256), None if r.inline_data is None else bytes(r.inline_data)
+        )
+        for r in rows
+    ]
 
 
 def _check_rev(node: Row[Any], if_rev: int | None) -> None:

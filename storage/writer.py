@@ -47,7 +47,17 @@ _LOOKUP_BLOCK = Prepared(
         t.blocks.c.account_id == bindparam("b_account"), t.blocks.c.sha256 == bindparam("b_sha")
     )
 )
-_BLOCK_KEYS = ("account_id", "sha256", "name", "size", "stored_size", "codec", "key_epoch", "created_at")
+_BLOCK_KEYS = (
+    "account_id",
+    "sha256",
+    "name",
+    "size",
+    "stored_size",
+    "codec",
+    "key_epoch",
+    "created_at",
+    "inline_data",
+)
 _INSERT_BLOCKS = Prepared(insert(t.blocks), keys=_BLOCK_KEYS)
 #: One new block (a small file's): inserted unless a concurrent write just did, and its id
 #: returned, in one statement instead of look-up, insert, look-up (per dialect: the
@@ -285,7 +295,7 @@ class BlockWriter:
         return BlockRef(sha, len(data), offset, stored, None)
 
     def _lookup(self, sha: bytes) -> int | None:
-        with self._db.read() as conn:
+        with self._db.read(snapshot=False) as conn:
             found = _LOOKUP_BLOCK.first(conn, {"b_account": self._ctx.id, "b_sha": sha})
         return None if found is None else int(found.id)
 
@@ -369,6 +379,7 @@ class BlockWriter:
                 "codec": r.stored.codec,
                 "key_epoch": r.stored.key_epoch,
                 "created_at": now,
+                "inline_data": r.stored.inline,
             }
             for r in refs
             if r.stored is not None and r.block_id is None

@@ -25,8 +25,8 @@ is being received.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -36,7 +36,7 @@ from wsgidav.dav_error import DAVError
 from davserver.dav.errors import retry_after, status_for
 from davserver.dav.provider import VolumeProvider
 from davserver.dav.resources import content_length, content_type_for, write_options
-from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
+from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, http_date, plain
 from storage import errors as e
 from storage.reader import VersionReader
 from sync_ext.api.body import RequestBody
@@ -120,7 +120,9 @@ class FastLane:
             "200 OK",
             [
                 ("Content-Length", str(entry.size)),
-                ("Last-Modified", formatdate(entry.mtime, usegmt=True)),
+                ("Last-Modified", http_date(entry.mtime)),
+                # Set here, cheroot would format it again with the slower email.utils.
+                ("Date", http_date(time.time())),
                 ("Content-Type", content_type_for(entry.name)),
                 ("ETag", entry.etag or ""),
                 ("Accept-Ranges", "bytes"),
@@ -172,7 +174,9 @@ class FastLane:
                 except e.StorageError as exc:
                     return _failed(start_response, status_for(exc), str(exc))
         status = "201 Created" if pending.created else "204 No Content"
-        start_response(status, [("Content-Length", "0"), ("ETag", entry.etag or "")])
+        start_response(
+            status, [("Content-Length", "0"), ("ETag", entry.etag or ""), ("Date", http_date(time.time()))]
+        )
         return []
 
 

@@ -13,7 +13,6 @@ both answers property by property.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -22,6 +21,7 @@ from wsgidav import util, xml_tools
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_NOT_FOUND, DAVError, get_http_status_string
 
 from davserver.dav.resources import XML_DECL, FileResource, FolderResource
+from davserver.wsgi import http_date
 
 StartResponse = Callable[..., Any]
 Resource = FileResource | FolderResource
@@ -170,19 +170,6 @@ def _allprop_response(res: Resource, dead: dict[str, str]) -> str:
 def quoted(etag: str) -> str:
     """RFC 4918 15.6: DAV:getetag is an entity-tag, quotes included, equal to the ETag header."""
     return f'"{etag}"'
-
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def http_date(secs: float) -> str:
-    """RFC 1123 date, locale independent (email.utils.formatdate, five times faster)."""
-    t = time.gmtime(secs)
-    return (
-        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
-    )
 
 
 def _allprop_names(res: Resource, dead: dict[str, str]) -> list[str]:

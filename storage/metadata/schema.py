@@ -165,6 +165,9 @@ blocks = Table(
     Column("last_read_at", Float),
     #: Uploaded through the block API and not yet committed by it (storage.delta's cap).
     Column("pending", Boolean, nullable=False, server_default=text("false")),
+    #: A small block's sealed object, kept here instead of the block store (StorageConfig
+    #: .inline_block_bytes); None: the object is in the store under ``name``.
+    Column("inline_data", LargeBinary),
     UniqueConstraint("account_id", "sha256"),
     Index(
         "ix_blocks_pending",

@@ -82,3 +82,15 @@ def test_rehash_reads_reaches_the_storage_config(tmp_path: Path) -> None:
     assert config.load(data_dir=tmp_path, env={}).storage_config().rehash_reads is True
     (tmp_path / "davserver.toml").write_text("")
     assert config.load(data_dir=tmp_path, env={}).storage_config().rehash_reads is False
+
+
+def test_inline_block_bytes_reaches_the_storage_config(tmp_path: Path) -> None:
+    MasterKey.generate().save(tmp_path / config.MASTER_KEY_NAME)
+    assert config.load(data_dir=tmp_path, env={}).storage_config().inline_block_bytes == 32 << 10
+    (tmp_path / "davserver.toml").write_text('[storage]\ninline_block_bytes = "4K"\n')
+    assert config.load(data_dir=tmp_path, env={}).storage_config().inline_block_bytes == 4 << 10
+    (tmp_path / "davserver.toml").write_text("[storage]\ninline_block_bytes = 0\n")
+    assert config.load(data_dir=tmp_path, env={}).storage_config().inline_block_bytes == 0
+    (tmp_path / "davserver.toml").write_text('[storage]\ninline_block_bytes = "2M"\n')
+    with pytest.raises(config.ConfigError, match="inline_block_bytes"):
+        config.load(data_dir=tmp_path, env={})

@@ -6,8 +6,8 @@ from email.utils import formatdate
 
 import pytest
 
-from davserver.dav.propfind import http_date
 from davserver.dav.provider import valid_if_header, valid_range
+from davserver.wsgi import http_date
 
 
 @pytest.mark.parametrize(

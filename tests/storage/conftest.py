@@ -54,6 +54,9 @@ def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
             master_key=kw.pop("master_key", None) or MasterKey.generate(),
             password_hashing=WEAK_HASHING,
             chunker=kw.pop("chunker", SMALL_CHUNKS),
+            # Every block an object in the block store unless a test asks for inline blocks
+            # (with the small test chunker, most blocks would fit in a row otherwise).
+            inline_block_bytes=kw.pop("inline_block_bytes", 0),
         )
         engine = Engine.open(replace(config, **kw))
         engines.append(engine)

@@ -62,7 +62,7 @@ def test_the_local_cache_is_bounded_by_bytes() -> None:
     for i in range(50):
         cache.set(f"k{i}", b"x" * 100)
     assert cache.get("k0") is None and cache.get("k49") == b"x" * 100
-    assert sum(len(v) for v in cache._items.values()) <= 1000
+    assert sum(size for _, size in cache._items.values()) <= 1000
 
 
 @pytest.fixture

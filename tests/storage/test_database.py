@@ -1,0 +1,75 @@
+"""storage.metadata.db: snapshot-free reads on a thread's own SQLite connection."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from storage.metadata.db import Database
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    return db
+
+
+def test_a_thread_keeps_its_reader_and_never_holds_a_stale_snapshot(db: Database) -> None:
+    with db.read(snapshot=False) as first:
+        # A SQLAlchemy execute begins a transaction by itself: it must not outlive the block.
+        assert first.execute(text("SELECT v FROM t")).scalar_one() == 1
+    with db.write() as conn:
+        conn.execute(text("UPDATE t SET v = 2"))
+    with db.read(snapshot=False) as again:
+        assert again is first
+        assert not again.in_transaction()
+        assert again.execute(text("SELECT v FROM t")).scalar_one() == 2
+    with pytest.raises(ZeroDivisionError), db.read(snapshot=False) as conn:
+        conn.execute(text("SELECT v FROM t"))
+        raise ZeroDivisionError
+    with db.read(snapshot=False) as conn:
+        assert conn is first and not conn.in_transaction()
+
+
+def test_each_thread_has_its_own_reader_and_dispose_closes_them(db: Database) -> None:
+    seen = []
+
+    def read() -> None:
+        with db.read(snapshot=False) as conn:
+            seen.append(conn)
+            assert conn.execute(text("SELECT v FROM t")).scalar_one() == 1
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len({id(c) for c in seen}) == 3
+    db.dispose()
+    assert all(c.closed for c in seen)
+
+
+def test_threads_beyond_the_slots_use_the_pool(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'y.db'}", pool_size=1)
+    barrier = threading.Barrier(3)
+    kept = []
+
+    def read() -> None:
+        with db.read(snapshot=False) as conn:
+            kept.append(conn)
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+            barrier.wait(10)
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(kept) == 3
+    db.dispose()
