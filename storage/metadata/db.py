@@ -43,11 +43,11 @@ class Database:
         snapshot (each then sees its own). On SQLite that saves BEGIN and ROLLBACK, and
         the connection is the calling thread's own (ThreadReaders), not a pool checkout.
         """
-        if not snapshot and self._readers is not None:
-            with self._readers.connection() as conn:
-                yield conn
-            return
         try:
+            if not snapshot and self._readers is not None:
+                with self._readers.connection() as conn:
+                    yield conn
+                return
             with self.engine.connect() as conn:
                 if not snapshot:
                     yield conn
@@ -134,10 +134,8 @@ class ThreadReaders:
             return
         try:
             yield conn
-        except OperationalError as exc:
-            self._drop(conn)
-            if _is_disconnect(exc):
-                raise _unavailable(exc) from exc
+        except OperationalError:
+            self._drop(conn)  # the caller maps the error
             raise
         except BaseException:
             if conn.in_transaction():
