@@ -81,6 +81,35 @@ def live_node(conn: Connection, account_id: int, path: str, *, lock: bool = Fals
     return q.first(conn, {"b_account": account_id, "b_path": path})  # type: ignore[no-any-return]
 
 
+_NODE_AND_PARENT_SELECT = select_nodes().where(
+    n.account_id == bindparam("b_account"),
+    n.path.in_([bindparam("b_path"), bindparam("b_parent")]),
+    n.deleted_at.is_(None),
+)
+_NODE_AND_PARENT = Prepared(_NODE_AND_PARENT_SELECT)
+_NODE_AND_PARENT_FOR_UPDATE = Prepared(_NODE_AND_PARENT_SELECT.with_for_update(of=t.nodes))
+
+
+def node_and_parent(
+    conn: Connection, account_id: int, path: str, *, lock: bool = False
+) -> tuple[Row[Any] | None, Row[Any] | None]:
+    """The live nodes at ``path`` and at its parent folder's path, in one look-up (a write's)."""
+    parent_path = paths.parent_of(path)
+    q = _NODE_AND_PARENT_FOR_UPDATE if lock else _NODE_AND_PARENT
+    rows = q.all(conn, {"b_account": account_id, "b_path": path, "b_parent": parent_path})
+    by_path = {row.path: row for row in rows}
+    return by_path.get(path), by_path.get(parent_path)
+
+
+def folder_for_new(parent: Row[Any] | None, parent_path: str) -> Row[Any]:
+    """The folder something is being created in, or :class:`Conflict` (as live_folder)."""
+    if parent is None:
+        raise Conflict(f"folder {parent_path or '/'!r} does not exist")
+    if parent.kind != t.KIND_DIR:
+        raise Conflict(f"{parent_path!r} is a file, not a folder")
+    return parent
+
+
 def existing_node(conn: Connection, account_id: int, path: str, *, lock: bool = False) -> Row[Any]:
     """The live node at ``path``, or :class:`NotFound`."""
     row = live_node(conn, account_id, path, lock=lock)
@@ -91,12 +120,7 @@ def existing_node(conn: Connection, account_id: int, path: str, *, lock: bool = 
 
 def live_folder(conn: Connection, account_id: int, path: str) -> Row[Any]:
     """The live folder at ``path`` that something is being created in, or :class:`Conflict`."""
-    row = live_node(conn, account_id, path)
-    if row is None:
-        raise Conflict(f"folder {path or '/'!r} does not exist")
-    if row.kind != t.KIND_DIR:
-        raise Conflict(f"{path!r} is a file, not a folder")
-    return row
+    return folder_for_new(live_node(conn, account_id, path), path)
 
 
 def in_subtree(path: str) -> ColumnElement[bool]:

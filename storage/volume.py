@@ -309,8 +309,8 @@ class Volume:
     ) -> int | None:
         """Fail fast before reading a body; returns the room left under the quota."""
         with self._db.read(snapshot=False) as conn:
-            tree.live_folder(conn, self.account.id, paths.parent_of(path))
-            node = tree.live_node(conn, self.account.id, path)
+            node, parent = tree.node_and_parent(conn, self.account.id, path)
+            tree.folder_for_new(parent, paths.parent_of(path))
             _check_target(node, if_match, if_none_match)
             q = _QUOTA.first(conn, {"b_account": self.account.id})
         if q.quota_bytes is None:
@@ -360,12 +360,12 @@ class Volume:
         """Commit the version; returns its entry, the commit (for listeners) and whether the file is new."""
         change = tree.Change(conn, self.account.id, self._clock())
         writer.finish_in(conn)
-        node = tree.live_node(conn, self.account.id, path, lock=True)
+        node, parent = tree.node_and_parent(conn, self.account.id, path, lock=True)
         _check_target(node, options.if_match, options.if_none_match)
         mtime = change.now if options.mtime is None else options.mtime
         device = options.device
         if node is None:
-            parent = tree.live_folder(conn, self.account.id, paths.parent_of(path))
+            parent = tree.folder_for_new(parent, paths.parent_of(path))
             node_id = tree.insert_node(
                 change,
                 parent_id=parent.id,
