@@ -232,7 +232,7 @@ class Change:
                     **entry,
                 }
             )
-        self.conn.execute(insert(t.journal), rows)
+        _INSERT_JOURNAL.execute_many(self.conn, rows)
 
     def grow(self, delta: int) -> None:
         """Account for ``delta`` bytes of retained content; refuses to pass the quota.
@@ -309,6 +309,42 @@ def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
     return list(range(top + 1, top + 1 + count))
 
 
+# A COPY's rows go in with executemany on the DBAPI cursor: SQLAlchemy's own per-row
+# parameter processing cost more than the inserts themselves (500 files: ~10 ms).
+_COPY_NODES = Prepared(insert(t.nodes), keys=("id", *_NODE_KEYS))
+_COPY_VERSIONS = Prepared(
+    insert(t.versions),
+    keys=(
+        "id",
+        "node_id",
+        "account_id",
+        "size",
+        "sha256",
+        "mtime",
+        "created_at",
+        "device",
+        "chunker_id",
+        "block_count",
+    ),
+)
+_COPY_BLOCK_LIST = Prepared(
+    insert(t.version_blocks).from_select(
+        ["version_id", "idx", "block_id", "offset"],
+        select(
+            bindparam("b_new", type_=Integer),
+            t.version_blocks.c.idx,
+            t.version_blocks.c.block_id,
+            t.version_blocks.c.offset,
+        ).where(t.version_blocks.c.version_id == bindparam("b_old")),
+    )
+)
+_SET_COPIED_VERSION = Prepared(
+    update(t.nodes)
+    .where(n.id == bindparam("b_node"))
+    .values(version_id=bindparam("b_version"), size=bindparam("b_size"))
+)
+
+
 def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_ids: dict[int, int]) -> None:
     """Copy nodes (parents before children), their current versions' block lists and properties.
 
@@ -325,8 +361,8 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
     for depth in sorted(levels):
         level = levels[depth]
         ids = allocate_ids(conn, t.nodes, len(level))
-        conn.execute(
-            insert(t.nodes),
+        _COPY_NODES.execute_many(
+            conn,
             [
                 {
                     "id": node_id,
@@ -352,8 +388,8 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
             ids = [row.version_id for row in files[i : i + 500]]
             sources.update((r.id, r) for r in conn.execute(select(t.versions).where(v.id.in_(ids))))
         version_ids = allocate_ids(conn, t.versions, len(files))
-        conn.execute(
-            insert(t.versions),
+        _COPY_VERSIONS.execute_many(
+            conn,
             [
                 {
                     "id": version_id,
@@ -371,20 +407,11 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
             ],
         )
         new_versions = {row.id: version_id for row, version_id in zip(files, version_ids, strict=True)}
-        vb = t.version_blocks.c
-        conn.execute(
-            insert(t.version_blocks).from_select(
-                ["version_id", "idx", "block_id", "offset"],
-                select(bindparam("b_new", type_=Integer), vb.idx, vb.block_id, vb.offset).where(
-                    vb.version_id == bindparam("b_old")
-                ),
-            ),
-            [{"b_new": new_versions[row.id], "b_old": row.version_id} for row in files],
+        _COPY_BLOCK_LIST.execute_many(
+            conn, [{"b_new": new_versions[row.id], "b_old": row.version_id} for row in files]
         )
-        conn.execute(
-            update(t.nodes)
-            .where(n.id == bindparam("b_node"))
-            .values(version_id=bindparam("b_version"), size=bindparam("b_size")),
+        _SET_COPIED_VERSION.execute_many(
+            conn,
             [
                 {"b_node": new_ids[row.id], "b_version": new_versions[row.id], "b_size": row.size}
                 for row in files
