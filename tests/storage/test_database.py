@@ -73,3 +73,37 @@ def test_threads_beyond_the_slots_use_the_pool(tmp_path: Path) -> None:
         th.join()
     assert len(kept) == 3
     db.dispose()
+
+
+def test_writers_take_turns_on_one_connection_and_a_failed_one_leaves_nothing(db: Database) -> None:
+    def add(k: int) -> None:
+        for _ in range(20):
+            with db.write() as conn:
+                conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": k})
+
+    threads = [threading.Thread(target=add, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    with pytest.raises(ZeroDivisionError), db.write() as conn:
+        conn.execute(text("INSERT INTO t VALUES (99)"))
+        raise ZeroDivisionError
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 1 + 80
+        assert conn.execute(text("SELECT count(*) FROM t WHERE v = 99")).scalar_one() == 0
+    with db.write() as first, db.read(snapshot=False) as reader:
+        assert first is not reader  # writes never run on a reader's connection
+    with db.write() as again:
+        assert again is first
+
+
+def test_a_broken_writer_connection_is_replaced(db: Database) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    with pytest.raises(OperationalError), db.write() as conn:
+        conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
+    with db.write() as conn:
+        conn.execute(text("UPDATE t SET v = 5"))
+    with db.read() as conn:
+        assert conn.execute(text("SELECT v FROM t")).scalar_one() == 5
