@@ -18,6 +18,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.wsgi import WSGIApp
+from sync_ext.api.body import SOCKET_KEY
 from sync_ext.api.changes import DETACH_KEY
 
 log = logging.getLogger("davserver")
@@ -69,6 +70,7 @@ class DetachingGateway(wsgi.Gateway_10):
     def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
         environ[DETACH_KEY] = self._detach
+        environ[SOCKET_KEY] = self.req.conn.socket
         return environ
 
     def write(self, chunk: bytes) -> None:

@@ -1,0 +1,63 @@
+"""RequestBody over cheroot's own reader objects and a real socket pair."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from cheroot.makefile import StreamReader
+from cheroot.server import KnownLengthRFile
+
+from sync_ext.api.body import SOCKET_KEY, RequestBody
+
+
+def _body_over_socket(sent: bytes, declared: int) -> tuple[RequestBody, socket.socket]:
+    server, client = socket.socketpair()
+    rfile = StreamReader(server, "rb")
+
+    def send() -> None:
+        client.sendall(b"HEADERS\r\n" + sent)
+        client.close()
+
+    threading.Thread(target=send).start()
+    assert rfile.readline() == b"HEADERS\r\n"  # the reader has buffered part of the body now
+    environ = {"wsgi.input": KnownLengthRFile(rfile, declared), SOCKET_KEY: server}
+    return RequestBody.of(environ, declared), server
+
+
+def _drain(body: RequestBody) -> bytes:
+    out = bytearray()
+    buf = bytearray(300_000)
+    while n := body.readinto(memoryview(buf)):
+        out += buf[:n]
+    return bytes(out)
+
+
+def test_a_body_is_read_from_the_buffer_then_straight_from_the_socket() -> None:
+    data = os.urandom(3_000_000)
+    body, server = _body_over_socket(data, len(data))
+    with server:
+        assert body._sock is server  # the direct path is the one under test
+        assert _drain(body) == data
+        assert body.received == len(data)
+
+
+def test_a_client_that_hangs_up_early_gives_a_short_body() -> None:
+    data = os.urandom(500_000)
+    body, server = _body_over_socket(data, len(data) + 1000)
+    with server:
+        assert _drain(body) == data
+        assert body.received == len(data)
+
+
+def test_without_the_socket_the_reader_is_used() -> None:
+    data = os.urandom(100_000)
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        body = RequestBody.of(
+            {"wsgi.input": KnownLengthRFile(StreamReader(server, "rb"), len(data))}, len(data)
+        )
+        assert _drain(body) == data
