@@ -109,24 +109,37 @@ class SqliteWriter:
         self._pool = pool
         self._lock = threading.Lock()
         self._conn: Connection | None = None
+        self._owner: int | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
+        if self._owner == threading.get_ident():
+            # Waiting for ourselves would hang (with the pool it waited 60 s, then failed).
+            raise RuntimeError("a write transaction inside another on the same thread")
         with self._lock:
-            conn = self._conn
-            if conn is None or conn.closed or conn.invalidated:
-                conn = Connection(self._engine, connection=self._pool.connect())
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-                self._conn = conn
+            self._owner = threading.get_ident()
             try:
-                with conn.begin():
+                with self._begin() as conn:
                     yield conn
-            except OperationalError:
-                # A failed commit or a broken connection: start the next writer afresh.
-                self._conn = None
-                with contextlib.suppress(Exception):
-                    conn.close()
-                raise
+            finally:
+                self._owner = None
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = Connection(self._engine, connection=self._pool.connect())
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            self._conn = conn
+        try:
+            with conn.begin():
+                yield conn
+        except OperationalError:
+            # A failed commit or a broken connection: start the next writer afresh.
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -107,3 +107,12 @@ def test_a_broken_writer_connection_is_replaced(db: Database) -> None:
         conn.execute(text("UPDATE t SET v = 5"))
     with db.read() as conn:
         assert conn.execute(text("SELECT v FROM t")).scalar_one() == 5
+
+
+def test_a_write_inside_a_write_on_one_thread_fails_instead_of_hanging(db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(text("UPDATE t SET v = 3"))
+        with pytest.raises(RuntimeError, match="inside another"), db.write():
+            pass
+    with db.read() as conn:
+        assert conn.execute(text("SELECT v FROM t")).scalar_one() == 3
