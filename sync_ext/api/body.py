@@ -43,13 +43,19 @@ class RequestBody:
             if self._left <= 0:
                 return 0
             view = view[: self._left]
-        if self._sock is not None and not self._stream.rfile.has_data():
-            n = min(len(view), self._stream.remaining)
-            n = self._sock.recv_into(view[:n]) if n else 0
-            self._stream.remaining -= n
-            self._stream.rfile.bytes_read += n
-            self._count(n)
-            return n
+        if self._sock is not None:
+            rfile = self._stream.rfile
+            if rfile.has_data():
+                # Only what is buffered: asking the reader for more makes it receive the
+                # rest of the read itself (its read() fills the whole size).
+                view = view[: len(rfile.peek())]
+            else:
+                n = min(len(view), self._stream.remaining)
+                n = self._sock.recv_into(view[:n]) if n else 0
+                self._stream.remaining -= n
+                rfile.bytes_read += n
+                self._count(n)
+                return n
         data = self._stream.read(len(view))
         n = len(data)
         view[:n] = data
