@@ -312,21 +312,19 @@ def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
 # A COPY's rows go in with executemany on the DBAPI cursor: SQLAlchemy's own per-row
 # parameter processing cost more than the inserts themselves (500 files: ~10 ms).
 _COPY_NODES = Prepared(insert(t.nodes), keys=("id", *_NODE_KEYS))
-_COPY_VERSIONS = Prepared(
-    insert(t.versions),
-    keys=(
-        "id",
-        "node_id",
-        "account_id",
-        "size",
-        "sha256",
-        "mtime",
-        "created_at",
-        "device",
-        "chunker_id",
-        "block_count",
-    ),
+#: The columns a new version row is written with (its id aside).
+VERSION_KEYS = (
+    "node_id",
+    "account_id",
+    "size",
+    "sha256",
+    "mtime",
+    "created_at",
+    "device",
+    "chunker_id",
+    "block_count",
 )
+_COPY_VERSIONS = Prepared(insert(t.versions), keys=("id", *VERSION_KEYS))
 _COPY_BLOCK_LIST = Prepared(
     insert(t.version_blocks).from_select(
         ["version_id", "idx", "block_id", "offset"],

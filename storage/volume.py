@@ -809,18 +809,7 @@ _BLOCK_LOCATIONS = Prepared(
     .where(t.version_blocks.c.version_id == bindparam("b_version"))
     .order_by(t.version_blocks.c.idx)
 )
-_VERSION_KEYS = (
-    "node_id",
-    "account_id",
-    "size",
-    "sha256",
-    "mtime",
-    "created_at",
-    "device",
-    "chunker_id",
-    "block_count",
-)
-_INSERT_VERSION = Prepared(insert(t.versions).returning(t.versions.c.id), keys=_VERSION_KEYS)
+_INSERT_VERSION = Prepared(insert(t.versions).returning(t.versions.c.id), keys=tree.VERSION_KEYS)
 _INSERT_VERSION_BLOCKS = Prepared(insert(t.version_blocks), keys=("version_id", "idx", "block_id", "offset"))
 _SET_NODE_VERSION = Prepared(
     update(t.nodes)
