@@ -189,3 +189,33 @@ def test_a_wait_after_a_started_notifier_closed_is_answered_at_once(notifier: No
     late = Outcome()
     notifier.watch(1, 0, timeout=30, on_done=late)
     assert late.wait(0) is False
+
+
+def test_commits_racing_with_new_waits_never_leave_a_waiter_behind(notifier: Notifier) -> None:
+    """A commit wakes the loop only for accounts with waiters; a wait registering at that very
+    moment must still see the commit (here: 300 waits, each racing one commit)."""
+    outcomes = []
+    for seq in range(1, 301):
+        outcome = Outcome()
+        outcomes.append(outcome)
+        publisher = threading.Thread(target=notifier.publish, args=(Committed(7, seq, ("f",)),))
+        publisher.start()
+        notifier.watch(7, seq - 1, timeout=10, on_done=outcome)
+        publisher.join()
+    assert all(o.wait(10) is True for o in outcomes)
+
+
+def test_commits_with_nobody_waiting_do_not_wake_the_loop(notifier: Notifier) -> None:
+    woken = []
+    notifier._publish = woken.append  # type: ignore[method-assign]
+    notifier.publish(Committed(3, 1, ("a",)))
+    assert woken == [] and notifier.heard(3) == 1
+    outcome = Outcome()
+    notifier.watch(3, 1, timeout=10, on_done=outcome)
+    _settle(notifier, 1)
+    notifier.publish(Committed(3, 2, ("a",)))
+    deadline = time.monotonic() + 5
+    while not woken:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert [c.seq for c in woken] == [2]
