@@ -15,10 +15,10 @@ from types import FrameType
 from typing import Any
 
 from cheroot import wsgi
+from cheroot.server import KnownLengthRFile
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.wsgi import WSGIApp
-from sync_ext.api.body import SOCKET_KEY
 from sync_ext.api.changes import DETACH_KEY
 
 log = logging.getLogger("davserver")
@@ -70,7 +70,9 @@ class DetachingGateway(wsgi.Gateway_10):
     def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
         environ[DETACH_KEY] = self._detach
-        environ[SOCKET_KEY] = self.req.conn.socket
+        body = environ.get("wsgi.input")
+        if isinstance(body, KnownLengthRFile):
+            environ["wsgi.input"] = SocketBody(body, self.req.conn.socket)
         return environ
 
     def write(self, chunk: bytes) -> None:
@@ -125,6 +127,54 @@ class DetachingGateway(wsgi.Gateway_10):
         conn.linger = True
         sock: socket.socket = conn.socket
         return sock
+
+
+class SocketBody:
+    """``wsgi.input`` for a body of known length, with a ``readinto`` that skips cheroot's reader.
+
+    cheroot reads bodies through its buffered reader, which is pure-Python ``_pyio``
+    and copies every read twice while holding the GIL. ``readinto`` takes what that
+    reader buffered along with the headers, then receives the rest with ``recv_into``
+    straight into the caller's buffer (short reads, like a raw file's). ``read`` and
+    the rest are cheroot's, unchanged; both keep its count of what is left.
+    """
+
+    def __init__(self, stream: KnownLengthRFile, sock: socket.socket) -> None:
+        self._stream = stream
+        self._sock = sock
+
+    def read(self, size: int | None = None) -> bytes:
+        data: bytes = self._stream.read(size)
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        line: bytes = self._stream.readline(size)
+        return line
+
+    def readlines(self, sizehint: int = 0) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(sizehint)
+        return lines
+
+    def __iter__(self) -> Any:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def readinto(self, buffer: memoryview) -> int:
+        stream = self._stream
+        rfile = stream.rfile
+        if rfile.has_data():
+            # Only what is buffered: asking the reader for more makes it receive the
+            # rest of the read itself (its read() fills the whole size).
+            data: bytes = stream.read(min(len(buffer), len(rfile.peek())))
+            buffer[: len(data)] = data
+            return len(data)
+        n = min(len(buffer), stream.remaining)
+        n = self._sock.recv_into(buffer[:n]) if n else 0
+        stream.remaining -= n
+        rfile.bytes_read += n
+        return n
 
 
 #: Largest first body chunk sent together with the headers (a copy of that size is cheap).

@@ -165,7 +165,7 @@ class FastLane:
             principal = environ.get("wsgidav.auth.user_name", "")
             with pending, lock_man.write_transaction(url=url, token_list=[], principal=principal):
                 try:
-                    pending.feed(RequestBody.of(environ, length))
+                    pending.feed(RequestBody(environ["wsgi.input"], length))
                     if length is not None and pending.size != length:
                         return _failed(
                             start_response, 400, f"body ended after {pending.size} of {length} bytes"

@@ -7,9 +7,6 @@ from typing import Any
 #: Largest single read from the server's input: cheroot's (pure-Python) buffered reader
 #: joins and slices what it receives, holding about three copies of each read at once.
 READ_MAX = 1 << 20
-#: environ key of the request's socket, set by the server's gateway (davserver.server):
-#: a body of known length is then received straight into the reader's buffer.
-SOCKET_KEY = "davserver.socket"
 
 
 class RequestBody:
@@ -20,22 +17,12 @@ class RequestBody:
     against the declared length.
     """
 
-    def __init__(self, stream: Any, length: int | None, *, sock: Any = None) -> None:
+    def __init__(self, stream: Any, length: int | None) -> None:
         self._stream = stream
         self._left = length
         self.received = 0
-        # cheroot's reader of a Content-Length body (KnownLengthRFile over its buffered
-        # StreamReader): pure-Python _pyio, which copies every read twice under the GIL.
-        # With the socket at hand, whatever it has buffered is taken from it and the rest
-        # is received with recv_into, straight into the caller's buffer.
-        rfile = getattr(stream, "rfile", None)
-        direct = sock is not None and length is not None and hasattr(stream, "remaining")
-        self._sock = sock if direct and hasattr(rfile, "has_data") else None
-
-    @classmethod
-    def of(cls, environ: dict[str, Any], length: int | None) -> RequestBody:
-        """The body of a WSGI request (``length``: its Content-Length, None if chunked)."""
-        return cls(environ["wsgi.input"], length, sock=environ.get(SOCKET_KEY))
+        #: The server's input may receive straight into a buffer (davserver.server does).
+        self._readinto = getattr(stream, "readinto", None)
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
         view = memoryview(buffer)[:READ_MAX]
@@ -43,22 +30,12 @@ class RequestBody:
             if self._left <= 0:
                 return 0
             view = view[: self._left]
-        if self._sock is not None:
-            rfile = self._stream.rfile
-            if rfile.has_data():
-                # Only what is buffered: asking the reader for more makes it receive the
-                # rest of the read itself (its read() fills the whole size).
-                view = view[: len(rfile.peek())]
-            else:
-                n = min(len(view), self._stream.remaining)
-                n = self._sock.recv_into(view[:n]) if n else 0
-                self._stream.remaining -= n
-                rfile.bytes_read += n
-                self._count(n)
-                return n
-        data = self._stream.read(len(view))
-        n = len(data)
-        view[:n] = data
+        if self._readinto is not None:
+            n: int = self._readinto(view)
+        else:
+            data = self._stream.read(len(view))
+            n = len(data)
+            view[:n] = data
         self._count(n)
         return n
 

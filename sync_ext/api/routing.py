@@ -121,7 +121,7 @@ class Request:
         return int(raw)
 
     def body(self) -> RequestBody:
-        return RequestBody.of(self.environ, self.content_length())
+        return RequestBody(self.environ["wsgi.input"], self.content_length())
 
     def json(self, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
         """The body as a JSON object of at most ``limit`` bytes (413 beyond)."""

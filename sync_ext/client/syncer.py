@@ -44,7 +44,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,20 +59,6 @@ T = TypeVar("T")
 
 #: Passes run back to back while they keep finding work (a conflict copy, a 409).
 MAX_PASSES = 5
-
-
-_COUNTS = (
-    "uploaded",
-    "downloaded",
-    "deleted_remote",
-    "deleted_local",
-    "moved_remote",
-    "moved_local",
-    "folders",
-    "conflicts",
-    "blocks_sent",
-    "blocks_from_local",
-)
 
 
 @dataclass
@@ -105,8 +91,9 @@ class Summary:
         )
 
     def add(self, other: Summary) -> None:
-        for name in _COUNTS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            if f.type == "int":  # the counters (annotations are strings here)
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.errors.extend(other.errors)
 
 

@@ -1,4 +1,4 @@
-"""RequestBody over cheroot's own reader objects and a real socket pair."""
+"""The server's wsgi.input (SocketBody) under RequestBody, over cheroot's own readers and a socket pair."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import threading
 from cheroot.makefile import StreamReader
 from cheroot.server import KnownLengthRFile
 
-from sync_ext.api.body import SOCKET_KEY, RequestBody
+from davserver.server import SocketBody
+from sync_ext.api.body import RequestBody
 
 
 def _body_over_socket(sent: bytes, declared: int) -> tuple[RequestBody, socket.socket]:
@@ -22,8 +23,7 @@ def _body_over_socket(sent: bytes, declared: int) -> tuple[RequestBody, socket.s
 
     threading.Thread(target=send).start()
     assert rfile.readline() == b"HEADERS\r\n"  # the reader has buffered part of the body now
-    environ = {"wsgi.input": KnownLengthRFile(rfile, declared), SOCKET_KEY: server}
-    return RequestBody.of(environ, declared), server
+    return RequestBody(SocketBody(KnownLengthRFile(rfile, declared), server), declared), server
 
 
 def _drain(body: RequestBody) -> bytes:
@@ -38,7 +38,7 @@ def test_a_body_is_read_from_the_buffer_then_straight_from_the_socket() -> None:
     data = os.urandom(3_000_000)
     body, server = _body_over_socket(data, len(data))
     with server:
-        assert body._sock is server  # the direct path is the one under test
+        assert isinstance(body._stream, SocketBody)  # the direct path is the one under test
         buf = bytearray(300_000)
         first = body.readinto(memoryview(buf))
         assert 0 < first <= 8192  # only what cheroot's reader had buffered, not a read through it
@@ -60,7 +60,5 @@ def test_without_the_socket_the_reader_is_used() -> None:
     with server, client:
         client.sendall(data)
         client.shutdown(socket.SHUT_WR)
-        body = RequestBody.of(
-            {"wsgi.input": KnownLengthRFile(StreamReader(server, "rb"), len(data))}, len(data)
-        )
+        body = RequestBody(KnownLengthRFile(StreamReader(server, "rb"), len(data)), len(data))
         assert _drain(body) == data
