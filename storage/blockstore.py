@@ -114,9 +114,10 @@ class BlockStore:
     ) -> bytes:
         if len(blob) < OVERHEAD:
             raise IntegrityError(f"block object {name} is truncated")
-        if parse_header(blob).key_epoch != keys.epoch:
+        header = parse_header(blob)
+        if header.key_epoch != keys.epoch:
             raise UnsupportedFormat(f"block {name} was sealed under another key epoch")
-        header, payload = open_sealed(keys.block_cipher, keys.block_id(sha256), blob)
+        _, payload = open_sealed(keys.block_cipher, keys.block_id(sha256), blob, header)
         data = self.codec.decode(header.codec, payload)
         if len(data) != size:
             raise IntegrityError(f"block object {name} has {len(data)} bytes, not {size}")

@@ -72,9 +72,14 @@ def parse_header(blob: bytes) -> Header:
     return Header(codec=codec, key_epoch=epoch, nonce=nonce)
 
 
-def open_sealed(cipher: AESGCM, block_id: bytes, blob: bytes) -> tuple[Header, bytes]:
-    """Authenticate and decrypt; returns the header and the (possibly compressed) payload."""
-    header = parse_header(blob)
+def open_sealed(
+    cipher: AESGCM, block_id: bytes, blob: bytes, header: Header | None = None
+) -> tuple[Header, bytes]:
+    """Authenticate and decrypt; returns the header and the (possibly compressed) payload.
+
+    ``header``: the blob's, when the caller has parsed it already.
+    """
+    header = header or parse_header(blob)
     try:
         payload = cipher.decrypt(header.nonce, blob[HEADER_SIZE:], blob[:HEADER_SIZE] + block_id)
     except InvalidTag:

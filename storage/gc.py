@@ -198,21 +198,28 @@ def check(db: Database, store: BlockStore, accounts: Accounts, *, deep: bool) ->
             if used != actual
         )
     if deep:
-        for row in rows:
-            inline = None
-            if row.is_inline:
+        for i in range(0, len(rows), _BATCH):
+            batch = rows[i : i + _BATCH]
+            # Inline objects are read a batch at a time, not all at once nor one query each.
+            inline_ids = [row.id for row in batch if row.is_inline]
+            inline: dict[int, bytes] = {}
+            if inline_ids:
                 with db.read() as conn:
-                    inline = conn.execute(select(b.inline_data).where(b.id == row.id)).scalar()
-                if inline is None:
+                    query = select(b.id, b.inline_data).where(b.id.in_(inline_ids))
+                    inline = {r.id: r.inline_data for r in conn.execute(query)}
+            for row in batch:
+                if row.is_inline and row.id not in inline:
                     continue  # collected meanwhile
-            elif row.name not in stored:
-                continue
-            report.blocks_checked += 1
-            try:
-                keys = accounts.context(row.account_id).keys
-                store.fetch(keys, row.name, bytes(row.sha256), row.size, rehash=True, inline=inline)
-            except (IntegrityError, NotFound) as exc:
-                problems.append(f"block {row.id} ({row.name}): {exc}")
+                if not row.is_inline and row.name not in stored:
+                    continue
+                report.blocks_checked += 1
+                try:
+                    keys = accounts.context(row.account_id).keys
+                    store.fetch(
+                        keys, row.name, bytes(row.sha256), row.size, rehash=True, inline=inline.get(row.id)
+                    )
+                except (IntegrityError, NotFound) as exc:
+                    problems.append(f"block {row.id} ({row.name}): {exc}")
     return report
 
 
