@@ -141,7 +141,9 @@ class SocketBody:
 
     def __init__(self, stream: KnownLengthRFile, sock: socket.socket) -> None:
         self._stream = stream
-        self._sock = sock
+        # Not "_sock": WsgiDAV takes an input with a ``_sock`` for a raw socket and, to
+        # discard an unread body, makes that socket non-blocking under cheroot's reader.
+        self._socket = sock
 
     def read(self, size: int | None = None) -> bytes:
         data: bytes = self._stream.read(size)
@@ -171,7 +173,7 @@ class SocketBody:
             buffer[: len(data)] = data
             return len(data)
         n = min(len(buffer), stream.remaining)
-        n = self._sock.recv_into(buffer[:n]) if n else 0
+        n = self._socket.recv_into(buffer[:n]) if n else 0
         stream.remaining -= n
         rfile.bytes_read += n
         return n

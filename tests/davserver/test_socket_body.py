@@ -62,3 +62,19 @@ def test_without_the_socket_the_reader_is_used() -> None:
         client.shutdown(socket.SHUT_WR)
         body = RequestBody(KnownLengthRFile(StreamReader(server, "rb"), len(data)), len(data))
         assert _drain(body) == data
+
+
+def test_wsgidav_discarding_an_unread_body_leaves_the_socket_blocking() -> None:
+    """WsgiDAV's read_and_discard_input treats an input with ``_sock`` as a raw socket and
+    sets it non-blocking: cheroot's reader then got None mid-drain (a logged TypeError)."""
+    from wsgidav.util import read_and_discard_input
+
+    server, client = socket.socketpair()
+    with server, client:
+        server.settimeout(30)
+        environ = {
+            "CONTENT_LENGTH": "10",
+            "wsgi.input": SocketBody(KnownLengthRFile(StreamReader(server, "rb"), 10), server),
+        }
+        read_and_discard_input(environ)
+        assert server.gettimeout() == 30
