@@ -58,7 +58,7 @@ from storage.errors import ChecksumMismatch, Conflict, IntegrityError, NotFound,
 from storage.metadata import schema as t
 from storage.model import BlockAt, Entry, UploadSession
 from storage.reader import BlockLocation, VersionReader
-from storage.writer import BlockWriter, LimitedReader, WholeHash
+from storage.writer import BlockWriter, LimitedReader
 
 if TYPE_CHECKING:
     from storage.volume import Volume
@@ -106,22 +106,17 @@ class HasherCache:
                 self._items.popitem(last=False)
 
 
-class _Tee:
-    """Reads the body, feeding the whole-file hash (on its own thread) and the append's checksum."""
+class _Check:
+    """Reads the body, feeding the append's checksum (tus ``Upload-Checksum``)."""
 
-    def __init__(self, stream: LimitedReader, whole: WholeHash | None, check: Any) -> None:
+    def __init__(self, stream: LimitedReader, check: Any) -> None:
         self._stream = stream
-        self._whole = whole
         self._check = check
 
     def readinto(self, buffer: memoryview) -> int:
         n = self._stream.readinto(buffer)
         if n:
-            data = buffer[:n]
-            if self._whole is not None:
-                self._whole.update(bytes(data))  # the chunker reuses its buffer: hash a copy
-            if self._check is not None:
-                self._check.update(data)
+            self._check.update(buffer[:n])
         return n
 
 
@@ -301,14 +296,10 @@ class Uploads:
                 return None
             return self._store_tail_object(session_id, start + at, data)
 
-        writer = self._writer(row.path, on_tail=store_tail)
-        hashing = WholeHash(self._s.config.pipeline_depth, hasher=whole) if whole is not None else None
+        # ``whole`` continues over this body's bytes; the tail read back was hashed before.
+        writer = self._writer(row.path, on_tail=store_tail, hasher=whole, unhashed=len(prefix))
         try:
-            try:
-                writer.consume(Prefixed(prefix, _Tee(body, hashing, check)))
-            finally:
-                if hashing is not None:
-                    hashing.close()  # ``whole`` has seen every byte read, or the thread is gone
+            writer.consume(Prefixed(prefix, body if check is None else _Check(body, check)))
             if check is not None and checksum is not None and check.digest() != checksum.digest:
                 raise ChecksumMismatch(f"the data does not match its {checksum.algorithm} checksum")
             if row.length is not None and offset + body.count == row.length:
@@ -478,7 +469,13 @@ class Uploads:
         return data
 
     def _writer(
-        self, path: str | None, *, keep_tail: bool = True, on_tail: Callable[[bytes, int], Any] | None = None
+        self,
+        path: str | None,
+        *,
+        keep_tail: bool = True,
+        on_tail: Callable[[bytes, int], Any] | None = None,
+        hasher: Any = None,
+        unhashed: int = 0,
     ) -> BlockWriter:
         cfg = self._s.config
         return BlockWriter(
@@ -491,7 +488,10 @@ class Uploads:
             pin_every_bytes=cfg.pin_every_bytes,
             lease_seconds=cfg.write_lease_seconds,
             clock=self._clock,
-            whole_hash=False,
+            buffers=self._s.buffers,
+            whole_hash=hasher is not None,
+            hasher=hasher,
+            unhashed=unhashed,
             keep_tail=keep_tail,
             on_tail=on_tail,
         )

@@ -35,7 +35,7 @@ from storage.accounts import AccountContext
 from storage.blockstore import BlockStore
 from storage.cache import Cache, NoCache
 from storage.changes import ChangePage
-from storage.chunker import Readable
+from storage.chunker import BufferPool, Readable
 from storage.codec import is_precompressed
 from storage.config import StorageConfig
 from storage.delta import BlockSync
@@ -98,6 +98,7 @@ class Services:
     notify: Callable[[Committed], None]
     cache: Cache = field(default_factory=NoCache)
     hashers: HasherCache = field(default_factory=HasherCache)
+    buffers: BufferPool = field(default_factory=BufferPool)
 
 
 class Volume:
@@ -301,6 +302,7 @@ class Volume:
             pin_every_bytes=cfg.pin_every_bytes,
             lease_seconds=cfg.write_lease_seconds,
             clock=self._clock,
+            buffers=self._s.buffers,
         )
         return PendingWrite(self, path, writer, room, _WriteOptions(if_match, if_none_match, mtime, device))
 

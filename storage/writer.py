@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore, StoredBlock
-from storage.chunker import Chunker, Readable, ReadableInto
+from storage.chunker import BufferPool, Chunker, Readable, ReadableInto
 from storage.envelope import OVERHEAD
 from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
@@ -142,11 +142,11 @@ class WholeHash:
     def __init__(self, depth: int, hasher: Any = None) -> None:
         self._h = hasher if hasher is not None else hashlib.sha256()
         self._depth = depth
-        self._queue: queue.Queue[bytes | None] | None = None
+        self._queue: queue.Queue[bytes | memoryview | None] | None = None
         self._thread: threading.Thread | None = None
         self._first = True
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self._first:
             self._first = False
             self._h.update(data)
@@ -157,7 +157,7 @@ class WholeHash:
             self._thread.start()
         self._queue.put(data)
 
-    def _run(self, q: queue.Queue[bytes | None]) -> None:
+    def _run(self, q: queue.Queue[bytes | memoryview | None]) -> None:
         while (data := q.get()) is not None:
             self._h.update(data)
 
@@ -173,7 +173,7 @@ class WholeHash:
 
 
 class _NoHash:
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         pass
 
     def close(self) -> None:
@@ -198,11 +198,16 @@ class BlockWriter:
         pin_every_bytes: int,
         lease_seconds: float,
         clock: Callable[[], float],
+        buffers: BufferPool | None = None,
         whole_hash: bool = True,
+        hasher: Any = None,
+        unhashed: int = 0,
         keep_tail: bool = False,
         on_tail: Callable[[bytes, int], Any] | None = None,
     ) -> None:
-        """``whole_hash=False``: the caller hashes the content itself (``sha256`` stays empty).
+        """``whole_hash=False``: the content is not hashed (``sha256`` stays empty).
+        ``hasher``: a hashlib object the content continues (an upload session's), after
+        the first ``unhashed`` bytes of the stream (its held-back tail, hashed before).
 
         ``keep_tail=True``: the stream's last piece (after the last real cut point) is
         not stored but left in :attr:`tail`, for an upload that continues later.
@@ -212,6 +217,8 @@ class BlockWriter:
         """
         self._ctx = ctx
         self._whole_hash = whole_hash
+        self._hasher = hasher
+        self._unhashed = unhashed
         self._keep_tail = keep_tail
         #: The held-back last piece (``keep_tail``), not part of ``refs`` or ``size``.
         self.tail = b""
@@ -225,6 +232,7 @@ class BlockWriter:
         self._pin_every = pin_every_bytes
         self._lease = lease_seconds
         self._clock = clock
+        self._buffers = buffers
         self.refs: list[BlockRef] = []
         self._unpinned: list[BlockRef] = []
         self._unpinned_bytes = 0
@@ -236,15 +244,15 @@ class BlockWriter:
     # -- streaming -----------------------------------------------------------------
 
     def consume(self, stream: Readable | ReadableInto) -> None:
-        whole = WholeHash(self._depth) if self._whole_hash else _NoHash()
+        whole: WholeHash | _NoHash = WholeHash(self._depth, self._hasher) if self._whole_hash else _NoHash()
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
         held: tuple[bytes, int] | None = None
-        chunks = chunker.split(stream)
+        chunks = chunker.split(stream, self._buffers)
         try:
             for data in self._all_but_last(chunks) if self._keep_tail else chunks:
-                whole.update(data)
+                self._hash(whole, data)
                 if held is None and not pending:
                     # Hold the first block: if it is the only one, it is stored on
                     # this thread, sparing small files the hand-off to the pool.
@@ -257,6 +265,8 @@ class BlockWriter:
                 offset += len(data)
                 while len(pending) >= self._depth:
                     self._accept(pending.popleft().result())
+            if self.tail:
+                self._hash(whole, self.tail)
             if self._on_tail is not None and self.tail:
                 self.tail_result = self._on_tail(self.tail, offset)
             if held is not None:
@@ -272,6 +282,15 @@ class BlockWriter:
                     fut.exception()
         self.size = offset
         self.sha256 = whole.digest()
+
+    def _hash(self, whole: WholeHash | _NoHash, data: bytes) -> None:
+        if self._unhashed >= len(data):
+            self._unhashed -= len(data)
+        elif self._unhashed:
+            whole.update(memoryview(data)[self._unhashed :])
+            self._unhashed = 0
+        else:
+            whole.update(data)
 
     def _all_but_last(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         previous: bytes | None = None

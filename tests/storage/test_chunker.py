@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.chunker import ALGORITHM, Chunker, ChunkerParams
+from storage.chunker import ALGORITHM, BufferPool, Chunker, ChunkerParams
 from storage.keys import AccountKeys
 
 GOLDEN_DIR = Path(__file__).parents[1] / "golden"
@@ -124,6 +124,24 @@ def test_stream_split_equals_buffer_split(data: bytes, seed: int, step: int) -> 
     chunker = Chunker(SMALL, seed)
     streamed = list(chunker.split(ShortReads(data, step)))
     assert streamed == list(chunker.split_bytes(data))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=any_bytes, seed=seeds, step=st.integers(1, 5000))
+def test_a_reused_buffer_cuts_where_the_buffer_split_does(data: bytes, seed: int, step: int) -> None:
+    chunker = Chunker(SMALL, seed)
+    pool = BufferPool(keep=1)
+    expected = list(chunker.split_bytes(data))
+    for _ in range(2):  # the second pass reuses the first one's buffer, with its old bytes
+        assert list(chunker.split(ShortReads(data, step), pool)) == expected
+
+
+def test_default_params_over_reads_of_any_size() -> None:
+    data = random.Random(21).randbytes(12 * MiB)
+    chunker = Chunker(ChunkerParams(), 987654321)
+    expected = [len(c) for c in chunker.split_bytes(data)]
+    for step in (65_536, 300_001, 3 * MiB):
+        assert [len(c) for c in chunker.split(ShortReads(data, step))] == expected
 
 
 def test_streamed_chunks_are_independent_copies() -> None:
