@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Float,
     Integer,
     Row,
     Select,
@@ -311,7 +312,7 @@ def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
 
 # A COPY's rows go in with executemany on the DBAPI cursor: SQLAlchemy's own per-row
 # parameter processing cost more than the inserts themselves (500 files: ~10 ms).
-_COPY_NODES = Prepared(insert(t.nodes), keys=("id", *_NODE_KEYS))
+_COPY_NODES = Prepared(insert(t.nodes), keys=("id", *_NODE_KEYS, "version_id", "size"))
 #: The columns a new version row is written with (its id aside).
 VERSION_KEYS = (
     "node_id",
@@ -324,7 +325,24 @@ VERSION_KEYS = (
     "chunker_id",
     "block_count",
 )
-_COPY_VERSIONS = Prepared(insert(t.versions), keys=("id", *VERSION_KEYS))
+#: A copied file's version: the source's content fields, a new id, node and time.
+_COPY_VERSION = Prepared(
+    insert(t.versions).from_select(
+        ["id", *VERSION_KEYS],
+        select(
+            bindparam("b_new", type_=Integer),
+            bindparam("b_node", type_=Integer),
+            v.account_id,
+            v.size,
+            v.sha256,
+            v.mtime,
+            bindparam("b_now", type_=Float),
+            v.device,
+            v.chunker_id,
+            v.block_count,
+        ).where(v.id == bindparam("b_old")),
+    )
+)
 _COPY_BLOCK_LIST = Prepared(
     insert(t.version_blocks).from_select(
         ["version_id", "idx", "block_id", "offset"],
@@ -335,11 +353,6 @@ _COPY_BLOCK_LIST = Prepared(
             t.version_blocks.c.offset,
         ).where(t.version_blocks.c.version_id == bindparam("b_old")),
     )
-)
-_SET_COPIED_VERSION = Prepared(
-    update(t.nodes)
-    .where(n.id == bindparam("b_node"))
-    .values(version_id=bindparam("b_version"), size=bindparam("b_size"))
 )
 
 
@@ -353,6 +366,11 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
     """
     conn = change.conn
     new_paths = {row.id: dst + row.path[len(src) :] for row in rows}
+    # Version ids first, so each new file node goes in with its version (nodes.version_id
+    # has no foreign key; the versions follow once their nodes exist).
+    files = [row for row in rows if row.kind == t.KIND_FILE and row.version_id is not None]
+    version_ids = allocate_ids(conn, t.versions, len(files))
+    new_versions = {row.id: version_id for row, version_id in zip(files, version_ids, strict=True)}
     levels: dict[int, list[Row[Any]]] = {}
     for row in rows:
         levels.setdefault(row.path.count("/"), []).append(row)
@@ -371,6 +389,8 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
                     "kind": row.kind,
                     "mtime": row.mtime,
                     "created_at": change.now,
+                    "version_id": new_versions.get(row.id),
+                    "size": row.size if row.id in new_versions else 0,
                 }
                 for row, node_id in zip(level, ids, strict=True)
             ],
@@ -378,42 +398,21 @@ def copy_subtree(change: Change, rows: list[Row[Any]], src: str, dst: str, new_i
         for row, node_id in zip(level, ids, strict=True):
             new_ids[row.id] = node_id
 
-    files = [row for row in rows if row.kind == t.KIND_FILE and row.version_id is not None]
-    new_versions: dict[int, int] = {}
     if files:
-        sources: dict[int, Row[Any]] = {}
-        for i in range(0, len(files), 500):
-            ids = [row.version_id for row in files[i : i + 500]]
-            sources.update((r.id, r) for r in conn.execute(select(t.versions).where(v.id.in_(ids))))
-        version_ids = allocate_ids(conn, t.versions, len(files))
-        _COPY_VERSIONS.execute_many(
+        _COPY_VERSION.execute_many(
             conn,
             [
                 {
-                    "id": version_id,
-                    "node_id": new_ids[row.id],
-                    "account_id": change.account_id,
-                    "size": sources[row.version_id].size,
-                    "sha256": sources[row.version_id].sha256,
-                    "mtime": sources[row.version_id].mtime,
-                    "created_at": change.now,
-                    "device": sources[row.version_id].device,
-                    "chunker_id": sources[row.version_id].chunker_id,
-                    "block_count": sources[row.version_id].block_count,
+                    "b_new": new_versions[row.id],
+                    "b_node": new_ids[row.id],
+                    "b_now": change.now,
+                    "b_old": row.version_id,
                 }
-                for row, version_id in zip(files, version_ids, strict=True)
-            ],
-        )
-        new_versions = {row.id: version_id for row, version_id in zip(files, version_ids, strict=True)}
-        _COPY_BLOCK_LIST.execute_many(
-            conn, [{"b_new": new_versions[row.id], "b_old": row.version_id} for row in files]
-        )
-        _SET_COPIED_VERSION.execute_many(
-            conn,
-            [
-                {"b_node": new_ids[row.id], "b_version": new_versions[row.id], "b_size": row.size}
                 for row in files
             ],
+        )
+        _COPY_BLOCK_LIST.execute_many(
+            conn, [{"b_new": new_versions[row.id], "b_old": row.version_id} for row in files]
         )
         change.grow(sum(int(row.size) for row in files))
 

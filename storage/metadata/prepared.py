@@ -22,7 +22,8 @@ text, bytes) and whose parameters are plain bind parameters: no expanding
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
@@ -106,10 +107,22 @@ class _Compiled:
         #: Literal values written into the statement (``kind == 1``) travel as parameters too.
         self._defaults: dict[str, Any] = dict(compiled.params)
         self._positional: list[str] | None = list(compiled.positiontup) if compiled.positional else None
+        #: The positional tuple straight from the caller's mapping when it has every name
+        #: (the common case), in C; ``args`` merges in the literal defaults otherwise.
+        self._take: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+        if self._positional:
+            names = self._positional
+            get = itemgetter(*names)
+            self._take = get if len(names) > 1 else lambda params: (get(params),)
         self._escaped: dict[str, str] = dict(compiled.escaped_bind_names or {})
         self._row_type: Any = None
 
     def args(self, params: Mapping[str, Any]) -> Any:
+        if self._take is not None:
+            try:
+                return self._take(params)
+            except KeyError:
+                pass
         merged = {**self._defaults, **params}
         if self._positional is not None:
             return tuple(merged[name] for name in self._positional)
