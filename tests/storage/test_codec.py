@@ -10,7 +10,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.codec import COMPRESSED_SUFFIXES, Codec, is_precompressed
+from storage.codec import COMPRESSED_SUFFIXES, PROBE_BYTES, Codec, is_precompressed
 from storage.envelope import CODEC_RAW, CODEC_ZSTD
 from storage.errors import IntegrityError, UnsupportedFormat
 
@@ -71,6 +71,20 @@ def test_a_saving_below_min_saving_is_stored_raw() -> None:
     data = random.Random(2).randbytes(50_000) + bytes(50_000)
     assert CODEC.encode(data)[0] == CODEC_ZSTD
     assert Codec(min_saving=0.6).encode(data) == (CODEC_RAW, data)
+
+
+def test_a_large_block_is_judged_by_its_first_64_kib() -> None:
+    """The probe: zstd is not run over a whole block whose start does not compress."""
+    text = b"".join(f"line {i}: the quick brown fox\n".encode() for i in range(40_000))
+    noise = random.Random(3).randbytes(PROBE_BYTES)
+    assert len(text) > 4 * PROBE_BYTES
+    assert CODEC.encode(text)[0] == CODEC_ZSTD
+    assert CODEC.encode(noise + text) == (CODEC_RAW, noise + text)  # would have compressed
+    # A compressible start lets zstd judge the whole block.
+    assert CODEC.encode(text[:PROBE_BYTES] + noise * 4)[0] == CODEC_ZSTD
+    # Below four probes' worth, the whole block decides.
+    small = noise[: PROBE_BYTES // 2] + text[: 2 * PROBE_BYTES]
+    assert CODEC.encode(small)[0] == CODEC_ZSTD
 
 
 def test_garbage_zstd_payload_is_an_integrity_error() -> None:
