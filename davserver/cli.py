@@ -129,9 +129,9 @@ def serve(
     """Serve WebDAV at /dav/ until SIGTERM or Ctrl-C."""
     from davserver.app import AppSettings, create_app
     from davserver.maintenance import RetentionTimer
-    from davserver.server import ListenSettings, limit_malloc_arenas, make_server, serve_forever
+    from davserver.server import ListenSettings, make_server, serve_forever, tune_malloc
 
-    limit_malloc_arenas()
+    tune_malloc()
 
     cfg = _load(
         data_dir, config_file, host=host, port=port, threads=threads, certfile=certfile, keyfile=keyfile
