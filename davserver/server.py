@@ -43,20 +43,22 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
-def tune_malloc(*, arenas: int = 2, heap_below: int = 16 << 20, keep_free: int = 32 << 20) -> bool:
+def tune_malloc(*, arenas: int = 2, heap_below: int = 16 << 20, keep_free: int = 16 << 20) -> bool:
     """Set glibc's allocator for multi-megabyte block buffers; call before the worker threads start.
 
     * ``arenas``: every thread that allocates gets its own arena (up to 8 per core), and
       block buffers freed in one arena are not reused by another: measured with three
       1 GiB PUT+GET rounds, server RSS grew 112 -> 153 -> 195 MiB with the default and
       stayed at 116 -> 132 -> 134 MiB with two arenas.
-    * ``heap_below``: allocations up to this size come from the heap, not from a fresh
-      mmap each (a page fault per 4 KiB touched, and an munmap on free). Left alone, glibc
-      moves that threshold as mmapped chunks are freed, so where it ends up depends on the
-      order of earlier allocations: when the chunker began keeping its buffer between
-      writes, a 512 MiB GET after a PUT went from ~300 to 38,000-79,000 page faults and
-      from 1.75-1.83 to 1.24-1.39 GB/s. Fixed, it was 7-650 faults and 1.70-1.76 GB/s.
-    * ``keep_free``: free memory at the top of the heap kept for reuse, not returned.
+    * ``heap_below`` and ``keep_free``: allocations up to ``heap_below`` come from the
+      heap, not from a fresh mmap each, and up to ``keep_free`` of free memory at the top
+      of the heap stays there for the next block instead of going back to the kernel
+      (either way a page fault per 4 KiB touched again). Left alone, glibc moves both
+      as mmapped chunks are freed, so where they end up depends on earlier allocations:
+      when the chunker began keeping its buffer between writes, a 512 MiB GET after a
+      PUT went from ~300 to 38,000-79,000 page faults and from 1.75-1.83 to 1.24-1.39
+      GB/s. Fixed at 16 MiB each: 4,000-8,000 faults, 1.70-1.74 GB/s; ``keep_free`` at
+      8 MiB is too little for a GET's blocks in flight (~80,000 faults, 1.2 GB/s).
 
     Returns False where there is no glibc (nothing is set).
     """
