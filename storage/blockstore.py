@@ -73,6 +73,10 @@ class BlockStore:
         self.backend.put(name, blob)
         return StoredBlock(sha256, len(data), name, len(blob), codec, keys.epoch)
 
+    def always_inline(self, size: int) -> bool:
+        """Whether a block of ``size`` plaintext bytes is kept in its row whatever its content."""
+        return largest_sealed(size) <= self.inline_bytes
+
     def fetch(
         self,
         keys: AccountKeys,
@@ -99,10 +103,9 @@ class BlockStore:
         if inline is not None:
             return self._open(keys, name, sha256, size, inline, rehash)
         try:
-            # A stored block is never longer than its plaintext plus the envelope (compression
-            # is kept only when it saves), so this bound reads it whole; a longer object is
-            # corrupt and fails authentication below.
-            blob = self.backend.get(name, 0, size + OVERHEAD)
+            # The bound reads a block whole; a longer object is corrupt and fails
+            # authentication below.
+            blob = self.backend.get(name, 0, largest_sealed(size))
         except NotFound:
             raise IntegrityError(f"block object {name} is missing from the store") from None
         if self.reads is not None:
@@ -124,3 +127,9 @@ class BlockStore:
         if (self.rehash_reads if rehash is None else rehash) and hashlib.sha256(data).digest() != sha256:
             raise IntegrityError(f"block object {name} does not match its recorded hash")
         return data
+
+
+def largest_sealed(size: int) -> int:
+    """The most bytes a block of ``size`` plaintext bytes is stored as: compression is kept
+    only when it saves, so the envelope is all a block can grow by."""
+    return size + OVERHEAD

@@ -37,7 +37,6 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from storage.accounts import AccountContext
 from storage.blockstore import BlockStore, StoredBlock
 from storage.chunker import BufferPool, Chunker, Readable, ReadableInto
-from storage.envelope import OVERHEAD
 from storage.errors import BackendUnavailable, QuotaExceeded, TooLarge
 from storage.metadata import schema as t
 from storage.metadata.db import Database
@@ -312,8 +311,7 @@ class BlockWriter:
         # A block that will be stored inline is sealed without asking first: if the
         # account has it already, the commit's insert finds the row and this copy is
         # dropped (a look-up would cost a statement to save some microseconds of sealing).
-        surely_inline = len(data) + OVERHEAD <= self._store.inline_bytes
-        if not surely_inline and self._lookup(sha) is not None:
+        if not self._store.always_inline(len(data)) and self._lookup(sha) is not None:
             return BlockRef(sha, len(data), offset, None, data)
         stored = self._store.store(self._ctx.id, self._ctx.keys, data, sha, compress=self._compress)
         return BlockRef(sha, len(data), offset, stored, None)
