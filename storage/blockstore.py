@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.backends.base import Backend
@@ -63,15 +64,30 @@ class BlockStore:
         return f"{account_id}/{mac[:2]}/{mac}.{secrets.token_hex(8)}"
 
     def store(
-        self, account_id: int, keys: AccountKeys, data: bytes, sha256: bytes, *, compress: bool
+        self,
+        account_id: int,
+        keys: AccountKeys,
+        data: bytes,
+        sha256: bytes,
+        *,
+        compress: bool,
+        sync: bool = True,
     ) -> StoredBlock:
+        """Seal and store one block. ``sync=False``: the object is durable only after
+        :meth:`sync` of its name (see the backend contract); a row may refer to it only then.
+        """
         codec, payload = self.codec.encode(data, try_compress=compress)
         blob = seal(keys.block_cipher, keys.block_id(sha256), payload, codec=codec, key_epoch=keys.epoch)
         name = self.object_name(account_id, keys, sha256)
         if len(blob) <= self.inline_bytes:
             return StoredBlock(sha256, len(data), name, len(blob), codec, keys.epoch, inline=blob)
-        self.backend.put(name, blob)
+        self.backend.put(name, blob, sync=sync)
         return StoredBlock(sha256, len(data), name, len(blob), codec, keys.epoch)
+
+    def sync(self, names: Sequence[str]) -> None:
+        """Make objects stored with ``sync=False`` durable."""
+        if names:
+            self.backend.sync(names)
 
     def always_inline(self, size: int) -> bool:
         """Whether a block of ``size`` plaintext bytes is kept in its row whatever its content."""

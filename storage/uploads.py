@@ -330,6 +330,7 @@ class Uploads:
         while the last blocks were being stored); a failure here leaves it to the caller.
         """
         tail = writer.tail_result if writer.tail else None
+        writer.make_durable()
         with self._db.write() as conn:
             self._commit_append(conn, row, writer, start, end, tail)
         if row.tail_name is not None:

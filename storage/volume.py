@@ -777,6 +777,7 @@ class PendingWrite:
         if mtime is not None:
             self._options.mtime = mtime
         try:
+            self._writer.make_durable()
             entry, committed, self.created = self._volume._commit(self.path, self._writer, self._options)
         except BaseException:
             self.abort()

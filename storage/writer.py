@@ -6,6 +6,11 @@ block (hashlib, zstd and AES-GCM release the GIL, so network reads, CPU work and
 disk writes overlap on two cores). At most ``pipeline_depth`` blocks are in
 flight per write, so memory stays flat whatever the file size.
 
+Blocks are stored without waiting for the disk (``sync=False``); the writer syncs
+them in one batch (:meth:`BlockWriter.make_durable`) before any row names them:
+before each pin and before the commit. A crash before that loses only objects no
+row refers to, which garbage collection sweeps as orphans.
+
 Nothing here makes a block visible. Blocks become part of a file only when
 :meth:`storage.volume.Volume.write` commits one transaction; until then they are
 *pinned* to an upload row (``uploads`` / ``upload_blocks``) every
@@ -19,6 +24,7 @@ foreign key tells us), the data is stored again instead of being lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import secrets
@@ -237,6 +243,10 @@ class BlockWriter:
         self._unpinned_bytes = 0
         self._held_bytes = 0
         self._upload_id: str | None = None
+        #: Names of objects this write stored that are not yet known to be durable.
+        self._volatile: list[str] = []
+        #: The pin under way in the background (:meth:`_pin`), if any.
+        self._pinning: Future[None] | None = None
         self.size = 0
         self.sha256 = b""
 
@@ -313,7 +323,9 @@ class BlockWriter:
         # dropped (a look-up would cost a statement to save some microseconds of sealing).
         if not self._store.always_inline(len(data)) and self._lookup(sha) is not None:
             return BlockRef(sha, len(data), offset, None, data)
-        stored = self._store.store(self._ctx.id, self._ctx.keys, data, sha, compress=self._compress)
+        stored = self._store.store(
+            self._ctx.id, self._ctx.keys, data, sha, compress=self._compress, sync=False
+        )
         return BlockRef(sha, len(data), offset, stored, None)
 
     def _lookup(self, sha: bytes) -> int | None:
@@ -322,6 +334,8 @@ class BlockWriter:
         return None if found is None else int(found.id)
 
     def _accept(self, ref: BlockRef) -> None:
+        if ref.stored is not None and ref.stored.inline is None:
+            self._volatile.append(ref.stored.name)
         self.refs.append(ref)
         self._unpinned.append(ref)
         self._unpinned_bytes += ref.size
@@ -332,18 +346,51 @@ class BlockWriter:
         if self._unpinned_bytes >= self._pin_every or self._held_bytes >= HELD_BYTES_MAX:
             self._pin()
 
+    def make_durable(self) -> None:
+        """Wait until every block this write stored so far is durable, and pinned where a
+        pin is under way.
+
+        Call it before opening the transaction that records the rest (the commit).
+        """
+        self._await_pin()
+        self._sync_volatile()
+
+    def _sync_volatile(self) -> None:
+        if self._volatile:
+            self._store.sync(self._volatile)
+            self._volatile = []
+
     # -- pinning -------------------------------------------------------------------
 
     def _pin(self) -> None:
-        """Record the unpinned blocks against this write's upload row (created on first use)."""
+        """Pin the unpinned blocks in the background; the previous pin must be done first.
+
+        The batch's objects are synced, then recorded against this write's upload row
+        (created on first use), on a pool thread while this thread goes on reading and
+        cutting: a large durable write then waits for the disk only at its end.
+        """
+        batch, self._unpinned = self._unpinned, []
+        names, self._volatile = self._volatile, []
+        base = len(self.refs) - len(batch)
+        self._unpinned_bytes = 0
+        self._held_bytes = 0
+        self._await_pin()
+        self._pinning = self._executor.submit(self._pin_batch, batch, names, base)
+
+    def _await_pin(self) -> None:
+        job, self._pinning = self._pinning, None
+        if job is not None:
+            job.result()
+
+    def _pin_batch(self, batch: list[BlockRef], names: list[str], base: int) -> None:
+        self._store.sync(names)
         for _ in range(3):
             creating = self._upload_id is None
             upload_id = self._upload_id or secrets.token_hex(16)
-            base = len(self.refs) - len(self._unpinned)
             try:
                 with self._db.write() as conn:
                     self._renew_lease(conn, upload_id, create=creating)
-                    self.record_blocks(conn, self._unpinned)
+                    self.record_blocks(conn, batch)
                     conn.execute(
                         insert(t.upload_blocks),
                         [
@@ -353,18 +400,15 @@ class BlockWriter:
                                 "block_id": r.block_id,
                                 "offset": r.offset,
                             }
-                            for i, r in enumerate(self._unpinned)
+                            for i, r in enumerate(batch)
                         ],
                     )
             except (VanishedBlocks, DBIntegrityError) as exc:
-                self.retry_after(exc)
+                self._retry(batch, exc)
                 continue
             self._upload_id = upload_id
-            for ref in self._unpinned:
+            for ref in batch:
                 ref.data = None
-            self._unpinned = []
-            self._unpinned_bytes = 0
-            self._held_bytes = 0
             return
         raise BackendUnavailable("blocks kept being collected while this upload pinned them")
 
@@ -388,7 +432,8 @@ class BlockWriter:
     def record_blocks(self, conn: Connection, refs: Sequence[BlockRef]) -> None:
         """Insert rows for newly stored blocks and resolve every ref's block id.
 
-        Raises :class:`VanishedBlocks` when a dedup hit's row no longer exists.
+        Raises :class:`VanishedBlocks` when a dedup hit's row no longer exists. The
+        stored objects must be durable already (:meth:`make_durable`).
         """
         now = self._clock()
         new_rows = {
@@ -471,16 +516,23 @@ class BlockWriter:
 
     def finish_in(self, conn: Connection) -> None:
         """Inside the commit transaction: record the remaining blocks, drop the upload row."""
+        if self._pinning is not None:
+            # The pin needs the write transaction this caller holds.
+            raise RuntimeError("make_durable() must come before the commit transaction")
+        self._sync_volatile()  # a row must never name an object a crash could still lose
         self.record_blocks(conn, self._unpinned)
         if self._upload_id is not None:
             conn.execute(delete(t.uploads).where(t.uploads.c.id == self._upload_id))
 
     def retry_after(self, exc: Exception) -> None:
         """Prepare a new commit attempt after the transaction failed with ``exc``."""
+        self._retry(self._unpinned, exc)
+
+    def _retry(self, refs: Sequence[BlockRef], exc: Exception) -> None:
         if isinstance(exc, VanishedBlocks):
-            self._restore_vanished(self._unpinned)
+            self._restore_vanished(refs)
         else:
-            self._forget_ids(self._unpinned)
+            self._forget_ids(refs)
 
     def committed(self) -> None:
         self._unpinned = []
@@ -488,6 +540,8 @@ class BlockWriter:
 
     def abort(self) -> None:
         """Drop this write's pins; its blocks become garbage after the grace period."""
+        with contextlib.suppress(Exception):
+            self._await_pin()  # the write failed already; a pin that failed too expires
         if self._upload_id is None:
             return
         try:

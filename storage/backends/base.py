@@ -9,6 +9,10 @@ Contract every implementation passes (``tests/storage/test_backends.py``):
 
 * ``put`` is atomic (a reader sees the old object, or the whole new one, never a
   part) and idempotent (putting the same name again replaces it);
+* after ``put`` returns the object survives a crash or power cut, except with
+  ``sync=False``: then it does so once ``sync([name, ...])`` has returned. That lets
+  a writer store many objects and wait for the disk once per batch, not once per
+  object; a backend whose every put is durable anyway ignores both;
 * ``get(name, offset, length)`` returns exactly the requested slice, shorter only
   where the object ends; a missing object raises :class:`storage.errors.NotFound`;
 * ``stat`` returns size and modification time, ``delete`` of a missing object is
@@ -19,7 +23,7 @@ Contract every implementation passes (``tests/storage/test_backends.py``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,7 +37,9 @@ class ObjectInfo:
 
 @runtime_checkable
 class Backend(Protocol):
-    def put(self, name: str, data: bytes) -> None: ...
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None: ...
+
+    def sync(self, names: Iterable[str]) -> None: ...
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
 

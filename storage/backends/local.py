@@ -5,6 +5,14 @@ renames it over the name and fsyncs the folder, so after ``put`` returns the
 object survives a power cut (unless ``durable=False``, the documented relaxed
 mode that leaves flushing to the page cache like plain WsgiDAV does). Readers
 never see a partial object because rename is atomic.
+
+``put(sync=False)`` skips both fsyncs and only asks the kernel to start writing
+the file back (``POSIX_FADV_DONTNEED`` does that on Linux for dirty pages, and
+drops none of them); ``sync(names)`` later fsyncs the files and their folders.
+By then most of the data is on its way, so a large upload waits for the disk
+once per batch instead of twice per block on the threads that seal blocks
+(1 GiB in ~1.25 MiB files from 3 threads here: 364-405 MB/s one by one,
+446-494 MB/s written back early and synced every 64 MiB).
 """
 
 from __future__ import annotations
@@ -12,13 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from storage.backends.base import ObjectInfo, check_name
 from storage.errors import BackendUnavailable, NotFound
 
 _TMP_PREFIX = ".tmp-"
+#: Starts writeback of a file's dirty pages without waiting (Linux; elsewhere a no-op).
+_FADVISE = hasattr(os, "posix_fadvise") and sys.platform.startswith("linux")
 
 
 class LocalBackend:
@@ -42,8 +53,9 @@ class LocalBackend:
             _fsync_dir(folder.parent)
         self._known_dirs.add(folder)
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
         path = self._path(name)
+        sync_now = self.durable and sync
         try:
             self._ensure_dir(path.parent)
             # A random name opened exclusively (mkstemp does the same, at twice the cost).
@@ -55,8 +67,10 @@ class LocalBackend:
                         written = 0
                         while written < len(view):
                             written += os.write(fd, view[written:])
-                    if self.durable:
+                    if sync_now:
                         os.fdatasync(fd)
+                    elif self.durable and _FADVISE:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
                 os.replace(tmp, path)
@@ -64,10 +78,31 @@ class LocalBackend:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-            if self.durable:
+            if sync_now:
                 _fsync_dir(path.parent)
         except OSError as exc:
             raise BackendUnavailable(f"cannot write block object: {exc.strerror}") from exc
+
+    def sync(self, names: Iterable[str]) -> None:
+        if not self.durable:
+            return
+        folders: set[Path] = set()
+        try:
+            for name in names:
+                path = self._path(name)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                folders.add(path.parent)
+            for folder in folders:
+                _fsync_dir(folder)
+        except FileNotFoundError as exc:
+            # Only a bug or a hand in the folder removes an object before its row exists.
+            raise BackendUnavailable(f"block object {exc.filename} vanished before it was synced") from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot sync block objects: {exc.strerror}") from exc
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from storage.backends.base import ObjectInfo, check_name, slice_bytes
 from storage.errors import NotFound
@@ -15,10 +15,13 @@ class MemoryBackend:
         self._objects: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
         check_name(name)
         with self._lock:
             self._objects[name] = (bytes(data), time.time())
+
+    def sync(self, names: Iterable[str]) -> None:
+        pass
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._lock:

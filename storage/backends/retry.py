@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from storage.backends.base import Backend, ObjectInfo
@@ -45,8 +45,12 @@ class RetryingBackend:
                 self._sleep(delay * (0.5 + random.random() / 2))
         raise AssertionError("unreachable")
 
-    def put(self, name: str, data: bytes) -> None:
-        self._call(lambda: self.inner.put(name, data))
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
+        self._call(lambda: self.inner.put(name, data, sync=sync))
+
+    def sync(self, names: Iterable[str]) -> None:
+        names = list(names)
+        self._call(lambda: self.inner.sync(names))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(name, offset, length))

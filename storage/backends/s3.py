@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -167,13 +167,17 @@ class S3Backend:
         check_name(name)
         return self._root + name
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
+        """Stored durably when PutObject succeeds, whatever ``sync`` says."""
         key = self._key(name)
         self._call(
             "PutObject",
             key,
             lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=data),
         )
+
+    def sync(self, names: Iterable[str]) -> None:
+        pass
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):

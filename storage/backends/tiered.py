@@ -10,7 +10,7 @@ so garbage collection and fsck see one store. The move itself is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from storage.backends.base import Backend, ObjectInfo
 from storage.errors import NotFound
@@ -21,8 +21,11 @@ class TieredBackend:
         self.hot = hot
         self.archive = archive
 
-    def put(self, name: str, data: bytes) -> None:
-        self.hot.put(name, data)
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
+        self.hot.put(name, data, sync=sync)
+
+    def sync(self, names: Iterable[str]) -> None:
+        self.hot.sync(names)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:

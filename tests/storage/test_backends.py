@@ -288,6 +288,60 @@ def test_file_put_failing_midway_leaves_no_object(
     assert all_files(root) == ["keep/old"]  # no temporary file left either
 
 
+def test_an_unsynced_put_is_readable_at_once_and_sync_accepts_it(backend: Backend) -> None:
+    data = payload(70_000, seed=3)
+    backend.put("ab/unsynced", data, sync=False)
+    assert backend.get("ab/unsynced") == data
+    backend.sync(["ab/unsynced"])
+    backend.sync([])
+    assert backend.get("ab/unsynced") == data
+
+
+def _synced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the path of every file or folder fdatasync'd or fsync'd from now on."""
+    synced: list[str] = []
+    for fn in ("fdatasync", "fsync"):
+        real = getattr(os, fn)
+
+        def spy(fd: int, real: Callable[[int], None] = real) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, fn, spy)
+    return synced
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name synced files")
+def test_file_put_without_sync_waits_for_nothing_until_sync_is_called(
+    file_backend: tuple[Backend, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, root = file_backend
+    backend.put("d1/warm", b"x")  # creates (and syncs) the folder first
+    synced = _synced_paths(monkeypatch)
+    backend.put("d1/a", payload(100_000, 1), sync=False)
+    backend.put("d1/b", payload(100_000, 2), sync=False)
+    backend.put("d2/c", payload(100_000, 3), sync=False)
+    assert synced == [str(root)]  # only the new folder d2's entry in its parent
+    synced.clear()
+    backend.sync(["d1/a", "d1/b", "d2/c"])
+    files = [str(root / n) for n in ("d1/a", "d1/b", "d2/c")]
+    assert synced[:3] == files
+    assert sorted(synced[3:]) == [str(root / "d1"), str(root / "d2")]  # each folder once
+    synced.clear()
+    backend.put("d1/e", payload(1000, 4))  # the default: synced before put returns
+    assert len(synced) == 2
+    assert synced[0].startswith(str(root / "d1" / ".tmp-"))  # the file, before its rename
+    assert synced[1] == str(root / "d1")
+
+
+def test_file_sync_of_a_vanished_object_fails_loudly(file_backend: tuple[Backend, Path]) -> None:
+    backend, root = file_backend
+    backend.put("d/gone", b"data", sync=False)
+    (root / "d" / "gone").unlink()
+    with pytest.raises(BackendUnavailable, match="vanished"):
+        backend.sync(["d/gone"])
+
+
 # -- the retry wrapper --------------------------------------------------------------
 
 

@@ -8,14 +8,18 @@ import os
 import random
 import threading
 import unicodedata
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
+from storage.backends.base import Backend
 from storage.engine import Engine
 from storage.envelope import seal
 from storage.errors import (
     AlreadyExists,
+    BackendUnavailable,
     Conflict,
     IntegrityError,
     InvalidName,
@@ -26,6 +30,7 @@ from storage.errors import (
 )
 from storage.metadata import schema as t
 from storage.volume import Volume
+from storage.writer import BlockWriter
 from tests.storage.conftest import EngineFactory
 
 
@@ -328,6 +333,85 @@ def test_aborted_write_leaves_previous_version_intact(make_engine: EngineFactory
     check = engine.fsck(deep=True)
     assert check.clean and check.leak_free, check
     assert read(vol, "doc") == old
+
+
+class VolatileTracking:
+    """A backend wrapper that knows which objects were put without sync and not synced since."""
+
+    def __init__(self, inner: Backend, *, fail_sync: bool = False) -> None:
+        self.inner = inner
+        self.fail_sync = fail_sync
+        self.volatile: set[str] = set()
+        self.syncs = 0
+        self._lock = threading.Lock()
+
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
+        self.inner.put(name, data, sync=sync)
+        if not sync:
+            with self._lock:
+                self.volatile.add(name)
+
+    def sync(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if self.fail_sync:
+            raise BackendUnavailable("disk full (injected)")
+        self.inner.sync(names)
+        with self._lock:
+            self.syncs += 1
+            self.volatile.difference_update(names)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+
+def test_no_row_names_a_block_before_it_is_synced(
+    make_engine: EngineFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks are stored without waiting for the disk and synced per batch, in the
+    background, before the pin or commit that records them: never after."""
+    engine = make_engine(database_url, pin_every_bytes=256 << 10)
+    tracking = VolatileTracking(engine.blocks.backend)
+    engine.blocks.backend = tracking
+    recorded: list[str] = []
+    real_record = BlockWriter.record_blocks
+
+    def record_blocks(self: BlockWriter, conn: Any, refs: Any) -> None:
+        names = [r.stored.name for r in refs if r.stored is not None and r.stored.inline is None]
+        with tracking._lock:
+            assert not tracking.volatile & set(names), "a block row before its object is durable"
+        recorded.extend(names)
+        real_record(self, conn, refs)
+
+    monkeypatch.setattr(BlockWriter, "record_blocks", record_blocks)
+    engine.accounts.create("a", "password1")
+    vol = engine.volume("a")
+    data = os.urandom(3 << 20)
+    put(vol, "big", data)
+    assert read(vol, "big") == data
+    assert tracking.syncs >= 8  # ~12 pins of 256 KiB plus the commit's own
+    assert len(recorded) == len(set(recorded)) >= 20
+    assert not tracking.volatile
+
+
+def test_a_write_whose_blocks_cannot_be_synced_commits_nothing(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    engine = make_engine(database_url, pin_every_bytes=256 << 10)
+    engine.accounts.create("a", "password1")
+    vol = engine.volume("a")
+    old = os.urandom(300_000)
+    put(vol, "doc", old)
+    engine.blocks.backend = VolatileTracking(engine.blocks.backend, fail_sync=True)
+    for size in (1 << 20, 100_000):  # pins in the background; only the commit's sync
+        with pytest.raises(BackendUnavailable):
+            put(vol, "doc", os.urandom(size))
+        assert read(vol, "doc") == old
+        assert len(vol.revisions("doc")) == 1
+    engine.blocks.backend = engine.blocks.backend.inner
+    report = engine.gc(grace_seconds=0)
+    assert report.orphan_objects_deleted > 0
+    check = engine.fsck(deep=True)
+    assert check.clean and check.leak_free, check
 
 
 def test_fsck_deep_rehashes_what_reads_only_authenticate(engine: Engine) -> None:
