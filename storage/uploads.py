@@ -326,11 +326,13 @@ class Uploads:
     def _commit(self, row: Row[Any], writer: BlockWriter, start: int, end: int) -> None:
         """Commit blocks, tail and offset; the replaced tail object goes after.
 
-        The new tail object is durable already (stored by the writer's ``on_tail``
-        while the last blocks were being stored); a failure here leaves it to the caller.
+        The new tail object was stored by the writer's ``on_tail`` while the last blocks
+        were being stored, and is synced with them here; a failure leaves it to the caller.
         """
         tail = writer.tail_result if writer.tail else None
         writer.make_durable()
+        if tail is not None:
+            self._s.blocks.sync([tail])
         with self._db.write() as conn:
             self._commit_append(conn, row, writer, start, end, tail)
         if row.tail_name is not None:
@@ -450,7 +452,7 @@ class Uploads:
             keys.block_cipher, _tail_binding(session_id, at), data, codec=CODEC_RAW, key_epoch=keys.epoch
         )
         name = f"{self._account_id}/tails/{session_id}.{secrets.token_hex(8)}"
-        self._s.blocks.backend.put(name, blob)
+        self._s.blocks.backend.put(name, blob, sync=False)  # synced with the blocks, before the commit
         return name
 
     def _drop_tail_object(self, name: str | None) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from storage.backends.base import Backend
 from storage.chunker import ChunkerParams
 from storage.config import PasswordHashing, StorageConfig
 from storage.engine import Engine
+from storage.errors import BackendUnavailable
 from storage.keys import MasterKey
 
 WEAK_HASHING = PasswordHashing(time_cost=1, memory_cost_kib=8, parallelism=1)
@@ -34,6 +37,35 @@ def fresh_pg_database(server_url: str) -> str:
 
 
 EngineFactory = Callable[..., Engine]
+
+
+class VolatileTracking:
+    """A backend wrapper that knows which objects were put without sync and not synced since."""
+
+    def __init__(self, inner: Backend, *, fail_sync: bool = False) -> None:
+        self.inner = inner
+        self.fail_sync = fail_sync
+        self.volatile: set[str] = set()
+        self.syncs = 0
+        self._lock = threading.Lock()
+
+    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
+        self.inner.put(name, data, sync=sync)
+        if not sync:
+            with self._lock:
+                self.volatile.add(name)
+
+    def sync(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if self.fail_sync:
+            raise BackendUnavailable("disk full (injected)")
+        self.inner.sync(names)
+        with self._lock:
+            self.syncs += 1
+            self.volatile.difference_update(names)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

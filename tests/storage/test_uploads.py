@@ -9,6 +9,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -24,9 +25,9 @@ from storage.errors import (
     TooLarge,
 )
 from storage.metadata import schema as t
-from storage.uploads import Checksum
+from storage.uploads import Checksum, Uploads
 from storage.volume import Volume
-from tests.storage.conftest import EngineFactory
+from tests.storage.conftest import EngineFactory, VolatileTracking
 
 
 @pytest.fixture
@@ -78,6 +79,41 @@ def test_appends_in_pieces_make_the_same_blocks_as_one_write(engine: Engine, vol
     assert [c.op for c in vol.journal()][-2:] == ["create", "create"]
     assert len(vol.revisions("big.bin")) == 1
     assert vol.uploads.get(up.id).completed is not None  # still answerable until it expires
+
+
+def test_each_append_syncs_its_blocks_and_tail_before_recording_them(
+    make_engine: EngineFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(database_url)
+    tracking = VolatileTracking(engine.blocks.backend)
+    engine.blocks.backend = tracking
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    seen: list[str] = []
+    real = Uploads._commit_append
+
+    def commit_append(
+        self: Uploads, conn: Any, row: Any, writer: Any, start: int, end: int, tail: Any
+    ) -> None:
+        names = [r.stored.name for r in writer.refs if r.stored is not None and r.stored.inline is None]
+        names += [tail] if tail is not None else []
+        with tracking._lock:
+            assert not tracking.volatile & set(names), "recorded before it was durable"
+        seen.extend(names)
+        real(self, conn, row, writer, start, end, tail)
+
+    monkeypatch.setattr(Uploads, "_commit_append", commit_append)
+    data = _data(1_500_000)
+    up = vol.uploads.create(kind="tus", path="big.bin", length=len(data))
+    offset = 0
+    for piece in _pieces(data, [300_000, 400_000, 500_000]):
+        vol.uploads.append(up.id, offset, io.BytesIO(piece))
+        offset += len(piece)
+    with vol.open("big.bin") as r:
+        assert r.read() == data
+    assert any("/tails/" in name for name in seen)  # the held-back tails were put without sync
+    assert len([n for n in seen if "/tails/" not in n]) >= 5
+    assert not tracking.volatile
 
 
 def test_resuming_from_the_wrong_offset_is_refused(vol: Volume) -> None:

@@ -8,13 +8,11 @@ import os
 import random
 import threading
 import unicodedata
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
-from storage.backends.base import Backend
 from storage.engine import Engine
 from storage.envelope import seal
 from storage.errors import (
@@ -31,7 +29,7 @@ from storage.errors import (
 from storage.metadata import schema as t
 from storage.volume import Volume
 from storage.writer import BlockWriter
-from tests.storage.conftest import EngineFactory
+from tests.storage.conftest import EngineFactory, VolatileTracking
 
 
 @pytest.fixture
@@ -333,35 +331,6 @@ def test_aborted_write_leaves_previous_version_intact(make_engine: EngineFactory
     check = engine.fsck(deep=True)
     assert check.clean and check.leak_free, check
     assert read(vol, "doc") == old
-
-
-class VolatileTracking:
-    """A backend wrapper that knows which objects were put without sync and not synced since."""
-
-    def __init__(self, inner: Backend, *, fail_sync: bool = False) -> None:
-        self.inner = inner
-        self.fail_sync = fail_sync
-        self.volatile: set[str] = set()
-        self.syncs = 0
-        self._lock = threading.Lock()
-
-    def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
-        self.inner.put(name, data, sync=sync)
-        if not sync:
-            with self._lock:
-                self.volatile.add(name)
-
-    def sync(self, names: Iterable[str]) -> None:
-        names = list(names)
-        if self.fail_sync:
-            raise BackendUnavailable("disk full (injected)")
-        self.inner.sync(names)
-        with self._lock:
-            self.syncs += 1
-            self.volatile.difference_update(names)
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.inner, attr)
 
 
 def test_no_row_names_a_block_before_it_is_synced(
