@@ -22,8 +22,8 @@ The workloads, run against each server in turn (keep-alive ``http.client`` conne
    peak while PUT/GETting the large files (flat memory means the two are close).
 
 It also measures this disk's durable write rate in the same folder (1 MiB writes of random data:
-one ``fdatasync`` at the end; one every 64 MiB; a file per 1 MiB block with ``fdatasync``, as
-davserver's block store commits, from 1 and from 3 threads), twice before and twice after the
+one ``fdatasync`` at the end; one every 64 MiB; a file per 1 MiB block with ``fdatasync``, rename
+and folder fsync, from 1 and from 3 threads), twice before and twice after the
 servers (it varies a lot on virtual disks). The "durable PUT / disk" target ratios use the median
 of the "every 64 MiB" figures; the ratio to the 3-thread block-file figure is information.
 
@@ -221,8 +221,8 @@ def measure_disk(root: Path, source: Path, size: int, label: str) -> DiskRun:
             finally:
                 os.close(fd)
                 target.unlink()
-        # davserver's file block store: a temp file per block, fdatasync, rename, fsync the folder;
-        # one thread, then BLOCK_WRITERS threads (the engine's default writer pool)
+        # a temp file per block, fdatasync, rename, fsync the folder (davserver syncs its block
+        # files 64 MiB at a time instead); one thread, then BLOCK_WRITERS threads
         for variant, threads in (("per_block_file", 1), ("per_block_file_parallel", BLOCK_WRITERS)):
             folder = root / "disk-probe-blocks"
             folder.mkdir()
@@ -983,9 +983,9 @@ def print_disk(runs: Sequence[DiskRun], ref: float | None) -> None:
         print(
             f"  -> the 'disk' ratios use 'fdatasync every 64 MiB', median of the runs: {ref:,.0f} MB/s"
             f" (range {min(spread):,.0f}-{max(spread):,.0f}):\n"
-            "     the disk's own durable streaming rate. davserver fsyncs each ~1 MiB block file as it is\n"
-            f"     written, from {BLOCK_WRITERS} threads: the last figure is that pattern's ceiling on this\n"
-            "     disk (its ratio is shown as info)."
+            "     the disk's own durable streaming rate. davserver writes each ~1 MiB block to a file\n"
+            "     of its own without waiting and syncs them 64 MiB at a time; the block-file figures (a\n"
+            f"     sync per file, from 1 and {BLOCK_WRITERS} threads) show what that would cost (as info)."
         )
 
 
