@@ -141,6 +141,20 @@ def _queued(db: Database, n: int) -> None:
         time.sleep(0.001)
 
 
+def _insert(
+    db: Database, v: int, *, gate: tuple[threading.Event, threading.Event] | None = None, fail: bool = False
+) -> None:
+    """Insert ``v`` in a write transaction; with ``gate`` = (holding, release) it sets
+    ``holding`` and waits for ``release`` inside the transaction; ``fail`` raises at its end."""
+    with db.write() as conn:
+        conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
+        if gate is not None:
+            gate[0].set()
+            gate[1].wait()
+        if fail:
+            raise ValueError("this writer fails")
+
+
 def _rows(db: Database) -> list[int]:
     with db.read() as conn:
         return sorted(conn.execute(text("SELECT v FROM t")).scalars())
@@ -152,11 +166,7 @@ def test_queued_writers_share_one_commit_and_each_returns_after_it(db: Database)
     returned: dict[int, list[int]] = {}
 
     def write(v: int, hold: bool = False) -> None:
-        with db.write() as conn:
-            conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
-            if hold:
-                holding.set()
-                release.wait()
+        _insert(db, v, gate=(holding, release) if hold else None)
         returned[v] = _rows(db)  # what another connection sees once this write returned
 
     first = threading.Thread(target=write, args=(10, True))
@@ -212,13 +222,7 @@ def test_a_failing_member_undoes_only_its_own_changes(db: Database) -> None:
 
     def write(v: int, *, hold: bool = False, fail: bool = False) -> None:
         try:
-            with db.write() as conn:
-                conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
-                if hold:
-                    holding.set()
-                    release.wait()
-                if fail:
-                    raise ValueError("this writer fails")
+            _insert(db, v, gate=(holding, release) if hold else None, fail=fail)
         except ValueError as exc:
             errors.append(exc)
 
@@ -262,11 +266,7 @@ def test_a_failed_commit_fails_every_member_and_commits_nothing(
 
     def write(v: int, hold: bool = False) -> None:
         try:
-            with db.write() as conn:
-                conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
-                if hold:
-                    holding.set()
-                    release.wait()
+            _insert(db, v, gate=(holding, release) if hold else None)
             outcomes[v] = None
         except BackendUnavailable as exc:
             outcomes[v] = exc
