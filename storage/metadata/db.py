@@ -183,7 +183,11 @@ class SqliteWriter:
         conn = self._connection()
         joining = self._batch is not None
         if not joining:
-            self._trans = conn.begin()
+            try:
+                self._trans = conn.begin()
+            except OperationalError:
+                self._drop_connection()  # the database stayed locked, or the connection broke
+                raise
             self._batch = _Batch()
         batch = self._batch
         assert batch is not None

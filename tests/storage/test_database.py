@@ -316,3 +316,23 @@ def test_relaxed_mode_commits_each_write_on_its_own(tmp_path: Path) -> None:
             conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
     assert len(commits) == 3
     db.dispose()
+
+
+def test_a_begin_that_fails_leaves_the_writer_usable(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = db._writer
+    assert writer is not None
+    with db.write() as conn:
+        conn.execute(text("INSERT INTO t VALUES (60)"))
+    broken = writer._conn
+    assert broken is not None
+
+    def locked(*args: object) -> None:
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked (injected)"))
+
+    monkeypatch.setattr(broken, "begin", locked)
+    with pytest.raises(OperationalError), db.write():
+        pass
+    with db.write() as conn:  # a fresh connection, not the wedged one
+        assert conn is not broken
+        conn.execute(text("INSERT INTO t VALUES (61)"))
+    assert _rows(db) == [1, 60, 61]
