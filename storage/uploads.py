@@ -330,9 +330,7 @@ class Uploads:
         were being stored, and is synced with them here; a failure leaves it to the caller.
         """
         tail = writer.tail_result if writer.tail else None
-        writer.make_durable()
-        if tail is not None:
-            self._s.blocks.sync([tail])
+        writer.make_durable(also=() if tail is None else (tail,))
         with self._db.write() as conn:
             self._commit_append(conn, row, writer, start, end, tail)
         if row.tail_name is not None:

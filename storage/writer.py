@@ -346,13 +346,15 @@ class BlockWriter:
         if self._unpinned_bytes >= self._pin_every or self._held_bytes >= HELD_BYTES_MAX:
             self._pin()
 
-    def make_durable(self) -> None:
+    def make_durable(self, *, also: Sequence[str] = ()) -> None:
         """Wait until every block this write stored so far is durable, and pinned where a
-        pin is under way.
+        pin is under way; ``also``: other objects the caller put with ``sync=False`` (an
+        upload's tail), synced in the same batch.
 
         Call it before opening the transaction that records the rest (the commit).
         """
         self._await_pin()
+        self._volatile.extend(also)
         self._sync_volatile()
 
     def _sync_volatile(self) -> None:

@@ -137,7 +137,8 @@ class SqliteWriter:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._owner: int | None = None
-        self._group = group_commit
+        #: Without group commit (relaxed mode: a commit costs no fsync) each write is a batch.
+        self._max_batch = self.MAX_BATCH if group_commit else 1
         self._batch: _Batch | None = None
         self._trans: Any = None
         #: Threads waiting for ``_lock`` (under ``_count_lock``).
@@ -149,15 +150,6 @@ class SqliteWriter:
         if self._owner == threading.get_ident():
             # Waiting for ourselves would hang (with the pool it waited 60 s, then failed).
             raise RuntimeError("a write transaction inside another on the same thread")
-        if not self._group:
-            with self._lock:
-                self._owner = threading.get_ident()
-                try:
-                    with self._begin() as conn:
-                        yield conn
-                finally:
-                    self._owner = None
-            return
         with self._count_lock:
             self._queued += 1
         self._lock.acquire()
@@ -200,7 +192,7 @@ class SqliteWriter:
         if savepoint is not None:
             savepoint.commit()
         batch.members += 1
-        if self._queued == 0 or batch.members >= self.MAX_BATCH:
+        if self._queued == 0 or batch.members >= self._max_batch:
             self._commit()
         return batch
 
@@ -237,7 +229,7 @@ class SqliteWriter:
                 trans.rollback()
             except Exception:
                 self._drop_connection()
-        if error is not None and isinstance(error, OperationalError):
+        if isinstance(error, OperationalError):
             self._drop_connection()  # a failed commit or a broken connection: start afresh
         if batch is not None:
             batch.error = error
@@ -256,17 +248,6 @@ class SqliteWriter:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        conn = self._connection()
-        try:
-            with conn.begin():
-                yield conn
-        except OperationalError:
-            # A failed commit or a broken connection: start the next writer afresh.
-            self._drop_connection()
-            raise
 
     def close(self) -> None:
         with self._lock:
