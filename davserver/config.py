@@ -69,6 +69,9 @@ class ServerConfig:
     #: How often the server runs the retention pass (0: only `davserver gc` does).
     retention_interval_minutes: float = 60
     upload_session_days: float = 7
+    #: Answer a resumable upload's chunk once stored and commit it while the next arrives
+    #: (storage.uploads); None: on exactly when there is no Redis (a single node).
+    pipelined_appends: bool | None = None
     #: Change-feed history kept (cursors older than this get "cursor-reset"; "none": forever).
     journal_days: float | None = 90
     #: Blocks not read for this many days move to archive_url on `davserver tier`.
@@ -96,6 +99,7 @@ class ServerConfig:
             max_pending_block_bytes=self.max_pending_block_bytes,
             inline_block_bytes=self.inline_block_bytes,
             upload_session_seconds=self.upload_session_days * 86400,
+            pipelined_appends=self.pipelined_appends,
             retention=RetentionPolicy(
                 keep_all_seconds=self.keep_all_minutes * 60,
                 max_versions=self.max_versions,
@@ -213,7 +217,7 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("max_version_age_days", "trash_days", "journal_days"):
         if key in kwargs:
             kwargs[key] = _optional(kwargs[key], float)
-    for key in ("durable", "rehash_reads", "metadata_cache"):
+    for key in ("durable", "rehash_reads", "metadata_cache", "pipelined_appends"):
         if key in kwargs and isinstance(kwargs[key], str):
             kwargs[key] = kwargs[key].lower() not in ("0", "false", "no", "off")
     try:

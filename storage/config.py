@@ -59,6 +59,11 @@ class StorageConfig:
     write_lease_seconds: float = 3600
     #: an upload session (tus, resumable) expires this long after its last data.
     upload_session_seconds: float = 7 * 86400
+    #: Answer an append that does not end its upload once its data is stored, and make it
+    #: durable and commit it while the client sends the next one (storage.uploads). Needs
+    #: every request of a session to reach this process: None (the default) turns it on
+    #: exactly when there is no Redis, i.e. no other node.
+    pipelined_appends: bool | None = None
     #: change-journal entries older than this are compacted by gc (older cursors reset).
     journal_seconds: float | None = 90 * 86400
     #: A second block store cold blocks move to (``davserver tier``); reads fall through to it.
@@ -85,3 +90,8 @@ class StorageConfig:
     auto_migrate: bool = True
     password_hashing: PasswordHashing = field(default_factory=PasswordHashing)
     clock: Callable[[], float] = time.time
+
+    @property
+    def appends_pipelined(self) -> bool:
+        """:attr:`pipelined_appends`, with its default resolved."""
+        return self.redis_url is None if self.pipelined_appends is None else self.pipelined_appends

@@ -107,6 +107,8 @@ class Engine:
 
     def close(self) -> None:
         self.notifications.close()
+        # Appends already answered commit before the pool goes (a queued one would be cancelled).
+        self._services.pending.settle_all()
         self.flush_reads()
         self.cache.close()
         self.executor.shutdown(wait=True, cancel_futures=True)

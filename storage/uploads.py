@@ -39,13 +39,17 @@ reading the blocks back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row, Select, bindparam, delete, insert, select, update
@@ -54,7 +58,15 @@ from storage import paths
 from storage.chunker import Prefixed, Readable
 from storage.codec import is_precompressed
 from storage.envelope import CODEC_RAW, OVERHEAD, open_sealed, seal
-from storage.errors import ChecksumMismatch, Conflict, IntegrityError, NotFound, OffsetMismatch, TooLarge
+from storage.errors import (
+    BackendUnavailable,
+    ChecksumMismatch,
+    Conflict,
+    IntegrityError,
+    NotFound,
+    OffsetMismatch,
+    TooLarge,
+)
 from storage.metadata import schema as t
 from storage.model import BlockAt, Entry, UploadSession
 from storage.reader import BlockLocation, VersionReader
@@ -66,6 +78,8 @@ if TYPE_CHECKING:
 s_ = t.upload_sessions.c
 ub = t.upload_blocks.c
 b = t.blocks.c
+
+log = logging.getLogger("davserver.uploads")
 
 #: Whole-file hashers kept for sessions being appended to in this process.
 HASHERS_KEPT = 1024
@@ -104,6 +118,63 @@ class HasherCache:
             self._items[session_id] = (offset, hasher)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """An append answered before its commit: the session as it will be once that lands."""
+
+    row: Any  # the session row with the append's offset, tail and expiry
+    tail: bytes  # the piece held back after it, where the next append's chunker starts
+    landed: Future[None]  # done once committed; its exception when nothing was
+
+
+class PendingAppends:
+    """session id -> its append answered but not committed yet, in this process."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> _Pending | None:
+        with self._lock:
+            return self._items.get(session_id)
+
+    def put(self, session_id: str, pending: _Pending) -> None:
+        with self._lock:
+            self._items[session_id] = pending
+
+    def drop(self, session_id: str, pending: _Pending) -> None:
+        with self._lock:
+            if self._items.get(session_id) is pending:
+                del self._items[session_id]
+
+    def settle(self, session_id: str) -> None:
+        """Wait until the session's answered append has committed or failed."""
+        pending = self.get(session_id)
+        if pending is not None:
+            _wait_quietly(pending.landed)
+
+    def settle_all(self) -> None:
+        with self._lock:
+            waiting = list(self._items.values())
+        for pending in waiting:
+            _wait_quietly(pending.landed)
+
+
+def _wait_quietly(landed: Future[None]) -> None:
+    with contextlib.suppress(Exception):
+        landed.result()
+
+
+def _failed(landed: Future[None]) -> bool:
+    return landed.done() and (landed.cancelled() or landed.exception() is not None)
+
+
+def _row_after(row: Any, **changes: Any) -> SimpleNamespace:
+    """A session row (a database row or an earlier ``_row_after``) with fields changed."""
+    fields = row._asdict() if hasattr(row, "_asdict") else vars(row)
+    return SimpleNamespace(**{**fields, **changes})
 
 
 class _Check:
@@ -184,8 +255,18 @@ class Uploads:
         )
         return session_id, pin_id
 
-    def get(self, session_id: str) -> UploadSession:
-        """The session's state; finishes a session whose last byte is durable but not yet committed."""
+    def get(self, session_id: str, *, settle: bool = True) -> UploadSession:
+        """The session's state; finishes a session whose last byte is durable but not yet committed.
+
+        An append answered but still committing (see :meth:`append`) is waited for first,
+        so the offset reported is durable. ``settle=False`` answers at once, with the
+        offset as answered so far (what the client's next append starts from).
+        """
+        pending = self._s.pending.get(session_id)
+        if pending is not None:
+            if not settle and not _failed(pending.landed):
+                return self._to_session(pending.row)
+            _wait_quietly(pending.landed)
         with self._db.read() as conn:
             row = self._row(conn, session_id)
         if _needs_finalizing(row):
@@ -194,6 +275,7 @@ class Uploads:
 
     def delete(self, session_id: str) -> None:
         """Terminate: the session and its pins go; its blocks become garbage."""
+        self._s.pending.settle(session_id)
         with self._db.write() as conn:
             row = self._row(conn, session_id)
             conn.execute(delete(t.uploads).where(t.uploads.c.id == row.upload_id))
@@ -205,6 +287,7 @@ class Uploads:
         """tus ``Upload-Defer-Length``: the length, once known."""
         if length > self._s.config.max_file_size:
             raise TooLarge(f"files are limited to {self._s.config.max_file_size} bytes")
+        self._s.pending.settle(session_id)
         with self._db.write() as conn:
             row = self._row(conn, session_id, lock=True)
             if row.length is not None and row.length != length:
@@ -233,6 +316,8 @@ class Uploads:
         path = paths.normalize_path(path)
         if path == "" or not partial_ids:
             raise Conflict("a concatenation needs a file path and at least one partial upload")
+        for pid in partial_ids:
+            self._s.pending.settle(pid)
         with self._db.read() as conn:
             parts = [self._row(conn, pid) for pid in partial_ids]
         for part in parts:
@@ -275,14 +360,19 @@ class Uploads:
     def append(
         self, session_id: str, offset: int, stream: Readable, *, checksum: Checksum | None = None
     ) -> UploadSession:
-        """Append the stream at ``offset`` (which must be the session's); returns the new state."""
-        with self._db.read() as conn:
-            row = self._row(conn, session_id)
-            if row.completed_at is not None:
-                raise OffsetMismatch("the upload is complete", int(row.offset))
-            if offset != row.offset:
-                raise OffsetMismatch(f"the upload is at offset {row.offset}, not {offset}", int(row.offset))
-        prefix = self._open_tail(row)
+        """Append the stream at ``offset`` (which must be the session's); returns the new state.
+
+        An append that ends the upload returns once the file is committed. Any other
+        returns once its data is stored when appends are pipelined (the config's
+        ``pipelined_appends``): its blocks are synced and its offset committed on the pool
+        while the client sends the next append, which starts from the held-back tail in
+        memory and commits only after this one has. Until then :meth:`get` waits, so a
+        status always reports a durable offset; if the commit fails (or the process dies
+        first), the session stays at its previous offset, the next append is refused
+        with :class:`OffsetMismatch` naming it, and the client resumes from there as
+        after any interruption.
+        """
+        row, prefix, before = self._resume_point(session_id, offset)
         limit = (row.length if row.length is not None else self._s.config.max_file_size) - offset
         whole = self._hashers.take(session_id, offset)
         whole_before = whole.copy() if whole is not None else None
@@ -298,11 +388,16 @@ class Uploads:
 
         # ``whole`` continues over this body's bytes; the tail read back was hashed before.
         writer = self._writer(row.path, on_tail=store_tail, hasher=whole, unhashed=len(prefix))
+        pipelined = self._s.config.appends_pipelined
         try:
-            writer.consume(Prefixed(prefix, body if check is None else _Check(body, check)))
+            # Pipelined, the last blocks are left to finish on the pool too (the commit waits).
+            source = Prefixed(prefix, body if check is None else _Check(body, check))
+            writer.consume(source, drain=not pipelined)
             if check is not None and checksum is not None and check.digest() != checksum.digest:
                 raise ChecksumMismatch(f"the data does not match its {checksum.algorithm} checksum")
-            if row.length is not None and offset + body.count == row.length:
+            ends = row.length is not None and offset + body.count == row.length
+            if ends:
+                writer.drain()
                 writer.store_tail()  # the end of the file: a real block boundary
             if body.count == 0:
                 writer.abort()
@@ -310,7 +405,13 @@ class Uploads:
                 if whole_before is not None:
                     self._hashers.keep(session_id, offset, whole_before)
                 return self.get(session_id)
-            self._commit(row, writer, start, offset + body.count)
+            new_offset = offset + body.count
+            if not ends and pipelined:
+                answered = self._commit_later(session_id, row, writer, start, new_offset, before, whole)
+                if answered is not None:
+                    return answered
+            self._await(session_id, before)
+            self._commit(row, writer, start, new_offset)
         except BaseException:
             writer.abort()
             self._drop_tail_object(writer.tail_result)
@@ -318,12 +419,99 @@ class Uploads:
                 self._hashers.keep(session_id, offset, whole_before)
             raise
         writer.committed()
-        new_offset = offset + body.count
         if whole is not None:
             self._hashers.keep(session_id, new_offset, whole)
         return self.get(session_id)
 
-    def _commit(self, row: Row[Any], writer: BlockWriter, start: int, end: int) -> None:
+    def _resume_point(self, session_id: str, offset: int) -> tuple[Any, bytes, Future[None] | None]:
+        """The session row an append at ``offset`` continues, the tail it starts with, and the
+        answered append it follows (None: the row is the committed one)."""
+        pending = self._s.pending.get(session_id)
+        if pending is not None:
+            if pending.row.offset == offset and not _failed(pending.landed):
+                return pending.row, pending.tail, pending.landed
+            _wait_quietly(pending.landed)  # then the database has the truth
+        with self._db.read() as conn:
+            row = self._row(conn, session_id)
+        if row.completed_at is not None:
+            raise OffsetMismatch("the upload is complete", int(row.offset))
+        if offset != row.offset:
+            raise OffsetMismatch(f"the upload is at offset {row.offset}, not {offset}", int(row.offset))
+        return row, self._open_tail(row), None
+
+    def _await(self, session_id: str, before: Future[None] | None) -> None:
+        """Wait for the answered append this one follows; if it did not commit, neither can this."""
+        if before is None:
+            return
+        try:
+            before.result()
+        except BaseException:
+            with self._db.read() as conn:
+                at = int(self._row(conn, session_id).offset)
+            raise OffsetMismatch(
+                f"the data before offset {at} was not stored after all; resume from there", at
+            ) from None
+
+    def _commit_later(
+        self,
+        session_id: str,
+        row: Any,
+        writer: BlockWriter,
+        start: int,
+        end: int,
+        before: Future[None] | None,
+        whole: Any,
+    ) -> UploadSession | None:
+        """Answer now and commit on the pool (see :meth:`append`); None if the pool is gone."""
+        tail = writer.tail_result if writer.tail else None
+        expires = self._clock() + self._s.config.upload_session_seconds
+        # block_count is re-read by the commit; None here, so nothing trusts a stale one.
+        after = _row_after(row, offset=end, tail_name=tail, expires_at=expires, block_count=None)
+        pending = _Pending(after, writer.tail, Future())
+        if whole is not None:
+            self._hashers.keep(session_id, end, whole)  # for the next append (a failure forgets it)
+        self._s.pending.put(session_id, pending)
+        try:
+            job = self._s.executor.submit(self._land, session_id, row, writer, start, end, before)
+        except RuntimeError:  # the engine is closing: commit before answering instead
+            self._s.pending.drop(session_id, pending)
+            pending.landed.set_exception(BackendUnavailable("the engine closed"))
+            return None
+        job.add_done_callback(lambda done: self._landed(session_id, pending, done))
+        return self._to_session(after)
+
+    def _land(
+        self,
+        session_id: str,
+        row: Any,
+        writer: BlockWriter,
+        start: int,
+        end: int,
+        before: Future[None] | None,
+    ) -> None:
+        """On the pool: the answered append's commit, after the one it follows."""
+        try:
+            if before is not None:
+                before.result()  # submitted earlier to this FIFO pool: running or done
+            self._commit(row, writer, start, end)
+        except BaseException as exc:
+            writer.abort()
+            self._drop_tail_object(writer.tail_result)
+            self._hashers.forget(session_id)
+            log.warning("upload %s: data up to offset %d was not committed (%s)", session_id, end, exc)
+            raise
+        writer.committed()
+
+    def _landed(self, session_id: str, pending: _Pending, job: Future[None]) -> None:
+        self._s.pending.drop(session_id, pending)
+        if job.cancelled():
+            pending.landed.set_exception(BackendUnavailable("the append was not committed before shutdown"))
+        elif (exc := job.exception()) is not None:
+            pending.landed.set_exception(exc)
+        else:
+            pending.landed.set_result(None)
+
+    def _commit(self, row: Any, writer: BlockWriter, start: int, end: int) -> None:
         """Commit blocks, tail and offset; the replaced tail object goes after.
 
         The new tail object was stored by the writer's ``on_tail`` while the last blocks
@@ -497,7 +685,7 @@ class Uploads:
             on_tail=on_tail,
         )
 
-    def _to_session(self, row: Row[Any]) -> UploadSession:
+    def _to_session(self, row: Any) -> UploadSession:
         completed = None
         if row.completed_at is not None and row.path is not None:
             try:

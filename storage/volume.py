@@ -53,7 +53,7 @@ from storage.metadata.db import Database
 from storage.metadata.prepared import Prepared
 from storage.model import Change, Committed, Entry, Quota, Revision, TrashItem, TreePage
 from storage.reader import BlockLocation, VersionReader
-from storage.uploads import HasherCache, Uploads
+from storage.uploads import HasherCache, PendingAppends, Uploads
 from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
 
 n = t.nodes.c
@@ -98,6 +98,7 @@ class Services:
     notify: Callable[[Committed], None]
     cache: Cache = field(default_factory=NoCache)
     hashers: HasherCache = field(default_factory=HasherCache)
+    pending: PendingAppends = field(default_factory=PendingAppends)
     buffers: BufferPool = field(default_factory=BufferPool)
 
 

@@ -247,12 +247,20 @@ class BlockWriter:
         self._volatile: list[str] = []
         #: The pin under way in the background (:meth:`_pin`), if any.
         self._pinning: Future[None] | None = None
+        #: Blocks still on the pool after ``consume(drain=False)``, in order.
+        self._inflight: deque[Future[BlockRef]] = deque()
         self.size = 0
         self.sha256 = b""
 
     # -- streaming -----------------------------------------------------------------
 
-    def consume(self, stream: Readable | ReadableInto) -> None:
+    def consume(self, stream: Readable | ReadableInto, *, drain: bool = True) -> None:
+        """Read the stream to its end, cutting it into blocks stored on the pool.
+
+        ``drain=False`` returns once the stream is read (and the whole-file hash is
+        done) while the last blocks may still be on the pool; :meth:`drain` (which
+        :meth:`make_durable` calls) waits for them, and ``refs`` is complete only then.
+        """
         whole: WholeHash | _NoHash = WholeHash(self._depth, self._hasher) if self._whole_hash else _NoHash()
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
@@ -278,7 +286,11 @@ class BlockWriter:
                 self._hash(whole, self.tail)
             if self._on_tail is not None and self.tail:
                 self.tail_result = self._on_tail(self.tail, offset)
-            if held is not None:
+            if not drain:
+                if held is not None:
+                    pending.append(self._executor.submit(self._prepare, *held))
+                self._inflight, pending = pending, deque()
+            if held is not None and drain:
                 self._accept(self._prepare(*held))
             while pending:
                 self._accept(pending.popleft().result())
@@ -353,9 +365,15 @@ class BlockWriter:
 
         Call it before opening the transaction that records the rest (the commit).
         """
+        self.drain()
         self._await_pin()
         self._volatile.extend(also)
         self._sync_volatile()
+
+    def drain(self) -> None:
+        """Wait for the blocks ``consume(drain=False)`` left on the pool."""
+        while self._inflight:
+            self._accept(self._inflight.popleft().result())
 
     def _sync_volatile(self) -> None:
         if self._volatile:
@@ -518,7 +536,7 @@ class BlockWriter:
 
     def finish_in(self, conn: Connection) -> None:
         """Inside the commit transaction: record the remaining blocks, drop the upload row."""
-        if self._pinning is not None:
+        if self._pinning is not None or self._inflight:
             # The pin needs the write transaction this caller holds.
             raise RuntimeError("make_durable() must come before the commit transaction")
         self._sync_volatile()  # a row must never name an object a crash could still lose
@@ -542,6 +560,12 @@ class BlockWriter:
 
     def abort(self) -> None:
         """Drop this write's pins; its blocks become garbage after the grace period."""
+        inflight, self._inflight = self._inflight, deque()
+        for fut in inflight:
+            fut.cancel()
+        for fut in inflight:
+            with contextlib.suppress(BaseException):
+                fut.result()  # stored or not, nothing will name it
         with contextlib.suppress(Exception):
             self._await_pin()  # the write failed already; a pin that failed too expires
         if self._upload_id is None:

@@ -157,7 +157,9 @@ def resume(req: Request) -> Response:
             "Content-Range must be 'bytes a-b/total', 'bytes */total' or with '*' for an unknown total"
         )
     first, last, total = m.groups()
-    session = uploads.get(session_id)
+    # A status query reports the durable offset; data is checked against the offset as
+    # answered, which an earlier chunk still committing has moved (storage.uploads).
+    session = uploads.get(session_id, settle=first is None)
     if total != "*" and session.length is None and session.completed is None:
         session = uploads.declare_length(session_id, int(total))
     elif total != "*" and session.length is not None and int(total) != session.length:

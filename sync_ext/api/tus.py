@@ -149,7 +149,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             raise bad_request("Upload-Offset (a byte count) is required")
         uploads = req.volume.uploads
         session_id = req.path_params["upload_id"]
-        current = uploads.get(session_id)
+        current = uploads.get(session_id, settle=False)  # kind and length only: no waiting
         if current.kind == "final":
             raise Problem(403, "final-upload", "Forbidden", "a final (concatenated) upload takes no data")
         length = _length(req, deferred_ok=False)

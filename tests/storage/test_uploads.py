@@ -7,15 +7,19 @@ import io
 import itertools
 import os
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from storage.config import StorageConfig
 from storage.engine import Engine
 from storage.errors import (
+    BackendUnavailable,
     ChecksumMismatch,
     Conflict,
     IntegrityError,
@@ -24,6 +28,7 @@ from storage.errors import (
     QuotaExceeded,
     TooLarge,
 )
+from storage.keys import MasterKey
 from storage.metadata import schema as t
 from storage.uploads import Checksum, Uploads
 from storage.volume import Volume
@@ -174,8 +179,12 @@ def test_an_interrupted_append_changes_nothing_and_resumes(engine: Engine, vol: 
 def test_another_engine_on_the_same_database_resumes_and_hashes_by_reading_back(
     make_engine: EngineFactory, database_url: str
 ) -> None:
-    """What a second node, or this one after a restart, sees: only the database and the block store."""
-    first = make_engine(database_url)
+    """What a second node, or this one after a restart, sees: only the database and the block store.
+
+    Nodes that share sessions do not pipeline appends (a Redis URL turns it off), so here
+    the first engine commits before answering, as each node of a cluster does.
+    """
+    first = make_engine(database_url, pipelined_appends=False)
     first.accounts.create("alice", "alice-password")
     data = _data(700_000, seed=3)
     up = first.volume("alice").uploads.create(kind="tus", path="f.bin", length=len(data))
@@ -285,6 +294,7 @@ def test_the_tail_is_sealed_and_bound_to_its_session(make_engine: EngineFactory,
     two = vol.uploads.create(kind="tus", path="two", length=10_000)
     vol.uploads.append(one.id, 0, io.BytesIO(marker))
     vol.uploads.append(two.id, 0, io.BytesIO(b"x" * len(marker)))
+    vol.uploads.get(one.id), vol.uploads.get(two.id)  # both appends committed
     engine.db.dispose()
     stored = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any("tails" in str(p) for p in stored)
@@ -310,3 +320,140 @@ def test_a_partial_upload_of_deferred_length_keeps_its_last_bytes(vol: Volume) -
     assert joined.completed is not None
     with vol.open("joined.txt") as r:
         assert r.read() == b"first half, second half"
+
+
+# -- pipelined appends: answered once stored, committed while the next one arrives ----------
+
+
+class HeldSyncs(VolatileTracking):
+    """Syncs wait while ``hold`` is clear; ``fail_next`` makes the next sync fail (a full disk)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.hold = threading.Event()
+        self.hold.set()
+        self.fail_next = False
+
+    def sync(self, names: Iterable[str]) -> None:
+        assert self.hold.wait(30), "a sync was held for 30 s"
+        with self._lock:
+            fail, self.fail_next = self.fail_next, False
+        if fail:
+            raise BackendUnavailable("disk full (injected)")
+        super().sync(names)
+
+
+def _committed_offset(engine: Engine, session_id: str) -> int:
+    with engine.db.read() as conn:
+        return int(
+            conn.execute(
+                select(t.upload_sessions.c.offset).where(t.upload_sessions.c.id == session_id)
+            ).scalar_one()
+        )
+
+
+@pytest.fixture
+def held(make_engine: EngineFactory, database_url: str) -> tuple[Engine, Volume, HeldSyncs]:
+    engine = make_engine(database_url)
+    assert engine.config.appends_pipelined  # the default without Redis
+    backend = HeldSyncs(engine.blocks.backend)
+    engine.blocks.backend = backend
+    engine.accounts.create("alice", "alice-password")
+    return engine, engine.volume("alice"), backend
+
+
+def test_an_append_is_answered_before_its_commit_and_a_status_waits_for_it(
+    held: tuple[Engine, Volume, HeldSyncs],
+) -> None:
+    engine, vol, backend = held
+    data = _data(1_500_000, seed=5)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    backend.hold.clear()  # the disk "stalls": nothing can become durable
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:300_000])).offset == 300_000
+    # The next append starts from the answered offset and the tail in memory.
+    assert vol.uploads.append(up.id, 300_000, io.BytesIO(data[300_000:700_000])).offset == 700_000
+    assert _committed_offset(engine, up.id) == 0, "nothing is recorded before it is durable"
+    assert vol.uploads.get(up.id, settle=False).offset == 700_000
+    status: list[int] = []
+    waiter = threading.Thread(target=lambda: status.append(vol.uploads.get(up.id).offset))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not status, "a status must wait for the commits it would report"
+    backend.hold.set()
+    waiter.join(30)
+    assert status == [700_000]
+    assert _committed_offset(engine, up.id) == 700_000
+    done = vol.uploads.append(up.id, 700_000, io.BytesIO(data[700_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    with vol.open("f.bin") as r:
+        assert r.read() == data
+    assert len(vol.revisions("f.bin")) == 1
+    assert not backend.volatile
+    engine.gc(grace_seconds=0)
+    check = engine.fsck(deep=True)
+    assert check.clean and check.leak_free, check
+
+
+def test_an_answered_append_that_cannot_commit_makes_the_client_resume_from_the_durable_offset(
+    held: tuple[Engine, Volume, HeldSyncs],
+) -> None:
+    engine, vol, backend = held
+    data = _data(1_200_000, seed=6)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:200_000])).offset == 200_000
+    vol.uploads.get(up.id)  # committed
+    backend.hold.clear()
+    backend.fail_next = True  # the next append's blocks will not sync
+    assert vol.uploads.append(up.id, 200_000, io.BytesIO(data[200_000:500_000])).offset == 500_000
+    assert vol.uploads.append(up.id, 500_000, io.BytesIO(data[500_000:800_000])).offset == 800_000
+    backend.hold.set()
+    with pytest.raises(OffsetMismatch) as err:
+        vol.uploads.append(up.id, 800_000, io.BytesIO(data[800_000:]))
+    assert err.value.offset == 200_000, "both answered appends are gone, the one before stays"
+    assert vol.uploads.get(up.id).offset == 200_000
+    with pytest.raises(NotFound):
+        vol.stat("f.bin")
+    done = vol.uploads.append(up.id, 200_000, io.BytesIO(data[200_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    with vol.open("f.bin") as r:
+        assert r.read() == data
+    engine.gc(grace_seconds=0)
+    check = engine.fsck(deep=True)
+    assert check.clean and check.leak_free, check
+
+
+def test_closing_the_engine_commits_the_appends_it_answered(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    first = make_engine(database_url)
+    first.accounts.create("alice", "alice-password")
+    data = _data(900_000, seed=7)
+    up = first.volume("alice").uploads.create(kind="tus", path="f.bin", length=len(data))
+    uploads = first.volume("alice").uploads
+    assert uploads.append(up.id, 0, io.BytesIO(data[:400_000])).offset == 400_000
+    first.close()
+    again = make_engine(database_url, master_key=first.config.master_key, blocks_url=first.config.blocks_url)
+    vol = again.volume("alice")
+    assert vol.uploads.get(up.id).offset == 400_000
+    done = vol.uploads.append(up.id, 400_000, io.BytesIO(data[400_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+
+
+def test_without_pipelining_an_append_is_committed_when_answered(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    engine = make_engine(database_url, pipelined_appends=False)
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    up = vol.uploads.create(kind="tus", path="f.bin", length=500_000)
+    vol.uploads.append(up.id, 0, io.BytesIO(_data(200_000)))
+    assert _committed_offset(engine, up.id) == 200_000
+
+
+def test_nodes_sharing_redis_do_not_pipeline_appends(tmp_path: Path) -> None:
+    base = StorageConfig(
+        database_url="sqlite://", blocks_url=f"file://{tmp_path}", master_key=MasterKey.generate()
+    )
+    assert base.appends_pipelined
+    assert not replace(base, redis_url="redis://127.0.0.1:6379/0").appends_pipelined
+    assert replace(base, redis_url="redis://127.0.0.1:6379/0", pipelined_appends=True).appends_pipelined
