@@ -25,6 +25,13 @@ the blocks written meanwhile are pinned by their own expiring lease and
 collected). The offset check inside that transaction makes concurrent appends
 from one offset safe: the second one gets :class:`OffsetMismatch`.
 
+With pipelined appends (the default on a single node) that transaction runs on the
+pool after the append is answered, while the client sends the next one; the next
+append starts from the tail still in memory and commits only after it
+(:class:`PendingAppends`). The commit order, the offset check and the rule that a row
+names only durable objects are the same; what changes is that an answered offset
+becomes durable a little later, and a status request waits for it.
+
 When the last byte is durable the session is *finalised*: one more transaction
 commits the file's version exactly like any write (journal entry, ETag,
 If-Match, quota) and marks the session complete (it stays answerable until it
