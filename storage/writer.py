@@ -249,6 +249,7 @@ class BlockWriter:
         self._pinning: Future[None] | None = None
         #: Blocks still on the pool after ``consume(drain=False)``, in order.
         self._inflight: deque[Future[BlockRef]] = deque()
+        self._draining = False
         self.size = 0
         self.sha256 = b""
 
@@ -371,9 +372,14 @@ class BlockWriter:
         self._sync_volatile()
 
     def drain(self) -> None:
-        """Wait for the blocks ``consume(drain=False)`` left on the pool."""
-        while self._inflight:
-            self._accept(self._inflight.popleft().result())
+        """Wait for the blocks ``consume(drain=False)`` left on the pool (any thread, the
+        pool's included: nothing it waits for is queued after it)."""
+        self._draining = True
+        try:
+            while self._inflight:
+                self._accept(self._inflight.popleft().result())
+        finally:
+            self._draining = False
 
     def _sync_volatile(self) -> None:
         if self._volatile:
@@ -395,6 +401,11 @@ class BlockWriter:
         self._unpinned_bytes = 0
         self._held_bytes = 0
         self._await_pin()
+        if self._draining:
+            # drain() may run on a pool thread (a pipelined append's commit): a job it
+            # queued and then waited for could sit behind jobs that wait for this one.
+            self._pin_batch(batch, names, base)
+            return
         self._pinning = self._executor.submit(self._pin_batch, batch, names, base)
 
     def _await_pin(self) -> None:

@@ -457,3 +457,29 @@ def test_nodes_sharing_redis_do_not_pipeline_appends(tmp_path: Path) -> None:
     assert base.appends_pipelined
     assert not replace(base, redis_url="redis://127.0.0.1:6379/0").appends_pipelined
     assert replace(base, redis_url="redis://127.0.0.1:6379/0", pipelined_appends=True).appends_pipelined
+
+
+def test_pipelined_commits_finish_on_a_pool_of_one_thread(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    """A commit on the pool pins its last blocks itself: a pin it queued behind the next
+    append's commit (which waits for it) would never run with every worker waiting."""
+    engine = make_engine(database_url, workers=1, pin_every_bytes=64 << 10)
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    data = _data(1_500_000, seed=8)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    result: list[Any] = []
+
+    def upload() -> None:
+        offset = 0
+        for piece in _pieces(data, [400_000, 400_000, 400_000]):
+            offset = vol.uploads.append(up.id, offset, io.BytesIO(piece)).offset
+        result.append(vol.uploads.get(up.id))
+
+    worker = threading.Thread(target=upload, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the upload's commits deadlocked on the pool"
+    assert result and result[0].completed is not None
+    assert result[0].completed.sha256 == hashlib.sha256(data).digest()
