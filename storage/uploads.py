@@ -66,7 +66,6 @@ from storage.chunker import Prefixed, Readable
 from storage.codec import is_precompressed
 from storage.envelope import CODEC_RAW, OVERHEAD, open_sealed, seal
 from storage.errors import (
-    BackendUnavailable,
     ChecksumMismatch,
     Conflict,
     IntegrityError,
@@ -133,7 +132,7 @@ class _Pending:
 
     row: Any  # the session row with the append's offset, tail and expiry
     tail: bytes  # the piece held back after it, where the next append's chunker starts
-    landed: Future[None]  # done once committed; its exception when nothing was
+    landed: Future[None]  # the commit's job: done once committed; failed or cancelled if not
 
 
 class PendingAppends:
@@ -156,6 +155,17 @@ class PendingAppends:
             if self._items.get(session_id) is pending:
                 del self._items[session_id]
 
+    def answered(self, session_id: str) -> _Pending | None:
+        """The session's answered append, unless its commit failed (then, once it has
+        ended, None: the database has the truth)."""
+        pending = self.get(session_id)
+        if pending is None:
+            return None
+        landed = pending.landed
+        if landed.done() and (landed.cancelled() or landed.exception() is not None):
+            return None
+        return pending
+
     def settle(self, session_id: str) -> None:
         """Wait until the session's answered append has committed or failed."""
         pending = self.get(session_id)
@@ -172,10 +182,6 @@ class PendingAppends:
 def _wait_quietly(landed: Future[None]) -> None:
     with contextlib.suppress(Exception):
         landed.result()
-
-
-def _failed(landed: Future[None]) -> bool:
-    return landed.done() and (landed.cancelled() or landed.exception() is not None)
 
 
 def _row_after(row: Any, **changes: Any) -> SimpleNamespace:
@@ -269,11 +275,9 @@ class Uploads:
         so the offset reported is durable. ``settle=False`` answers at once, with the
         offset as answered so far (what the client's next append starts from).
         """
-        pending = self._s.pending.get(session_id)
-        if pending is not None:
-            if not settle and not _failed(pending.landed):
-                return self._to_session(pending.row)
-            _wait_quietly(pending.landed)
+        if not settle and (pending := self._s.pending.answered(session_id)) is not None:
+            return self._to_session(pending.row)
+        self._s.pending.settle(session_id)
         with self._db.read() as conn:
             row = self._row(conn, session_id)
         if _needs_finalizing(row):
@@ -433,11 +437,10 @@ class Uploads:
     def _resume_point(self, session_id: str, offset: int) -> tuple[Any, bytes, Future[None] | None]:
         """The session row an append at ``offset`` continues, the tail it starts with, and the
         answered append it follows (None: the row is the committed one)."""
-        pending = self._s.pending.get(session_id)
-        if pending is not None:
-            if pending.row.offset == offset and not _failed(pending.landed):
-                return pending.row, pending.tail, pending.landed
-            _wait_quietly(pending.landed)  # then the database has the truth
+        pending = self._s.pending.answered(session_id)
+        if pending is not None and pending.row.offset == offset:
+            return pending.row, pending.tail, pending.landed
+        self._s.pending.settle(session_id)  # then the database has the truth
         with self._db.read() as conn:
             row = self._row(conn, session_id)
         if row.completed_at is not None:
@@ -474,17 +477,16 @@ class Uploads:
         expires = self._clock() + self._s.config.upload_session_seconds
         # block_count is re-read by the commit; None here, so nothing trusts a stale one.
         after = _row_after(row, offset=end, tail_name=tail, expires_at=expires, block_count=None)
-        pending = _Pending(after, writer.tail, Future())
         if whole is not None:
             self._hashers.keep(session_id, end, whole)  # for the next append (a failure forgets it)
-        self._s.pending.put(session_id, pending)
         try:
             job = self._s.executor.submit(self._land, session_id, row, writer, start, end, before)
         except RuntimeError:  # the engine is closing: commit before answering instead
-            self._s.pending.drop(session_id, pending)
-            pending.landed.set_exception(BackendUnavailable("the engine closed"))
             return None
-        job.add_done_callback(lambda done: self._landed(session_id, pending, done))
+        pending = _Pending(after, writer.tail, job)
+        self._s.pending.put(session_id, pending)
+        # Added after the put, so it runs after it even if the job is done already.
+        job.add_done_callback(lambda _: self._s.pending.drop(session_id, pending))
         return self._to_session(after)
 
     def _land(
@@ -508,15 +510,6 @@ class Uploads:
             log.warning("upload %s: data up to offset %d was not committed (%s)", session_id, end, exc)
             raise
         writer.committed()
-
-    def _landed(self, session_id: str, pending: _Pending, job: Future[None]) -> None:
-        self._s.pending.drop(session_id, pending)
-        if job.cancelled():
-            pending.landed.set_exception(BackendUnavailable("the append was not committed before shutdown"))
-        elif (exc := job.exception()) is not None:
-            pending.landed.set_exception(exc)
-        else:
-            pending.landed.set_result(None)
 
     def _commit(self, row: Any, writer: BlockWriter, start: int, end: int) -> None:
         """Commit blocks, tail and offset; the replaced tail object goes after.

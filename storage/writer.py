@@ -287,14 +287,15 @@ class BlockWriter:
                 self._hash(whole, self.tail)
             if self._on_tail is not None and self.tail:
                 self.tail_result = self._on_tail(self.tail, offset)
-            if not drain:
-                if held is not None:
-                    pending.append(self._executor.submit(self._prepare, *held))
-                self._inflight, pending = pending, deque()
             if held is not None and drain:
-                self._accept(self._prepare(*held))
-            while pending:
-                self._accept(pending.popleft().result())
+                self._accept(self._prepare(*held))  # the only block: stored on this thread
+            elif held is not None:
+                pending.append(self._executor.submit(self._prepare, *held))
+            if drain:
+                while pending:
+                    self._accept(pending.popleft().result())
+            else:
+                self._inflight, pending = pending, deque()
         finally:
             whole.close()
             for fut in pending:

@@ -66,6 +66,13 @@ def _block_hashes(engine: Engine, vol: Volume, path: str) -> list[bytes]:
         return [bytes(r.sha256) for r in rows]
 
 
+def _assert_collected_and_clean(engine: Engine) -> None:
+    """After gc with no grace, fsck --deep finds nothing wrong and nothing leaked."""
+    engine.gc(grace_seconds=0)
+    check = engine.fsck(deep=True)
+    assert check.clean and check.leak_free, check
+
+
 def test_appends_in_pieces_make_the_same_blocks_as_one_write(engine: Engine, vol: Volume) -> None:
     data = _data(1_500_000)
     up = vol.uploads.create(kind="tus", path="big.bin", length=len(data), mtime=1_600_000_000)
@@ -171,9 +178,7 @@ def test_an_interrupted_append_changes_nothing_and_resumes(engine: Engine, vol: 
         vol.stat("f.bin")
     done = vol.uploads.append(up.id, 300_000, io.BytesIO(data[300_000:]))
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
-    engine.gc(grace_seconds=0)
-    check = engine.fsck(deep=True)
-    assert check.clean and check.leak_free, check
+    _assert_collected_and_clean(engine)
 
 
 def test_another_engine_on_the_same_database_resumes_and_hashes_by_reading_back(
@@ -389,9 +394,7 @@ def test_an_append_is_answered_before_its_commit_and_a_status_waits_for_it(
         assert r.read() == data
     assert len(vol.revisions("f.bin")) == 1
     assert not backend.volatile
-    engine.gc(grace_seconds=0)
-    check = engine.fsck(deep=True)
-    assert check.clean and check.leak_free, check
+    _assert_collected_and_clean(engine)
 
 
 def test_an_answered_append_that_cannot_commit_makes_the_client_resume_from_the_durable_offset(
@@ -417,9 +420,7 @@ def test_an_answered_append_that_cannot_commit_makes_the_client_resume_from_the_
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
     with vol.open("f.bin") as r:
         assert r.read() == data
-    engine.gc(grace_seconds=0)
-    check = engine.fsck(deep=True)
-    assert check.clean and check.leak_free, check
+    _assert_collected_and_clean(engine)
 
 
 def test_closing_the_engine_commits_the_appends_it_answered(
