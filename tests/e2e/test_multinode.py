@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,9 @@ def nodes(
     if request.param == "redis-locks":
         env["DAVSERVER_REDIS_URL"] = request.getfixturevalue("redis_url")
         settings["lock_storage"] = "redis"
-        _flush_wsgidav_locks(env["DAVSERVER_REDIS_URL"])
+        # The session's Redis serves many tests, each with its own database whose account and
+        # node ids repeat: a namespace of its own keeps another test's cache entries and locks out.
+        settings["redis_namespace"] = f"multinode-{secrets.token_hex(4)}"
     a = DavServer(tmp_path / "node-a", settings=settings, env=env)
     b = DavServer(tmp_path / "node-b", settings=settings, env=env)
     a.init()
@@ -47,23 +50,12 @@ def nodes(
     b.stop()
 
 
-def _flush_wsgidav_locks(url: str) -> None:
+def _redis_lock_keys(url: str, namespace: str) -> list[bytes]:
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        for key in client.scan_iter("davserver:wsgidav-*"):
-            client.delete(key)
-    finally:
-        client.close()
-
-
-def _redis_lock_keys(url: str) -> list[bytes]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        return list(client.scan_iter("davserver:wsgidav-lock:*"))
+        return list(client.scan_iter(f"{namespace}:wsgidav-lock:*"))
     finally:
         client.close()
 
@@ -87,7 +79,8 @@ def test_lock_taken_on_one_node_holds_on_the_other(nodes: tuple[DavServer, DavSe
         token = r.headers["Lock-Token"]
         redis_url = a.env.get("DAVSERVER_REDIS_URL")
         if redis_url:
-            assert _redis_lock_keys(redis_url), "the lock should live in Redis"
+            namespace = str(a.settings["redis_namespace"])
+            assert _redis_lock_keys(redis_url, namespace), "the lock should live in Redis"
         assert cb.put("/dav/l.txt", content=b"v2").status_code == 423
         discovery = cb.request("PROPFIND", "/dav/l.txt", headers={"Depth": "0"}).text
         assert token.strip("<>") in discovery

@@ -78,6 +78,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
     engines: list[Engine] = []
+    # The session's Redis serves many tests whose databases repeat account and node ids: each
+    # test's engines get a namespace of their own, or one would read another's cache entries.
+    namespace = f"t-{secrets.token_hex(4)}"
 
     def factory(database_url: str | None = None, blocks_url: str | None = None, **kw: Any) -> Engine:
         config = StorageConfig(
@@ -89,6 +92,7 @@ def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
             # Every block an object in the block store unless a test asks for inline blocks
             # (with the small test chunker, most blocks would fit in a row otherwise).
             inline_block_bytes=kw.pop("inline_block_bytes", 0),
+            redis_namespace=kw.pop("redis_namespace", namespace),
         )
         engine = Engine.open(replace(config, **kw))
         engines.append(engine)
