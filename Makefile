@@ -25,8 +25,13 @@ lint: $(STAMP)
 	$(BIN)/mypy storage davserver sync_ext
 	$(BIN)/lint-imports
 
+# pytest-xdist workers for `make test` (0: one process). Each worker starts its own PostgreSQL,
+# Redis and SeaweedFS when a test first needs one; a test file stays on one worker, so a module's
+# shared server starts once.
+TEST_WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: lint pytest
 
