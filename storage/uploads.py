@@ -479,8 +479,23 @@ class Uploads:
         after = _row_after(row, offset=end, tail_name=tail, expires_at=expires, block_count=None)
         if whole is not None:
             self._hashers.keep(session_id, end, whole)  # for the next append (a failure forgets it)
+
+        def land() -> None:
+            # On the pool: this append's commit, after the one it follows.
+            try:
+                if before is not None:
+                    before.result()  # submitted earlier to this FIFO pool: running or done
+                self._commit(row, writer, start, end)
+            except BaseException as exc:
+                writer.abort()
+                self._drop_tail_object(writer.tail_result)
+                self._hashers.forget(session_id)
+                log.warning("upload %s: data up to offset %d was not committed (%s)", session_id, end, exc)
+                raise
+            writer.committed()
+
         try:
-            job = self._s.executor.submit(self._land, session_id, row, writer, start, end, before)
+            job = self._s.executor.submit(land)
         except RuntimeError:  # the engine is closing: commit before answering instead
             return None
         pending = _Pending(after, writer.tail, job)
@@ -488,28 +503,6 @@ class Uploads:
         # Added after the put, so it runs after it even if the job is done already.
         job.add_done_callback(lambda _: self._s.pending.drop(session_id, pending))
         return self._to_session(after)
-
-    def _land(
-        self,
-        session_id: str,
-        row: Any,
-        writer: BlockWriter,
-        start: int,
-        end: int,
-        before: Future[None] | None,
-    ) -> None:
-        """On the pool: the answered append's commit, after the one it follows."""
-        try:
-            if before is not None:
-                before.result()  # submitted earlier to this FIFO pool: running or done
-            self._commit(row, writer, start, end)
-        except BaseException as exc:
-            writer.abort()
-            self._drop_tail_object(writer.tail_result)
-            self._hashers.forget(session_id)
-            log.warning("upload %s: data up to offset %d was not committed (%s)", session_id, end, exc)
-            raise
-        writer.committed()
 
     def _commit(self, row: Any, writer: BlockWriter, start: int, end: int) -> None:
         """Commit blocks, tail and offset; the replaced tail object goes after.
