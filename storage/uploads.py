@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
 from storage import paths
 from storage.chunker import Prefixed, Readable
@@ -74,6 +74,7 @@ from storage.errors import (
     TooLarge,
 )
 from storage.metadata import schema as t
+from storage.metadata.prepared import Prepared
 from storage.model import BlockAt, Entry, UploadSession
 from storage.reader import BlockLocation, VersionReader
 from storage.writer import BlockWriter, LimitedReader
@@ -527,26 +528,30 @@ class Uploads:
             raise OffsetMismatch("another request appended to this upload meanwhile", int(current.offset))
         writer.finish_in(conn)
         first = current.block_count
-        if writer.refs:
-            conn.execute(
-                insert(t.upload_blocks),
-                [
-                    {
-                        "upload_id": current.upload_id,
-                        "idx": first + i,
-                        "block_id": r.block_id,
-                        "offset": start + r.offset,
-                    }
-                    for i, r in enumerate(writer.refs)
-                ],
-            )
-        expires = self._clock() + self._s.config.upload_session_seconds
-        conn.execute(
-            update(t.upload_sessions)
-            .where(s_.id == current.id)
-            .values(offset=end, block_count=first + len(writer.refs), tail_name=tail, expires_at=expires)
+        _INSERT_UPLOAD_BLOCKS.execute_many(
+            conn,
+            (
+                {
+                    "upload_id": current.upload_id,
+                    "idx": first + i,
+                    "block_id": r.block_id,
+                    "offset": start + r.offset,
+                }
+                for i, r in enumerate(writer.refs)
+            ),
         )
-        conn.execute(update(t.uploads).where(t.uploads.c.id == current.upload_id).values(expires_at=expires))
+        expires = self._clock() + self._s.config.upload_session_seconds
+        _ADVANCE.execute(
+            conn,
+            {
+                "b_id": current.id,
+                "b_offset": end,
+                "b_count": first + len(writer.refs),
+                "b_tail": tail,
+                "b_expires": expires,
+            },
+        )
+        _EXTEND_PIN.execute(conn, {"b_upload": current.upload_id, "b_expires": expires})
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -594,13 +599,12 @@ class Uploads:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _row(self, conn: Connection, session_id: str, *, lock: bool = False) -> Row[Any]:
-        """The live (not expired) session of this account, or :class:`NotFound`."""
-        query: Select[Any] = _SESSION
-        if lock:
-            query = query.with_for_update()
+    def _row(self, conn: Connection, session_id: str, *, lock: bool = False) -> Any:
+        """The live (not expired) session of this account (a named tuple of its columns),
+        or :class:`NotFound`."""
+        query = _SESSION_FOR_UPDATE if lock else _SESSION
         params = {"b_id": session_id, "b_account": self._account_id, "b_now": self._clock()}
-        row = conn.execute(query, params).first()
+        row = query.first(conn, params)
         if row is None:
             raise NotFound("no such upload (it may have expired)")
         return row
@@ -698,8 +702,26 @@ class Uploads:
         )
 
 
-_SESSION = select(t.upload_sessions).where(
+# An append's commit runs these four, prepared: built and run through SQLAlchemy they
+# were 2 of its 3 ms of CPU (on the pool, beside the next append's blocks).
+_SESSION_SELECT = select(t.upload_sessions).where(
     s_.id == bindparam("b_id"), s_.account_id == bindparam("b_account"), s_.expires_at >= bindparam("b_now")
+)
+_SESSION = Prepared(_SESSION_SELECT)
+_SESSION_FOR_UPDATE = Prepared(_SESSION_SELECT.with_for_update())
+_INSERT_UPLOAD_BLOCKS = Prepared(insert(t.upload_blocks), keys=("upload_id", "idx", "block_id", "offset"))
+_ADVANCE = Prepared(
+    update(t.upload_sessions)
+    .where(s_.id == bindparam("b_id"))
+    .values(
+        offset=bindparam("b_offset"),
+        block_count=bindparam("b_count"),
+        tail_name=bindparam("b_tail"),
+        expires_at=bindparam("b_expires"),
+    )
+)
+_EXTEND_PIN = Prepared(
+    update(t.uploads).where(t.uploads.c.id == bindparam("b_upload")).values(expires_at=bindparam("b_expires"))
 )
 
 

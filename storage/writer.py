@@ -64,7 +64,6 @@ _BLOCK_KEYS = (
     "created_at",
     "inline_data",
 )
-_INSERT_BLOCKS = Prepared(insert(t.blocks), keys=_BLOCK_KEYS)
 #: One new block (a small file's): inserted unless a concurrent write just did, and its id
 #: returned, in one statement instead of look-up, insert, look-up (per dialect: the
 #: conflict clause is each database's own).
@@ -72,6 +71,13 @@ _INSERT_ONE_BLOCK = {
     name: Prepared(
         dialect_insert(t.blocks).on_conflict_do_nothing().returning(t.blocks.c.id), keys=_BLOCK_KEYS
     )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+#: New blocks (a pin's or a commit's batch): inserted and their ids returned in one
+#: multi-row statement (SQLAlchemy's "insertmanyvalues"), where a look-up before and
+#: after the insert cost two more.
+_INSERT_BLOCKS_RETURNING = {
+    name: dialect_insert(t.blocks).on_conflict_do_nothing().returning(t.blocks.c.id, t.blocks.c.sha256)
     for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
 #: Up to this many hashes are looked up one by one (prepared); more go in one IN query.
@@ -489,11 +495,9 @@ class BlockWriter:
         if len(new_rows) == 1 and wanted == set(new_rows):
             ids = self._insert_one(conn, next(iter(new_rows.values())))
         else:
-            ids = self._block_ids(conn, wanted)
-            missing_new = [row for sha, row in new_rows.items() if sha not in ids]
-            if missing_new:
-                _INSERT_BLOCKS.execute_many(conn, missing_new)
-                ids.update(self._block_ids(conn, set(new_rows) - set(ids)))
+            ids = self._insert_many(conn, list(new_rows.values()))
+            if rest := wanted - ids.keys():  # dedup hits, and blocks a concurrent write recorded
+                ids.update(self._block_ids(conn, rest))
         if any(sha not in ids for sha in wanted):
             raise VanishedBlocks()
         for r in refs:
@@ -505,6 +509,14 @@ class BlockWriter:
         if got is not None:
             return {row["sha256"]: int(got.id)}
         return self._block_ids(conn, {row["sha256"]})  # a concurrent write recorded it first
+
+    def _insert_many(self, conn: Connection, rows: list[dict[str, Any]]) -> dict[bytes, int]:
+        """Insert the rows of blocks this write stored, in one statement; the ids of those
+        inserted (a row the account has already is left as it is, and not returned)."""
+        if not rows:
+            return {}
+        stmt = _INSERT_BLOCKS_RETURNING[conn.dialect.name]
+        return {bytes(row.sha256): int(row.id) for row in conn.execute(stmt, rows)}
 
     def _block_ids(self, conn: Connection, shas: set[bytes]) -> dict[bytes, int]:
         ordered = sorted(shas)

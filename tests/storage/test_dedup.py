@@ -80,3 +80,29 @@ def test_two_writes_racing_with_the_same_new_small_file_share_one_block(
         with vol.open(name) as f:
             assert f.read() == data
     assert engine.stats().blocks == 1
+
+
+def test_two_writes_racing_with_the_same_new_blocks_share_them(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    """The multi-block form: both writes store every block; the second commit's insert finds
+    the first's rows for the shared blocks (and inserts its own new last block), so the
+    account holds each block once and both files read back."""
+    engine = make_engine(database_url, chunker=ChunkerParams())
+    engine.accounts.create("d", "password1")
+    vol = engine.volume("d")
+    shared = _pseudo_random(6 * MiB, seed=7)
+    own = _pseudo_random(2 * MiB, seed=8)
+    first, second = vol.begin_write("a.bin"), vol.begin_write("b.bin")
+    first.feed(io.BytesIO(shared))
+    second.feed(io.BytesIO(shared + own))
+    first.commit()
+    assert engine.stats().blocks >= 3
+    second.commit()
+    names: set[str] = set()
+    for name, data in (("a.bin", shared), ("b.bin", shared + own)):
+        with vol.open(name) as f:
+            assert f.read() == data
+            names.update(loc.name for loc in f.locations)
+    # Each distinct block is stored and recorded once, the shared ones included.
+    assert engine.stats().blocks == len(names)
