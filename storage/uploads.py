@@ -101,10 +101,16 @@ class Checksum:
 
 
 class HasherCache:
-    """session id -> (offset, hashlib object) for the appends this process has seen."""
+    """session id -> (offset, hashlib object) for the appends this process has seen.
+
+    A pipelined append hands its hasher over while its thread may still be hashing the
+    append's last pieces (``BlockWriter.hashed``); the next append waits for that when it
+    takes the hasher, by which time it has long finished, instead of the request waiting
+    before it is answered.
+    """
 
     def __init__(self, size: int = HASHERS_KEPT) -> None:
-        self._items: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[int, Any, Callable[[], None] | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._size = size
 
@@ -113,16 +119,22 @@ class HasherCache:
         with self._lock:
             item = self._items.pop(session_id, None)
         if item is not None and item[0] == offset:
-            return item[1]
+            _, hasher, hashed = item
+            if hashed is not None:
+                hashed()
+            return hasher
         return hashlib.sha256() if offset == 0 else None
 
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._items.pop(session_id, None)
 
-    def keep(self, session_id: str, offset: int, hasher: Any) -> None:
+    def keep(
+        self, session_id: str, offset: int, hasher: Any, hashed: Callable[[], None] | None = None
+    ) -> None:
+        """``hashed``: waits until ``hasher`` has seen all ``offset`` bytes, if it has not yet."""
         with self._lock:
-            self._items[session_id] = (offset, hasher)
+            self._items[session_id] = (offset, hasher, hashed)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
@@ -432,7 +444,7 @@ class Uploads:
             raise
         writer.committed()
         if whole is not None:
-            self._hashers.keep(session_id, new_offset, whole)
+            self._hashers.keep(session_id, new_offset, whole, writer.hashed)
         return self.get(session_id)
 
     def _resume_point(self, session_id: str, offset: int) -> tuple[Any, bytes, Future[None] | None]:
@@ -479,7 +491,8 @@ class Uploads:
         # block_count is re-read by the commit; None here, so nothing trusts a stale one.
         after = _row_after(row, offset=end, tail_name=tail, expires_at=expires, block_count=None)
         if whole is not None:
-            self._hashers.keep(session_id, end, whole)  # for the next append (a failure forgets it)
+            # For the next append (a failure forgets it), which waits for the hash to finish.
+            self._hashers.keep(session_id, end, whole, writer.hashed)
 
         def land() -> None:
             # On the pool: this append's commit, after the one it follows.

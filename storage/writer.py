@@ -173,10 +173,16 @@ class WholeHash:
             self._h.update(data)
 
     def close(self) -> None:
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
+        self.finish()
+        if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def finish(self) -> None:
+        """No more pieces: the thread ends once it has hashed those queued (see :meth:`close`)."""
+        if self._queue is not None:
+            self._queue.put(None)
+            self._queue = None
 
     def digest(self) -> bytes:
         self.close()
@@ -185,6 +191,9 @@ class WholeHash:
 
 class _NoHash:
     def update(self, data: bytes | memoryview) -> None:
+        pass
+
+    def finish(self) -> None:
         pass
 
     def close(self) -> None:
@@ -256,6 +265,8 @@ class BlockWriter:
         #: Blocks still on the pool after ``consume(drain=False)``, in order.
         self._inflight: deque[Future[BlockRef]] = deque()
         self._draining = False
+        #: The whole-file hash still running after ``consume(drain=False)`` (:meth:`hashed`).
+        self._hashing: WholeHash | _NoHash | None = None
         self.size = 0
         self.sha256 = b""
 
@@ -264,9 +275,11 @@ class BlockWriter:
     def consume(self, stream: Readable | ReadableInto, *, drain: bool = True) -> None:
         """Read the stream to its end, cutting it into blocks stored on the pool.
 
-        ``drain=False`` returns once the stream is read (and the whole-file hash is
-        done) while the last blocks may still be on the pool; :meth:`drain` (which
-        :meth:`make_durable` calls) waits for them, and ``refs`` is complete only then.
+        ``drain=False`` returns once the stream is read, while the last blocks may
+        still be on the pool and the whole-file hash on its thread; :meth:`drain` (which
+        :meth:`make_durable` calls) waits for the blocks, and ``refs`` is complete only
+        then; :meth:`hashed` waits for the hash (``sha256`` and the ``hasher`` passed in
+        are complete only then).
         """
         whole: WholeHash | _NoHash = WholeHash(self._depth, self._hasher) if self._whole_hash else _NoHash()
         pending: deque[Future[BlockRef]] = deque()
@@ -302,15 +315,25 @@ class BlockWriter:
                     self._accept(pending.popleft().result())
             else:
                 self._inflight, pending = pending, deque()
+                whole.finish()
+                self._hashing = whole  # still hashing its last pieces: see hashed()
         finally:
-            whole.close()
+            if self._hashing is not whole:
+                whole.close()
             for fut in pending:
                 fut.cancel()
             for fut in pending:
                 if not fut.cancelled():
                     fut.exception()
         self.size = offset
-        self.sha256 = whole.digest()
+        if drain:
+            self.sha256 = whole.digest()
+
+    def hashed(self) -> None:
+        """Wait for the whole-file hash that ``consume(drain=False)`` left running."""
+        whole, self._hashing = self._hashing, None
+        if whole is not None:
+            self.sha256 = whole.digest()
 
     def _hash(self, whole: WholeHash | _NoHash, data: bytes) -> None:
         if self._unhashed >= len(data):

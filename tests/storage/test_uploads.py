@@ -484,3 +484,49 @@ def test_pipelined_commits_finish_on_a_pool_of_one_thread(
     assert not worker.is_alive(), "the upload's commits deadlocked on the pool"
     assert result and result[0].completed is not None
     assert result[0].completed.sha256 == hashlib.sha256(data).digest()
+
+
+class _GatedHash:
+    """A SHA-256 that holds the piece reaching ``hold_at`` bytes until ``gate`` opens: the
+    whole-file hash thread is still busy with an append's last piece."""
+
+    def __init__(self, hold_at: int) -> None:
+        self.gate = threading.Event()
+        self._h = hashlib.sha256()
+        self._hold_at = hold_at
+        self._seen = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._seen += len(data)
+        if self._seen >= self._hold_at:
+            self.gate.wait()
+        self._h.update(data)
+
+    def copy(self) -> Any:
+        return self._h.copy()
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def test_a_pipelined_append_is_answered_before_its_whole_file_hash_is_done(vol: Volume) -> None:
+    """The hash of an append's last pieces finishes on its thread; the next append waits for
+    it when it takes the hasher over, so the file's SHA-256 is still that of every byte."""
+    data = _data(1_500_000, seed=11)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    gated = _GatedHash(hold_at=900_000)
+    vol.uploads._hashers.keep(up.id, 0, gated)
+    answered: list[int] = []
+    first = threading.Thread(
+        target=lambda: answered.append(vol.uploads.append(up.id, 0, io.BytesIO(data[:900_000])).offset)
+    )
+    first.start()
+    first.join(timeout=30)
+    try:
+        assert not first.is_alive(), "the append waited for its hash thread before answering"
+        assert answered == [900_000]
+    finally:
+        gated.gate.set()
+        first.join()
+    done = vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
