@@ -64,22 +64,29 @@ _BLOCK_KEYS = (
     "created_at",
     "inline_data",
 )
-#: One new block (a small file's): inserted unless a concurrent write just did, and its id
-#: returned, in one statement instead of look-up, insert, look-up (per dialect: the
+#: Inserts of block rows that leave a row the account has already alone (per dialect: the
 #: conflict clause is each database's own).
+_INSERT_NEW_BLOCK = {
+    "sqlite": sqlite_insert(t.blocks).on_conflict_do_nothing(),
+    "postgresql": postgresql_insert(t.blocks).on_conflict_do_nothing(),
+}
+#: One new block (a small file's): inserted unless a concurrent write just did, and its id
+#: returned, in one statement instead of look-up, insert, look-up.
 _INSERT_ONE_BLOCK = {
-    name: Prepared(
-        dialect_insert(t.blocks).on_conflict_do_nothing().returning(t.blocks.c.id), keys=_BLOCK_KEYS
-    )
-    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+    name: Prepared(stmt.returning(t.blocks.c.id), keys=_BLOCK_KEYS)
+    for name, stmt in _INSERT_NEW_BLOCK.items()
 }
 #: New blocks (a pin's or a commit's batch): inserted and their ids returned in one
 #: multi-row statement (SQLAlchemy's "insertmanyvalues"), where a look-up before and
 #: after the insert cost two more.
 _INSERT_BLOCKS_RETURNING = {
-    name: dialect_insert(t.blocks).on_conflict_do_nothing().returning(t.blocks.c.id, t.blocks.c.sha256)
-    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+    name: stmt.returning(t.blocks.c.id, t.blocks.c.sha256) for name, stmt in _INSERT_NEW_BLOCK.items()
 }
+#: Extends the lease of a write's pin row (``uploads``); an upload session's commit extends
+#: its own with it too.
+EXTEND_LEASE = Prepared(
+    update(t.uploads).where(t.uploads.c.id == bindparam("b_upload")).values(expires_at=bindparam("b_expires"))
+)
 #: Up to this many hashes are looked up one by one (prepared); more go in one IN query.
 _FEW_HASHES = 4
 _BLOCK_IDS = select(t.blocks.c.id, t.blocks.c.sha256).where(
@@ -486,9 +493,7 @@ class BlockWriter:
                 )
             )
         else:
-            conn.execute(
-                update(t.uploads).where(t.uploads.c.id == upload_id).values(expires_at=now + self._lease)
-            )
+            EXTEND_LEASE.execute(conn, {"b_upload": upload_id, "b_expires": now + self._lease})
 
     def record_blocks(self, conn: Connection, refs: Sequence[BlockRef]) -> None:
         """Insert rows for newly stored blocks and resolve every ref's block id.
