@@ -3,9 +3,11 @@
 Run ``python -m bench.resumable_uploads [--size-mib N] [--rounds R] [--json FILE] [--workdir DIR]``.
 
 One ``davserver serve`` (durable, the default) in a fresh data folder. Each round uploads a
-file three ways, in turn: one WebDAV PUT, tus with 8 MiB PATCHes, tus with 64 MiB PATCHes
-(creation, then the PATCHes, one keep-alive connection). Every upload sends its own file of
-fresh random data, so deduplication never turns an upload into a hash-only pass. Bodies go
+file three ways: one WebDAV PUT, tus with 8 MiB PATCHes, tus with 64 MiB PATCHes (creation,
+then the PATCHes, one keep-alive connection), in an order that rotates from round to round.
+Every upload sends its own file of fresh random data, so deduplication never turns an upload
+into a hash-only pass; a round writes its three files first, and the page cache is flushed
+(``os.sync``) before each upload starts, so none competes with the write-back of its source. Bodies go
 out in 1 MiB writes for all three. Reported: MB/s (10**6 bytes of content per second, median
 of the rounds, range) and tus relative to PUT; the target is >= 0.9x. The upload is checked
 (size and SHA-256 through /api/v1/files/metadata). Nothing here asserts a timing.
@@ -131,19 +133,26 @@ def run(size_mib: int, rounds: int, workdir: Path) -> dict[str, list[float]]:
         up = Uploader(server, password)
         try:
             for r in range(rounds):
-                for method in METHODS:
-                    src = root / f"src-{method}-{r}.bin"
-                    digest = _source(src, size)
+                # The round's files are written first and the page cache flushed before each
+                # upload, so no upload competes with writing back its own source (or with the
+                # previous upload's late syncs); the order rotates so none always goes first.
+                order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
+                sources = {m: root / f"src-{m}-{r}.bin" for m in order}
+                digests = {m: _source(src, size) for m, src in sources.items()}
+                for method in order:
                     name = f"{method}-{r}.bin"
+                    os.sync()
                     start = time.perf_counter()
                     if method == "put":
-                        up.put(name, src, size)
+                        up.put(name, sources[method], size)
                     else:
-                        up.tus(name, src, size, int(method.split("-")[1].removesuffix("MiB")) * MiB)
+                        chunk = int(method.split("-")[1].removesuffix("MiB")) * MiB
+                        up.tus(name, sources[method], size, chunk)
                     rates[method].append(size / (time.perf_counter() - start) / MB)
-                    up.check(name, size, digest)
-                    src.unlink()
+                    up.check(name, size, digests[method])
                     print(f"  round {r + 1} {method:10s} {rates[method][-1]:8,.0f} MB/s", file=sys.stderr)
+                for src in sources.values():
+                    src.unlink()
         finally:
             up.close()
     finally:
