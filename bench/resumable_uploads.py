@@ -2,15 +2,16 @@
 
 Run ``python -m bench.resumable_uploads [--size-mib N] [--rounds R] [--json FILE] [--workdir DIR]``.
 
-One ``davserver serve`` (durable, the default) in a fresh data folder. Each round uploads a
-file three ways: one WebDAV PUT, tus with 8 MiB PATCHes, tus with 64 MiB PATCHes (creation,
-then the PATCHes, one keep-alive connection), in an order that rotates from round to round.
-Every upload sends its own file of fresh random data, so deduplication never turns an upload
-into a hash-only pass; a round writes its three files first, and the page cache is flushed
-(``os.sync``) before each upload starts, so none competes with the write-back of its source. Bodies go
-out in 1 MiB writes for all three. Reported: MB/s (10**6 bytes of content per second, median
-of the rounds, range) and tus relative to PUT; the target is >= 0.9x. The upload is checked
-(size and SHA-256 through /api/v1/files/metadata). Nothing here asserts a timing.
+One ``davserver serve`` (durable, the default) in a fresh data folder. Each round uploads a file
+three ways: one WebDAV PUT, tus with 8 MiB PATCHes, tus with 64 MiB PATCHes (creation, then the
+PATCHes, one keep-alive connection), in an order that rotates from round to round. Every upload
+sends its own file of fresh random data, so deduplication never turns an upload into a hash-only
+pass; a round writes its three files first, and the page cache is flushed (``os.sync``) before
+each upload starts, so none competes with the write-back of its source (or with the previous
+upload's late syncs). Bodies go out in 1 MiB writes for all three. Reported: MB/s (10**6 bytes
+of content per second, median of the rounds, range) and tus relative to PUT; the target is >=
+0.9x. The upload is checked (size and SHA-256 through /api/v1/files/metadata). Nothing here
+asserts a timing.
 """
 
 from __future__ import annotations
@@ -133,9 +134,7 @@ def run(size_mib: int, rounds: int, workdir: Path) -> dict[str, list[float]]:
         up = Uploader(server, password)
         try:
             for r in range(rounds):
-                # The round's files are written first and the page cache flushed before each
-                # upload, so no upload competes with writing back its own source (or with the
-                # previous upload's late syncs); the order rotates so none always goes first.
+                # See the module docstring: sources first, a flush before each upload, rotation.
                 order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
                 sources = {m: root / f"src-{m}-{r}.bin" for m in order}
                 digests = {m: _source(src, size) for m, src in sources.items()}
@@ -184,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mib < 64:
         parser.error("--size-mib must be at least 64")
-    need = args.size_mib * MiB * 10
+    # Every upload stays stored (3 per round), the round's 3 sources at once, and some slack.
+    need = args.size_mib * MiB * (3 * args.rounds + 4)
     if shutil.disk_usage(args.workdir).free < need:
         print(f"not enough free disk space in {args.workdir}", file=sys.stderr)
         return 2
