@@ -43,13 +43,20 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
-def tune_malloc(*, arenas: int = 2, heap_below: int = 16 << 20, keep_free: int = 16 << 20) -> bool:
+def tune_malloc(*, arenas: int = 1, heap_below: int = 16 << 20, keep_free: int = 16 << 20) -> bool:
     """Set glibc's allocator for multi-megabyte block buffers; call before the worker threads start.
 
     * ``arenas``: every thread that allocates gets its own arena (up to 8 per core), and
       block buffers freed in one arena are not reused by another: measured with three
       1 GiB PUT+GET rounds, server RSS grew 112 -> 153 -> 195 MiB with the default and
-      stayed at 116 -> 132 -> 134 MiB with two arenas.
+      stayed at 116 -> 132 -> 134 MiB with two arenas. One arena holds one working set
+      where two could each end up holding one: a 2 GiB tus upload in 64 MiB PATCHes
+      grew RSS by 51-76 MiB with two arenas but by 140-155 MiB in 6 of 56 runs; with
+      one, 35-48 MiB, and 103-112 MiB in 2 of 26 runs. The shared lock cost nothing
+      that showed through this VM's noise: the big buffers are a few per MiB and most
+      other allocations happen under the GIL anyway (1 GiB PUT / GET, 4 alternating
+      rounds each, medians 268 / 609 MiB/s with one arena, 279 / 634 with two; PUT
+      rounds 245-280 against 228-290).
     * ``heap_below`` and ``keep_free``: allocations up to ``heap_below`` come from the
       heap, not from a fresh mmap each, and up to ``keep_free`` of free memory at the top
       of the heap stays there for the next block instead of going back to the kernel
