@@ -13,16 +13,38 @@ By then most of the data is on its way, so a large upload waits for the disk
 once per batch instead of twice per block on the threads that seal blocks
 (1 GiB in ~1.25 MiB files from 3 threads here: 364-405 MB/s one by one,
 446-494 MB/s written back early and synced every 64 MiB).
+
+A batch of :data:`SYNCFS_MIN_OBJECTS` or more is synced with one ``syncfs(2)`` of the
+folder's file system instead of an ``fdatasync`` per file and an ``fsync`` per folder:
+each of those ends in its own disk cache flush, ``syncfs`` in one. Measured here: a
+durable 1 GiB PUT into a new data folder made the disk flush 1,803-1,895 times (186-545
+ms flushing) before, 278-282 times (29-41 ms) after; a 512 MiB PUT once its folders
+exist, 849 times before, 50 after (the rest were new folders' entries); syncing 64
+files of 1 MiB took 18.9 ms one by one, 2.1 ms with syncfs. This VM's disk flushes
+cheaply and the syncs run beside the pipeline, so PUT throughput did not move (8
+alternating rounds: 300 vs 297 MiB/s); on a disk where a flush costs milliseconds,
+1,800 flushes per GiB are seconds. It is used only where it reports write-back errors
+(Linux 5.8 on) and while every folder written to is on the root's file system.
+
+Errors: the file system's write-back errors are read through one descriptor opened
+once, so every error after it is seen, whoever else looked first; an error fails that
+sync and every later one (the disk lost data someone was told was safe: the operator
+has to look, as after PostgreSQL's fsync failures). Syncs run one at a time, and one
+that started after a caller's objects were written covers that caller too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
 import secrets
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from storage.backends.base import ObjectInfo, check_name
 from storage.errors import BackendUnavailable, NotFound
@@ -30,15 +52,54 @@ from storage.errors import BackendUnavailable, NotFound
 _TMP_PREFIX = ".tmp-"
 #: Starts writeback of a file's dirty pages without waiting (Linux; elsewhere a no-op).
 _FADVISE = hasattr(os, "posix_fadvise") and sys.platform.startswith("linux")
+#: Batches of at least this many objects are synced with one syncfs (see the module's text).
+SYNCFS_MIN_OBJECTS = 4
+
+SyncFs = Callable[[int], None]
+
+
+def platform_syncfs() -> SyncFs | None:
+    """``syncfs(fd)`` raising OSError, where it reports write-back errors (Linux >= 5.8)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if m is None or (int(m.group(1)), int(m.group(2))) < (5, 8):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+
+    def syncfs(fd: int) -> None:
+        if call(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
 
 
 class LocalBackend:
-    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        syncfs: SyncFs | Literal["platform"] | None = "platform",
+    ) -> None:
+        """``syncfs``: how batches are synced in one call (None: file by file)."""
         self.root = Path(root)
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
         self._root = str(self.root)
         self._known_dirs: set[Path] = set()
+        self._syncfs = platform_syncfs() if syncfs == "platform" else syncfs
+        self._device = self.root.stat().st_dev
+        #: The descriptor syncfs runs on and reads write-back errors through (opened on first use).
+        self._fs_fd: int | None = None
+        self._fs_lock = threading.Lock()
+        self._fs_syncs_started = 0
+        self._fs_error: str | None = None
 
     def _path(self, name: str) -> Path:
         check_name(name)
@@ -51,6 +112,8 @@ class LocalBackend:
         folder.mkdir(parents=True, exist_ok=True)
         if created and self.durable:
             _fsync_dir(folder.parent)
+        if self._syncfs is not None and folder.stat().st_dev != self._device:
+            self._syncfs = None  # another file system mounted inside: syncfs of ours misses it
         self._known_dirs.add(folder)
 
     def put(self, name: str, data: bytes, *, sync: bool = True) -> None:
@@ -86,6 +149,17 @@ class LocalBackend:
     def sync(self, names: Iterable[str]) -> None:
         if not self.durable:
             return
+        names = list(names)
+        if (
+            len(names) >= SYNCFS_MIN_OBJECTS
+            and self._syncfs is not None
+            and all(self._path(name).parent in self._known_dirs for name in names)
+        ):
+            for name in names:
+                if not os.path.lexists(os.path.join(self._root, name)):
+                    raise BackendUnavailable(f"block object {name} vanished before it was synced")
+            self._sync_file_system()
+            return
         folders: set[Path] = set()
         try:
             for name in names:
@@ -103,6 +177,26 @@ class LocalBackend:
             raise BackendUnavailable(f"block object {exc.filename} vanished before it was synced") from exc
         except OSError as exc:
             raise BackendUnavailable(f"cannot sync block objects: {exc.strerror}") from exc
+
+    def _sync_file_system(self) -> None:
+        """One syncfs for every object written before the call (see the module's text)."""
+        entered = self._fs_syncs_started
+        with self._fs_lock:
+            if self._fs_error is None and self._fs_syncs_started == entered:
+                # No syncfs has started since this caller's objects were written: run one.
+                self._fs_syncs_started += 1
+                try:
+                    if self._fs_fd is None:
+                        self._fs_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    assert self._syncfs is not None
+                    self._syncfs(self._fs_fd)
+                except OSError as exc:
+                    self._fs_error = exc.strerror or str(exc)
+            if self._fs_error is not None:
+                raise BackendUnavailable(
+                    f"the block folder's file system reported a write error ({self._fs_error}); "
+                    "no write is made durable until the disk is checked and the server restarted"
+                )
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -164,7 +258,10 @@ class LocalBackend:
             yield ObjectInfo(name, st.st_size, st.st_mtime)
 
     def close(self) -> None:
-        pass
+        with self._fs_lock:
+            if self._fs_fd is not None:
+                os.close(self._fs_fd)
+                self._fs_fd = None
 
 
 def _pread_up_to(fd: int, length: int, offset: int) -> bytes:

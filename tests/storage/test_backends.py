@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from storage.backends.base import Backend, ObjectInfo
+from storage.backends.local import SYNCFS_MIN_OBJECTS, LocalBackend, platform_syncfs
 from storage.backends.memory import MemoryBackend
 from storage.backends.retry import RetryingBackend
 from storage.backends.s3 import S3Backend
@@ -340,6 +341,103 @@ def test_file_sync_of_a_vanished_object_fails_loudly(file_backend: tuple[Backend
     (root / "d" / "gone").unlink()
     with pytest.raises(BackendUnavailable, match="vanished"):
         backend.sync(["d/gone"])
+
+
+class SyncFsSpy:
+    """Records each syncfs (the folder it ran on) and runs the real one unless told otherwise."""
+
+    def __init__(self, error: OSError | None = None, gate: threading.Event | None = None) -> None:
+        real = platform_syncfs()
+        assert real is not None, "this suite runs on Linux >= 5.8"
+        self.real = real
+        self.error = error
+        self.gate = gate
+        self.folders: list[str] = []
+
+    def __call__(self, fd: int) -> None:
+        self.folders.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.error is not None:
+            raise self.error
+        self.real(fd)
+
+
+def _unsynced(backend: LocalBackend, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        backend.put(name, payload(50_000, seed=i), sync=False)
+
+
+@pytest.mark.skipif(platform_syncfs() is None, reason="syncfs reports errors on Linux >= 5.8 only")
+def test_file_sync_of_a_batch_is_one_syncfs_of_the_block_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "blocks"
+    spy = SyncFsSpy()
+    backend = LocalBackend(root, syncfs=spy)
+    names = [f"d{i}/obj{i}" for i in range(SYNCFS_MIN_OBJECTS)]
+    _unsynced(backend, names)
+    synced = _synced_paths(monkeypatch)
+    backend.sync(names)
+    assert spy.folders == [str(root)]
+    assert synced == []  # no fdatasync or fsync of any file or folder
+    small = [f"d0/small{i}" for i in range(SYNCFS_MIN_OBJECTS - 1)]
+    _unsynced(backend, small)
+    backend.sync(small)
+    assert spy.folders == [str(root)]  # a smaller batch goes file by file
+    assert synced[: len(small)] == [str(root / n) for n in small]
+    backend.close()
+
+
+def test_file_sync_of_a_batch_with_a_vanished_object_fails_loudly(tmp_path: Path) -> None:
+    root = tmp_path / "blocks"
+    backend = LocalBackend(root, syncfs=SyncFsSpy() if platform_syncfs() else None)
+    names = [f"d{i}/obj{i}" for i in range(SYNCFS_MIN_OBJECTS + 2)]
+    _unsynced(backend, names)
+    (root / names[3]).unlink()
+    with pytest.raises(BackendUnavailable, match="vanished"):
+        backend.sync(names)
+    backend.close()
+
+
+@pytest.mark.skipif(platform_syncfs() is None, reason="syncfs reports errors on Linux >= 5.8 only")
+def test_a_syncfs_error_fails_that_sync_and_every_later_one(tmp_path: Path) -> None:
+    spy = SyncFsSpy(error=OSError(5, "Input/output error (injected)"))
+    backend = LocalBackend(tmp_path / "blocks", syncfs=spy)
+    names = [f"a/obj{i}" for i in range(SYNCFS_MIN_OBJECTS)]
+    _unsynced(backend, names)
+    with pytest.raises(BackendUnavailable, match="Input/output error"):
+        backend.sync(names)
+    spy.error = None  # the disk "recovered": what it lost is still lost
+    later = [f"b/obj{i}" for i in range(SYNCFS_MIN_OBJECTS)]
+    _unsynced(backend, later)
+    with pytest.raises(BackendUnavailable, match="write error"):
+        backend.sync(later)
+    assert len(spy.folders) == 1  # refused without asking the file system again
+    backend.close()
+
+
+@pytest.mark.skipif(platform_syncfs() is None, reason="syncfs reports errors on Linux >= 5.8 only")
+def test_callers_waiting_behind_a_syncfs_share_the_next_one(tmp_path: Path) -> None:
+    gate = threading.Event()
+    spy = SyncFsSpy(gate=gate)
+    backend = LocalBackend(tmp_path / "blocks", syncfs=spy)
+    names = [f"c/obj{i}" for i in range(SYNCFS_MIN_OBJECTS)]
+    _unsynced(backend, names)
+    first = threading.Thread(target=backend.sync, args=(names,))
+    first.start()
+    while not spy.folders:  # the first syncfs is under way (held at the gate)
+        time.sleep(0.01)
+    # Both call while the first syncfs runs (it may have missed their writes): one more serves both.
+    waiting = [threading.Thread(target=backend.sync, args=(names,)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.3)  # both are past their start and queued behind the first
+    gate.set()
+    for t in (first, *waiting):
+        t.join(10)
+    assert len(spy.folders) == 2
+    backend.close()
 
 
 # -- the retry wrapper --------------------------------------------------------------
