@@ -107,7 +107,7 @@ def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
     throttle = None
     if settings.redis_url:
         # Behind a balancer the nodes count failed logins together.
-        throttle = SharedLoginThrottle(settings.auth, settings.redis_url, engine.config.redis_namespace)
+        throttle = SharedLoginThrottle(settings.auth, settings.redis_url, engine.redis_namespace)
     authed = Authenticator(router, engine.accounts, settings.auth, throttle=throttle)
     return Guard(authed, settings)
 
@@ -118,7 +118,7 @@ def _lock_storage(engine: Engine, settings: AppSettings) -> Any:
     costs a Redis round trip per listed entry (a 2000-entry PROPFIND went 36 -> 292 ms)."""
     if settings.lock_storage != "redis" or not settings.redis_url:
         return SqlLockStorage(engine.locks)
-    return RedisLockStorage(settings.redis_url, namespace=engine.config.redis_namespace)
+    return RedisLockStorage(settings.redis_url, namespace=engine.redis_namespace)
 
 
 def _dav_app(engine: Engine, settings: AppSettings) -> tuple[WSGIApp, VolumeProvider]:

@@ -76,8 +76,9 @@ class ServerConfig:
     journal_days: float | None = 90
     #: Blocks not read for this many days move to archive_url on `davserver tier`.
     archive_after_days: float = 30
-    #: Prefix of this deployment's Redis keys and channels (deployments sharing a Redis differ).
-    redis_namespace: str = "davserver"
+    #: Prefix of this deployment's Redis keys and channels; unset: one made from the database's
+    #: deployment key, so deployments sharing a Redis differ and nodes sharing a database agree.
+    redis_namespace: str | None = None
     #: Folder listings and block lists cached (in Redis when redis_url is set, else in-process).
     metadata_cache: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)

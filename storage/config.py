@@ -72,8 +72,9 @@ class StorageConfig:
     archive_after_days: float = 30
     #: Redis (metadata cache and notifications between nodes); None: this process only.
     redis_url: str | None = None
-    #: Prefix of every Redis key and channel of this deployment (several may share a Redis).
-    redis_namespace: str = "davserver"
+    #: Prefix of every Redis key and channel of this deployment (several may share a Redis);
+    #: None: "davserver:" and the database's deployment key (Engine.redis_namespace).
+    redis_namespace: str | None = None
     #: The metadata cache (storage.cache): in Redis when redis_url is set, else in-process.
     metadata_cache: bool = True
     #: The in-process metadata cache's size when there is no Redis (0: none).

@@ -26,9 +26,10 @@ from storage.blockstore import BlockStore
 from storage.cache import open_cache
 from storage.codec import Codec
 from storage.config import StorageConfig
-from storage.errors import NotFound
+from storage.errors import IntegrityError, NotFound
 from storage.keys import MasterKey
 from storage.locks import LockRecords
+from storage.metadata import schema as t
 from storage.metadata.db import Database
 from storage.metadata.migrate import ensure_schema, upgrade
 from storage.model import Committed, FsckReport, GcReport, Stats
@@ -67,17 +68,21 @@ class Engine:
         self.locks = LockRecords(db, config.clock)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
+        #: Prefix of this deployment's Redis keys and channels: the configured one, else
+        #: one from the database's deployment key, so two deployments sharing a Redis never
+        #: read each other's cache entries (account, version and change numbers repeat).
+        self.redis_namespace = config.redis_namespace or f"davserver:{_deployment_key(db)}"
         self.cache = open_cache(
             config.redis_url if config.metadata_cache else None,
             config.local_cache_bytes if config.metadata_cache else 0,
-            namespace=config.redis_namespace,
+            namespace=self.redis_namespace,
         )
         self._services = Services(config, db, self.blocks, self.executor, self._notify, self.cache)
         #: Long-poll wake-ups (storage.notify); threads start with notifications.start().
         self.notifications = Notifications(
             db,
             redis_url=config.redis_url,
-            namespace=config.redis_namespace,
+            namespace=self.redis_namespace,
             fallback_seconds=config.notify_fallback_seconds,
             safety_seconds=config.notify_safety_seconds,
         )
@@ -259,3 +264,11 @@ class Engine:
 
     def rotate_master_key(self, new_key: MasterKey) -> int:
         return self.accounts.rotate_master_key(new_key)
+
+
+def _deployment_key(db: Database) -> str:
+    with db.read() as conn:
+        key = conn.execute(select(t.deployment.c.key).where(t.deployment.c.id == 1)).scalar()
+    if key is None:
+        raise IntegrityError("the metadata database has no deployment key (table 'deployment', row 1)")
+    return str(key)

@@ -53,6 +53,16 @@ PathText = Text().with_variant(Text(collation="C"), "postgresql")
 KIND_FILE = "f"
 KIND_DIR = "d"
 
+#: One row (id 1): this deployment's random key, made by migration 0012. Nodes sharing the
+#: database share it; the default Redis namespace comes from it (storage.engine).
+deployment = Table(
+    "deployment",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("key", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 chunkers = Table(
     "chunkers",
     metadata,

@@ -93,6 +93,32 @@ def test_a_commit_on_one_node_is_seen_by_the_next_read_on_the_other(shared: tupl
 
 
 @pytest.mark.services
+def test_deployments_sharing_a_redis_by_default_never_read_each_others_entries(
+    make_engine: EngineFactory, pg_url: str, redis_url: str
+) -> None:
+    """Two deployments (own databases, same Redis, no namespace configured) whose account,
+    folder and generation numbers coincide; nodes of one deployment share its namespace."""
+    first, second = fresh_pg_database(pg_url), fresh_pg_database(pg_url)
+    a = make_engine(first, redis_url=redis_url, redis_namespace=None)
+    b = make_engine(second, redis_url=redis_url, redis_namespace=None)
+    a_node2 = make_engine(first, redis_url=redis_url, redis_namespace=None, master_key=a.config.master_key)
+    assert a.redis_namespace == a_node2.redis_namespace != b.redis_namespace
+    assert a.redis_namespace.startswith("davserver:")
+    volumes = []
+    for engine, name in ((a, "only-in-a.txt"), (b, "only-in-b.txt")):
+        engine.accounts.create("alice", "alice-password")
+        vol = engine.volume("alice")
+        vol.write(name, io.BytesIO(b"x"))
+        volumes.append(vol)
+    va, vb = volumes
+    assert va.change_seq() == vb.change_seq()  # the same cache key but for the namespace
+    assert [e.name for e in va.listdir("")] == ["only-in-a.txt"]  # now cached in Redis
+    assert [e.name for e in vb.listdir("")] == ["only-in-b.txt"]
+    assert [e.name for e in a_node2.volume("alice").listdir("")] == ["only-in-a.txt"]
+    assert a_node2.cache.stats.hits == 1  # the other node of a's deployment used a's entry
+
+
+@pytest.mark.services
 def test_a_bad_value_in_redis_is_a_miss(shared: tuple[Engine, Engine]) -> None:
     _, b = shared
     vol = b.volume("alice")
