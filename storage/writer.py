@@ -163,8 +163,12 @@ class WholeHash:
         self._queue: queue.Queue[bytes | memoryview | None] | None = None
         self._thread: threading.Thread | None = None
         self._first = True
+        self._finished = False
 
     def update(self, data: bytes | memoryview) -> None:
+        if self._finished:
+            # A second thread would hash beside the first, and the pieces could land out of order.
+            raise RuntimeError("WholeHash.update() after finish()")
         if self._first:
             self._first = False
             self._h.update(data)
@@ -187,6 +191,7 @@ class WholeHash:
 
     def finish(self) -> None:
         """No more pieces: the thread ends once it has hashed those queued (see :meth:`close`)."""
+        self._finished = True
         if self._queue is not None:
             self._queue.put(None)
             self._queue = None

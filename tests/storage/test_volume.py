@@ -28,7 +28,7 @@ from storage.errors import (
 )
 from storage.metadata import schema as t
 from storage.volume import Volume
-from storage.writer import BlockWriter
+from storage.writer import BlockWriter, WholeHash
 from tests.storage.conftest import EngineFactory, VolatileTracking
 
 
@@ -564,3 +564,14 @@ def test_read1_stops_at_block_boundaries_and_covers_the_file(vol: Volume) -> Non
             pieces.append(piece)
         assert b"".join(pieces) == data[12345:]
         assert len(pieces) > 7  # blocks end reads early
+
+
+def test_the_whole_file_hash_takes_no_piece_after_finish() -> None:
+    pieces = [bytes([i]) * 300_000 for i in range(5)]
+    whole = WholeHash(depth=2)
+    for piece in pieces:
+        whole.update(piece)  # from the second piece on, hashed on its own thread
+    whole.finish()
+    with pytest.raises(RuntimeError, match="after finish"):
+        whole.update(b"late")
+    assert whole.digest() == hashlib.sha256(b"".join(pieces)).digest()
