@@ -150,15 +150,16 @@ class LocalBackend:
         if not self.durable:
             return
         names = list(names)
+        syncfs = self._syncfs  # read once: a put may turn it off meanwhile
         if (
             len(names) >= SYNCFS_MIN_OBJECTS
-            and self._syncfs is not None
+            and syncfs is not None
             and all(self._path(name).parent in self._known_dirs for name in names)
         ):
             for name in names:
                 if not os.path.lexists(os.path.join(self._root, name)):
                     raise BackendUnavailable(f"block object {name} vanished before it was synced")
-            self._sync_file_system()
+            self._sync_file_system(syncfs)
             return
         folders: set[Path] = set()
         try:
@@ -178,7 +179,7 @@ class LocalBackend:
         except OSError as exc:
             raise BackendUnavailable(f"cannot sync block objects: {exc.strerror}") from exc
 
-    def _sync_file_system(self) -> None:
+    def _sync_file_system(self, syncfs: SyncFs) -> None:
         """One syncfs for every object written before the call (see the module's text)."""
         entered = self._fs_syncs_started
         with self._fs_lock:
@@ -188,8 +189,7 @@ class LocalBackend:
                 try:
                     if self._fs_fd is None:
                         self._fs_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                    assert self._syncfs is not None
-                    self._syncfs(self._fs_fd)
+                    syncfs(self._fs_fd)
                 except OSError as exc:
                     self._fs_error = exc.strerror or str(exc)
             if self._fs_error is not None:
