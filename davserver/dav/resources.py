@@ -44,6 +44,7 @@ STAT_CACHE = "davserver.stat_cache"
 DEST_CREATED = "davserver.dest_created"
 #: environ key of the account's change-feed position, read once per request for DAV:sync-token.
 SYNC_POSITION = "davserver.sync_position"
+QUOTA_AVAILABLE = "{DAV:}quota-available-bytes"
 
 
 def storage_path(dav_path: str) -> str:
@@ -375,6 +376,13 @@ class FolderResource(_Shared, DAVCollection):
             return SyncToken(self.volume.account.id, position).encode()
         if name == SUPPORTED_REPORT_SET:
             return supported_report_set()
+        if name == QUOTA_AVAILABLE:
+            # RFC 4331 section 3: without a limit the property is absent (404 in its propstat).
+            # WsgiDAV would send it empty, which davfs2 reads as 0 bytes free: a full disk.
+            available = self.get_available_bytes()
+            if available is None:
+                raise DAVError(HTTP_NOT_FOUND)
+            return available
         return super().get_property_value(name)
 
     def get_used_bytes(self) -> int:

@@ -208,6 +208,21 @@ def test_quota_properties(dav_server: DavServer) -> None:
         c.delete("/dav/q.bin")
 
 
+def test_without_a_quota_the_available_bytes_are_absent_not_zero(dav_server: DavServer) -> None:
+    """RFC 4331: no limit, no quota-available-bytes (404). Sent empty, davfs2 read it as 0 bytes
+    free and the mounted drive showed as full."""
+    body = (
+        '<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop>'
+        "<d:quota-available-bytes/><d:quota-used-bytes/></d:prop></d:propfind>"
+    )
+    with dav_server.client("alice") as c:  # alice has no quota
+        resp = responses(propfind(c, "/dav/", depth="0", body=body))["/dav/"]
+    assert prop(resp, f"{D}quota-used-bytes") is not None
+    assert prop(resp, f"{D}quota-available-bytes") is None
+    not_found = [ps for ps in resp.iter(f"{D}propstat") if "404" in (ps.findtext(f"{D}status") or "")]
+    assert [ps.find(f"{D}prop/{D}quota-available-bytes") is not None for ps in not_found] == [True]
+
+
 def test_over_quota_is_507_and_leaves_old_content(dav_server: DavServer) -> None:
     with dav_server.client("carol") as c:
         assert c.put("/dav/keep.bin", content=b"old").status_code == 201
