@@ -52,11 +52,12 @@ def tune_malloc(*, arenas: int = 1, heap_below: int = 16 << 20, keep_free: int =
       stayed at 116 -> 132 -> 134 MiB with two arenas. One arena holds one working set
       where two could each end up holding one: a 2 GiB tus upload in 64 MiB PATCHes
       grew RSS by 51-76 MiB with two arenas but by 140-155 MiB in 6 of 56 runs; with
-      one, 35-48 MiB, and 103-112 MiB in 2 of 26 runs. The shared lock cost nothing
-      that showed through this VM's noise: the big buffers are a few per MiB and most
-      other allocations happen under the GIL anyway (1 GiB PUT / GET, 4 alternating
-      rounds each, medians 268 / 609 MiB/s with one arena, 279 / 634 with two; PUT
-      rounds 245-280 against 228-290).
+      one, 35-48 MiB, and 103-112 MiB in 2 of 26 runs. The price is the one lock: 1 GiB
+      PUT / GET did not move beyond this VM's noise (4 alternating rounds each, medians
+      268 / 609 MiB/s with one arena, 279 / 634 with two), 4 KiB GETs from 4 clients
+      neither (1,809 / 1,813 per second, 6 rounds), but durable 4 KiB PUTs from 4 clients
+      went from 760 to 694 per second (-9%, medians of 6 alternating rounds; the target
+      of 0.8x WsgiDAV is met at 1.2x). Memory that stays bounded under load won.
     * ``heap_below`` and ``keep_free``: allocations up to ``heap_below`` come from the
       heap, not from a fresh mmap each, and up to ``keep_free`` of free memory at the top
       of the heap stays there for the next block instead of going back to the kernel
