@@ -108,6 +108,9 @@ class _Shared:
         return names + list(self._dead_properties())
 
     def get_property_value(self, name: str) -> Any:
+        if name.startswith("{DAV:}quota-") and not self.is_collection:
+            # RFC 4331 quotas belong to folders here; WsgiDAV would send a file's empty.
+            raise DAVError(HTTP_NOT_FOUND)
         if name.startswith("{DAV:}"):
             return super().get_property_value(name)  # type: ignore[misc]
         value = self._dead_properties().get(name)

@@ -217,10 +217,17 @@ def test_without_a_quota_the_available_bytes_are_absent_not_zero(dav_server: Dav
     )
     with dav_server.client("alice") as c:  # alice has no quota
         resp = responses(propfind(c, "/dav/", depth="0", body=body))["/dav/"]
+        probe = "/dav/quota-probe.txt"
+        c.put(probe, content=b"q")
+        file_resp = responses(propfind(c, probe, depth="0", body=body))[probe]
+        c.delete(probe)
     assert prop(resp, f"{D}quota-used-bytes") is not None
     assert prop(resp, f"{D}quota-available-bytes") is None
     not_found = [ps for ps in resp.iter(f"{D}propstat") if "404" in (ps.findtext(f"{D}status") or "")]
     assert [ps.find(f"{D}prop/{D}quota-available-bytes") is not None for ps in not_found] == [True]
+    # A file has no quota of its own: both are absent, not empty.
+    assert prop(file_resp, f"{D}quota-used-bytes") is None
+    assert prop(file_resp, f"{D}quota-available-bytes") is None
 
 
 def test_over_quota_is_507_and_leaves_old_content(dav_server: DavServer) -> None:
