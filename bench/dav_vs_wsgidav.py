@@ -234,29 +234,26 @@ def measure_disk(root: Path, source: Path, size: int, label: str) -> DiskRun:
             folder = root / f"disk-probe-blocks-{label}-{variant}"
             folder.mkdir()
             os.sync()
+            dfd = os.open(folder, os.O_RDONLY)
             try:
-                dfd = os.open(folder, os.O_RDONLY)
-                try:
 
-                    def put_block(i: int, folder: Path = folder, dfd: int = dfd) -> None:
-                        tmp = folder / f".tmp-{i}"
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                        try:
-                            _write_all(fd, os.pread(src, MiB, i * MiB))
-                            os.fdatasync(fd)
-                        finally:
-                            os.close(fd)
-                        os.replace(tmp, folder / f"block-{i}")
-                        os.fsync(dfd)
+                def put_block(i: int, folder: Path = folder, dfd: int = dfd) -> None:
+                    tmp = folder / f".tmp-{i}"
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        _write_all(fd, os.pread(src, MiB, i * MiB))
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, folder / f"block-{i}")
+                    os.fsync(dfd)
 
-                    start = time.perf_counter()
-                    with ThreadPoolExecutor(threads) as pool:
-                        list(pool.map(put_block, range(size // MiB)))
-                    setattr(run, variant, size / (time.perf_counter() - start) / MB)
-                finally:
-                    os.close(dfd)
+                start = time.perf_counter()
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(put_block, range(size // MiB)))
+                setattr(run, variant, size / (time.perf_counter() - start) / MB)
             finally:
-                os.sync()
+                os.close(dfd)
     finally:
         os.close(src)
         os.sync()

@@ -44,7 +44,6 @@ STAT_CACHE = "davserver.stat_cache"
 DEST_CREATED = "davserver.dest_created"
 #: environ key of the account's change-feed position, read once per request for DAV:sync-token.
 SYNC_POSITION = "davserver.sync_position"
-QUOTA_AVAILABLE = "{DAV:}quota-available-bytes"
 
 
 def storage_path(dav_path: str) -> str:
@@ -108,9 +107,14 @@ class _Shared:
         return names + list(self._dead_properties())
 
     def get_property_value(self, name: str) -> Any:
-        if name.startswith("{DAV:}quota-") and not self.is_collection:
-            # RFC 4331 quotas belong to folders here; WsgiDAV would send a file's empty.
-            raise DAVError(HTTP_NOT_FOUND)
+        if name.startswith("{DAV:}quota-"):
+            # RFC 4331: a quota property without a value (a file's; the available bytes of an
+            # account without a limit) is absent, a 404 in its propstat. WsgiDAV would send it
+            # empty, which davfs2 reads as 0 bytes free: a full disk.
+            value = super().get_property_value(name)  # type: ignore[misc]
+            if value is None:
+                raise DAVError(HTTP_NOT_FOUND)
+            return value
         if name.startswith("{DAV:}"):
             return super().get_property_value(name)  # type: ignore[misc]
         value = self._dead_properties().get(name)
@@ -379,13 +383,6 @@ class FolderResource(_Shared, DAVCollection):
             return SyncToken(self.volume.account.id, position).encode()
         if name == SUPPORTED_REPORT_SET:
             return supported_report_set()
-        if name == QUOTA_AVAILABLE:
-            # RFC 4331 section 3: without a limit the property is absent (404 in its propstat).
-            # WsgiDAV would send it empty, which davfs2 reads as 0 bytes free: a full disk.
-            available = self.get_available_bytes()
-            if available is None:
-                raise DAVError(HTTP_NOT_FOUND)
-            return available
         return super().get_property_value(name)
 
     def get_used_bytes(self) -> int:
