@@ -487,7 +487,9 @@ class Uploads:
     ) -> UploadSession | None:
         """Answer now and commit on the pool (see :meth:`append`); None if the pool is gone."""
         tail = writer.tail_result if writer.tail else None
-        expires = self._clock() + self._s.config.upload_session_seconds
+        # The commit runs later, but the session was live and extended as of now.
+        accepted = self._clock()
+        expires = accepted + self._s.config.upload_session_seconds
         # block_count is re-read by the commit; None here, so nothing trusts a stale one.
         after = _row_after(row, offset=end, tail_name=tail, expires_at=expires, block_count=None)
         if whole is not None:
@@ -499,7 +501,7 @@ class Uploads:
             try:
                 if before is not None:
                     before.result()  # submitted earlier to this FIFO pool: running or done
-                self._commit(row, writer, start, end)
+                self._commit(row, writer, start, end, accepted=accepted)
             except BaseException as exc:
                 writer.abort()
                 self._drop_tail_object(writer.tail_result)
@@ -518,8 +520,13 @@ class Uploads:
         job.add_done_callback(lambda _: self._s.pending.drop(session_id, pending))
         return self._to_session(after)
 
-    def _commit(self, row: Any, writer: BlockWriter, start: int, end: int) -> None:
+    def _commit(
+        self, row: Any, writer: BlockWriter, start: int, end: int, *, accepted: float | None = None
+    ) -> None:
         """Commit blocks, tail and offset; the replaced tail object goes after.
+
+        ``accepted`` is when the append was answered (default: now); the session must have
+        been live then, and its expiry counts from then, however late the commit runs.
 
         The new tail object was stored by the writer's ``on_tail`` while the last blocks
         were being stored, and is synced with them here; a failure leaves it to the caller.
@@ -527,16 +534,24 @@ class Uploads:
         tail = writer.tail_result if writer.tail else None
         writer.make_durable(also=() if tail is None else (tail,))
         with self._db.write() as conn:
-            self._commit_append(conn, row, writer, start, end, tail)
+            self._commit_append(conn, row, writer, start, end, tail, accepted)
         if row.tail_name is not None:
             # Unreferenced now. Deleted off the request's path (unlinking a MiB file is not
             # free); if the delete is lost, gc sweeps the object as an orphan.
             self._s.executor.submit(self._s.blocks.backend.delete, row.tail_name)
 
     def _commit_append(
-        self, conn: Connection, row: Row[Any], writer: BlockWriter, start: int, end: int, tail: str | None
+        self,
+        conn: Connection,
+        row: Row[Any],
+        writer: BlockWriter,
+        start: int,
+        end: int,
+        tail: str | None,
+        accepted: float | None,
     ) -> None:
-        current = self._row(conn, row.id, lock=True)
+        now = self._clock() if accepted is None else accepted
+        current = self._row(conn, row.id, lock=True, now=now)
         if current.offset != row.offset or current.completed_at is not None:
             raise OffsetMismatch("another request appended to this upload meanwhile", int(current.offset))
         writer.finish_in(conn)
@@ -553,7 +568,7 @@ class Uploads:
                 for i, r in enumerate(writer.refs)
             ),
         )
-        expires = self._clock() + self._s.config.upload_session_seconds
+        expires = now + self._s.config.upload_session_seconds
         _ADVANCE.execute(
             conn,
             {
@@ -612,10 +627,13 @@ class Uploads:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _row(self, conn: Connection, session_id: str, *, lock: bool = False) -> Row[Any]:
-        """The live (not expired) session of this account, or :class:`NotFound`."""
+    def _row(
+        self, conn: Connection, session_id: str, *, lock: bool = False, now: float | None = None
+    ) -> Row[Any]:
+        """The session of this account live at ``now`` (default: the clock's), or :class:`NotFound`."""
         query = _SESSION_FOR_UPDATE if lock else _SESSION
-        params = {"b_id": session_id, "b_account": self._account_id, "b_now": self._clock()}
+        at = self._clock() if now is None else now
+        params = {"b_id": session_id, "b_account": self._account_id, "b_now": at}
         row = query.first(conn, params)
         if row is None:
             raise NotFound("no such upload (it may have expired)")

@@ -32,6 +32,7 @@ from storage.keys import MasterKey
 from storage.metadata import schema as t
 from storage.uploads import Checksum, Uploads
 from storage.volume import Volume
+from storage.writer import BlockWriter
 from tests.storage.conftest import EngineFactory, VolatileTracking
 
 
@@ -105,14 +106,14 @@ def test_each_append_syncs_its_blocks_and_tail_before_recording_them(
     real = Uploads._commit_append
 
     def commit_append(
-        self: Uploads, conn: Any, row: Any, writer: Any, start: int, end: int, tail: Any
+        self: Uploads, conn: Any, row: Any, writer: Any, start: int, end: int, tail: Any, accepted: Any
     ) -> None:
         names = [r.stored.name for r in writer.refs if r.stored is not None and r.stored.inline is None]
         names += [tail] if tail is not None else []
         with tracking._lock:
             assert not tracking.volatile & set(names), "recorded before it was durable"
         seen.extend(names)
-        real(self, conn, row, writer, start, end, tail)
+        real(self, conn, row, writer, start, end, tail, accepted)
 
     monkeypatch.setattr(Uploads, "_commit_append", commit_append)
     data = _data(1_500_000)
@@ -266,6 +267,32 @@ def test_expired_and_deleted_sessions_are_reclaimed(make_engine: EngineFactory, 
         assert conn.execute(select(func.count()).select_from(t.upload_sessions)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(t.blocks)).scalar_one() == 0
     assert engine.fsck().leak_free
+
+
+def test_an_append_committed_late_extends_the_session_from_when_it_was_answered(
+    make_engine: EngineFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pipelined append commits on the pool, maybe long after its answer; the clock
+    # moving during that commit must neither refuse it nor stretch the session's life.
+    now = [1_000_000.0]
+    engine = make_engine(database_url, clock=lambda: now[0])
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    lifetime = engine.config.upload_session_seconds
+    real = BlockWriter.finish_in
+
+    def finish_in(self: BlockWriter, conn: Any) -> None:
+        now[0] += lifetime / 2  # inside the commit transaction, after the session was checked
+        real(self, conn)
+
+    monkeypatch.setattr(BlockWriter, "finish_in", finish_in)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=1_000_000)
+    answered_at = now[0]  # the clock moves only in the commit
+    assert vol.uploads.append(up.id, 0, io.BytesIO(_data(300_000))).offset == 300_000
+    assert vol.uploads.get(up.id).expires_at == answered_at + lifetime
+    now[0] = answered_at + lifetime + 1
+    with pytest.raises(NotFound):
+        vol.uploads.get(up.id)
 
 
 def test_partial_uploads_concatenate_into_one_file(engine: Engine, vol: Volume) -> None:
