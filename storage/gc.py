@@ -3,8 +3,11 @@
 Collection protocol (safe with any number of concurrent writers, no global lock):
 
 1. Upload rows whose lease expired are deleted; their pins go with them.
-2. Block rows that are older than the grace period and referenced by no version
-   and no upload are deleted in small transactions. The foreign keys from
+2. Block rows that are older than the grace period, were not released (their last
+   version removed for good, see ``tree.mark_released``) within it either, and are
+   referenced by no version and no upload are deleted in small transactions. So a
+   download that opened a version before retention or a trash purge removed it can
+   still read it for the grace period. The foreign keys from
    ``version_blocks`` and ``upload_blocks`` make the database refuse (or wait
    for) a delete that would orphan a concurrent writer's reference; such a
    batch is skipped and tried again next time.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from storage.accounts import Accounts
@@ -43,6 +46,11 @@ def _unreferenced() -> Any:
     )
 
 
+def _settled(cutoff: float) -> Any:
+    """Created, and released if ever, no later than ``cutoff``."""
+    return and_(b.created_at < cutoff, or_(b.released_at.is_(None), b.released_at <= cutoff))
+
+
 def collect(db: Database, backend: Backend, *, now: float, grace: float) -> GcReport:
     report = GcReport()
     cutoff = now - grace
@@ -63,7 +71,7 @@ def collect(db: Database, backend: Backend, *, now: float, grace: float) -> GcRe
         backend.delete(name)
     with db.read() as conn:
         candidates = conn.execute(
-            select(b.id, _IS_INLINE).where(b.created_at < cutoff, _unreferenced()).order_by(b.id)
+            select(b.id, _IS_INLINE).where(_settled(cutoff), _unreferenced()).order_by(b.id)
         ).all()
     inline = {row.id for row in candidates if row.is_inline}
     for i in range(0, len(candidates), _BATCH):
@@ -72,7 +80,7 @@ def collect(db: Database, backend: Backend, *, now: float, grace: float) -> GcRe
             with db.write() as conn:
                 gone = conn.execute(
                     delete(t.blocks)
-                    .where(b.id.in_(batch), b.created_at < cutoff, _unreferenced())
+                    .where(b.id.in_(batch), _settled(cutoff), _unreferenced())
                     .returning(b.id, b.name, b.size)
                 ).all()
         except DBIntegrityError:

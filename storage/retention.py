@@ -137,6 +137,7 @@ def apply(
         with db.write() as conn:
             # The current version is re-checked in the delete: a write may have moved it meanwhile.
             current_ids = select(n.version_id).where(n.account_id == account_id, n.version_id.is_not(None))
+            tree.mark_released(conn, batch, now)  # a few kept after all are merely stamped
             gone = conn.execute(
                 delete(t.versions)
                 .where(

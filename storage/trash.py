@@ -98,10 +98,11 @@ def restore(change: tree.Change, item_id: int, target: str | None) -> Entry:
     return tree.to_entry(restored[0])
 
 
-def purge(conn: Connection, account_id: int, item_id: int) -> None:
+def purge(conn: Connection, account_id: int, item_id: int, now: float) -> None:
     """Delete the item and everything below it (also things trashed from inside it earlier)."""
     item = _item(conn, account_id, item_id)
     below = select(n.id).where(n.id == item.id).cte("below", recursive=True)
     below = below.union_all(select(n.id).where(n.parent_id == below.c.id))
     tree.release(conn, account_id, tree.version_bytes(conn, select(below.c.id)))
+    tree.mark_released(conn, tree.versions_of(select(below.c.id)), now)
     conn.execute(delete(t.nodes).where(n.id == item.id))

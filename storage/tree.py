@@ -457,6 +457,23 @@ def release(conn: Connection, account_id: int, nbytes: int) -> None:
         )
 
 
+def mark_released(conn: Connection, version_ids: Any, now: float) -> None:
+    """The given versions (a list or a subquery of ids) are about to go for good: their
+    blocks are stamped, so gc leaves them for its grace period from now (a reader that
+    opened one of these versions earlier still finds its blocks)."""
+    vb = t.version_blocks.c
+    conn.execute(
+        update(t.blocks)
+        .where(t.blocks.c.id.in_(select(vb.block_id).where(vb.version_id.in_(version_ids))))
+        .values(released_at=now)
+    )
+
+
+def versions_of(node_ids: Any) -> Any:
+    """The ids of every version of the given nodes (a list or a subquery of ids), as a subquery."""
+    return select(t.versions.c.id).where(t.versions.c.node_id.in_(node_ids))
+
+
 def version_bytes(conn: Connection, node_ids: Any) -> int:
     """Total size of every version of the given nodes (a list or a subquery of ids)."""
     v = t.versions.c

@@ -459,7 +459,7 @@ class Volume:
     def purge_trash_item(self, item_id: int) -> None:
         """Delete one trash item for good; its blocks become garbage."""
         with self._db.write() as conn:
-            trash_mod.purge(conn, self.account.id, item_id)
+            trash_mod.purge(conn, self.account.id, item_id, self._clock())
 
     def purge_trash(self, *, deleted_before: float | None = None) -> int:
         """Delete trashed nodes for good (with their versions); returns how many went.
@@ -477,6 +477,7 @@ class Volume:
             # before it), so it also covers what the cascade removes.
             count = conn.execute(select(func.count()).select_from(t.nodes).where(*cond)).scalar_one()
             tree.release(conn, self.account.id, tree.version_bytes(conn, select(n.id).where(*cond)))
+            tree.mark_released(conn, tree.versions_of(select(n.id).where(*cond)), change.now)
             conn.execute(delete(t.nodes).where(*cond))
             committed = change.finish()
         self._s.notify(committed)

@@ -173,6 +173,10 @@ blocks = Table(
     Column("created_at", Float, nullable=False),
     #: When a read was last recorded (batched, storage.tiering); None: never since created.
     Column("last_read_at", Float),
+    #: When versions naming this block were last removed for good (retention, trash purge):
+    #: gc waits its grace from then too, so a download that opened such a version earlier
+    #: still finds its blocks. None: never.
+    Column("released_at", Float),
     #: Uploaded through the block API and not yet committed by it (storage.delta's cap).
     Column("pending", Boolean, nullable=False, server_default=text("false")),
     #: A small block's sealed object, kept here instead of the block store (StorageConfig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -124,3 +125,41 @@ def test_trash_expires_and_accounts_override_the_server(
     assert len(alice.revisions("f")) == 5  # weekly edits, weekly buckets: all kept
     assert len(bob.revisions("f")) == 2
     assert alice.trash() == [] and len(bob.trash()) == 1
+
+
+@pytest.mark.parametrize("removal", ["retention", "trash purge", "trash item purge"])
+def test_a_download_outlives_the_removal_of_its_version_for_the_gc_grace(
+    make_engine: EngineFactory, database_url: str, removal: str
+) -> None:
+    # Blocks written long ago and released now by retention or a purge stay for the gc
+    # grace from their release, not from their creation: the download that opened the
+    # version before it went finishes.
+    clock = [NOW - 10 * DAY]
+    engine: Engine = make_engine(database_url, clock=lambda: clock[0])
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    old = random.Random(7).randbytes(3_000_000)  # ~45 blocks: far more than the reader prefetches
+    vol.write("f.bin", io.BytesIO(old))
+    version = vol.stat("f.bin").version_id
+    clock[0] = NOW - DAY
+    if removal == "retention":
+        vol.write("f.bin", io.BytesIO(b"the new content"))
+        engine.accounts.set_retention("alice", {"max_versions": 1})
+    else:
+        vol.delete("f.bin")
+    clock[0] = NOW
+    reader = vol.open("f.bin", version_id=version, include_deleted=removal != "retention")
+    with reader:
+        head = reader.read(100_000)
+        if removal == "retention":
+            assert engine.apply_retention().versions_removed == 1
+        elif removal == "trash purge":
+            assert vol.purge_trash() == 1
+        else:
+            vol.purge_trash_item(vol.trash()[0].id)
+        assert engine.gc().blocks_deleted == 0, "released now: within the grace"
+        assert head + reader.read() == old
+    clock[0] += engine.config.gc_grace_seconds + 1
+    assert engine.gc().blocks_deleted > 0
+    check = engine.fsck(deep=True)
+    assert check.clean and check.leak_free, check
