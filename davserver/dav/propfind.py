@@ -48,7 +48,8 @@ def read_body(environ: dict[str, Any]) -> bytes:
 
 
 def parse_request(environ: dict[str, Any]) -> tuple[str, list[str]]:
-    """``("allprop", included names)`` or ``("named", names)``; raises :class:`Fallback` for propname."""
+    """``("allprop", included names)``, ``("named", names)`` or ``("propname", [])``; raises
+    :class:`Fallback` for anything else."""
     if not read_body(environ):
         return "allprop", []
     root = util.parse_xml_body(environ, allow_empty=True)
@@ -63,7 +64,25 @@ def parse_request(environ: dict[str, Any]) -> tuple[str, list[str]]:
         return "allprop", [el.tag for inc in root[1:] for el in inc]
     if modes == [f"{D}prop"]:
         return "named", [el.tag for el in root[0]]
+    if modes == [f"{D}propname"]:
+        return "propname", []
     raise Fallback
+
+
+#: RFC 4918's ``<propname/>`` as WsgiDAV 4 spells it (it looks for ``{DAV:}name`` and
+#: otherwise answers a propname request with no properties at all).
+_WSGIDAV_PROPNAME = b'<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:name/></D:propfind>'
+
+
+def spell_for_wsgidav(environ: dict[str, Any]) -> None:
+    """Before WsgiDAV's own PROPFIND handler: turn a propname body into the one it understands."""
+    try:
+        mode, _ = parse_request(environ)
+    except (Fallback, DAVError):
+        return  # WsgiDAV parses it again and answers (or refuses) it itself
+    if mode == "propname":
+        environ["wsgi.input"] = io.BytesIO(_WSGIDAV_PROPNAME)
+        environ["CONTENT_LENGTH"] = str(len(_WSGIDAV_PROPNAME))
 
 
 def respond(
@@ -99,6 +118,12 @@ def _response(res: Resource, mode: str, names: list[str], lock_manager: Any) -> 
     entry = res.entry
     if entry is None:
         raise Fallback
+    if mode == "propname":
+        empty = "".join(_element(name, None) for name in res.get_property_names(is_allprop=False))
+        return (
+            f"<D:response><D:href>{escape(res.get_href())}</D:href><D:propstat><D:prop>{empty}</D:prop>"
+            "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+        )
     locked = bool(lock_manager and lock_manager.get_url_lock_list(res.get_ref_url()))
     dead = res._dead_properties()
     if mode == "allprop" and not names and not locked and lock_manager is not None:

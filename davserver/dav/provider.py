@@ -104,6 +104,7 @@ class VolumeProvider(DAVProvider):
                     return propfind.respond(self, environ, start_response, depth)
                 except propfind.Fallback:
                     pass
+            propfind.spell_for_wsgidav(environ)
             return list(default_handler(environ, start_response))
 
     def lock_snapshot(self, environ: dict[str, Any]) -> contextlib.AbstractContextManager[None]:

@@ -32,7 +32,7 @@ from davserver.dav.errors import dav_errors, translated
 from davserver.dav.sync_token import SUPPORTED_REPORT_SET, SYNC_TOKEN, SyncToken, supported_report_set
 from storage import paths
 from storage.errors import NotFound
-from storage.model import Entry
+from storage.model import Entry, Quota
 from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
 from sync_ext.api.routing import epoch_seconds
@@ -44,6 +44,8 @@ STAT_CACHE = "davserver.stat_cache"
 DEST_CREATED = "davserver.dest_created"
 #: environ key of the account's change-feed position, read once per request for DAV:sync-token.
 SYNC_POSITION = "davserver.sync_position"
+#: environ key of the account's quota (storage.model.Quota), read once per request.
+QUOTA = "davserver.quota"
 
 
 def storage_path(dav_path: str) -> str:
@@ -386,12 +388,19 @@ class FolderResource(_Shared, DAVCollection):
         return super().get_property_value(name)
 
     def get_used_bytes(self) -> int:
-        with dav_errors():
-            return self.volume.quota().used_bytes
+        return self._quota().used_bytes
 
     def get_available_bytes(self) -> int | None:
-        with dav_errors():
-            return self.volume.quota().available_bytes
+        return self._quota().available_bytes
+
+    def _quota(self) -> Quota:
+        # The account's, the same for every folder: read once per request (WsgiDAV asks
+        # each folder of a listing twice just to name its properties).
+        quota: Quota | None = self.environ.get(QUOTA)
+        if quota is None:
+            with dav_errors():
+                quota = self.environ[QUOTA] = self.volume.quota()
+        return quota
 
     def _child(self, entry: Entry) -> FileResource | FolderResource:
         child_path = util.join_uri(self.path, entry.name)

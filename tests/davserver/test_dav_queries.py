@@ -7,6 +7,7 @@ counts the SQL statements of one PROPFIND.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -68,6 +69,36 @@ def test_propfind_depth1_query_count_does_not_grow(setup: tuple[Engine, httpx.Cl
     r = client.request("PROPFIND", "/dav/large/", headers={"Depth": "1"})
     assert r.text.count("getcontentlength>") == 2 * 60
     assert "n57" in r.text and "opaquelocktoken" in r.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<D:propname/>",  # WsgiDAV asks every folder whether it has a quota to name it
+        "<D:prop><D:quota-used-bytes/><D:quota-available-bytes/><D:displayname/></D:prop>",
+    ],
+)
+def test_quota_of_many_folders_is_read_once(setup: tuple[Engine, httpx.Client], body: str) -> None:
+    engine, client = setup
+    vol = engine.volume("alice")
+    for folder, count in (("small", 3), ("large", 40)):
+        vol.mkdir(folder)
+        for i in range(count):
+            vol.mkdir(f"{folder}/d{i:03d}")
+    client.request("PROPFIND", "/dav/", headers={"Depth": "0"})  # warm the credential cache
+    content = f'<?xml version="1.0"?><D:propfind xmlns:D="DAV:">{body}</D:propfind>'
+
+    def propfind(folder: str) -> None:
+        r = client.request("PROPFIND", f"/dav/{folder}/", headers={"Depth": "1"}, content=content)
+        assert r.status_code == 207
+        answers.append(len(re.findall(r"<(?:\w+:)?quota-used-bytes\b", r.text)))
+
+    answers: list[int] = []
+
+    small = len(statements(engine, lambda: propfind("small")))
+    large = len(statements(engine, lambda: propfind("large")))
+    assert large == small, (small, large)
+    assert answers == [4, 41]  # the folder and each subfolder name (or give) their quota
 
 
 def test_lock_checks_cost_one_query_per_request(setup: tuple[Engine, httpx.Client]) -> None:
