@@ -140,7 +140,7 @@ class ErrorResponses(BaseMiddleware):
             raise err
         status = get_http_status_string(err)
         if err.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
-            start_response(status, [("Content-Length", "0")])
+            start_response(status, [("Content-Length", "0"), *(err.add_headers or [])])
             return
         if err.value == HTTP_INTERNAL_ERROR:
             if err.src_exception is not None or err.context_info:
