@@ -79,7 +79,8 @@ def spell_for_wsgidav(environ: dict[str, Any]) -> None:
     try:
         mode, _ = parse_request(environ)
     except (Fallback, DAVError):
-        return  # WsgiDAV parses it again and answers (or refuses) it itself
+        environ["wsgi.input"].seek(0)  # the body read back in memory, for WsgiDAV to parse again
+        return  # and answer (or refuse) itself
     if mode == "propname":
         environ["wsgi.input"] = io.BytesIO(_WSGIDAV_PROPNAME)
         environ["CONTENT_LENGTH"] = str(len(_WSGIDAV_PROPNAME))

@@ -132,3 +132,6 @@ def test_missing_resource_and_bad_bodies(clients: tuple[httpx.Client, httpx.Clie
         assert client.request("PROPFIND", "/dav/nope", headers={"Depth": "0"}).status_code == 404
         r = client.request("PROPFIND", "/dav/", headers={"Depth": "1"}, content=b"<x/>")
         assert r.status_code == 400
+        broken = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop>'
+        r = client.request("PROPFIND", "/dav/", headers={"Depth": "1"}, content=broken)
+        assert r.status_code == 400, "malformed XML is refused, not read as an empty body (allprop)"
