@@ -199,6 +199,12 @@ class VolumeProvider(DAVProvider):
                 # answer. Several ranges are ignored (RFC 9110 14.2 lets a server), like S3
                 # and the API's download: the whole file, 200.
                 del environ["HTTP_RANGE"]
+        if method in _WRITES and "HTTP_LOCK_TOKEN" in environ and "HTTP_IF" not in environ:
+            # Office (2016 and later) sends the token of its lock in Lock-Token, which RFC 4918
+            # uses for UNLOCK only, instead of If: read as the If it means (sabre/dav#980).
+            token = environ["HTTP_LOCK_TOKEN"].strip().strip("<>").strip()
+            if token:
+                environ["HTTP_IF"] = f"(<{token}>)"
         if "HTTP_IF" in environ and not valid_if_header(environ["HTTP_IF"]):
             raise DAVError(HTTP_BAD_REQUEST, "malformed If header")
         if method in ("GET", "HEAD"):
@@ -228,6 +234,8 @@ class VolumeProvider(DAVProvider):
             return default_handler(environ, start_response)
 
 
+#: Methods that change a resource: a lock on it must be submitted.
+_WRITES = frozenset({"PUT", "PROPPATCH", "DELETE", "MOVE", "COPY", "MKCOL"})
 _RANGE_SPEC = re.compile(r"^\s*(?:(\d+)-(\d*)|-(\d+))\s*$")
 
 
@@ -246,8 +254,11 @@ def valid_range(header: str) -> bool:
 
 
 # RFC 4918 10.4.2: If = ( 1*No-tag-list ) | ( 1*Tagged-list ); a list is
-# "(" 1*( ["Not"] ( "<" state-token ">" | "[" entity-tag "]" ) ) ")".
-_IF_TOKEN = re.compile(r'\s*(<[^<>\s]*>|\(|\)|\[(?:W/)?"[^"]*"\]|Not\b)', re.IGNORECASE)
+# "(" 1*( ["Not"] ( "<" state-token ">" | "[" entity-tag "]" ) ) ")". Windows sometimes
+# sends a state token without its angle brackets: accepted in a list (WsgiDAV reads it).
+_IF_TOKEN = re.compile(
+    r'\s*(<[^<>\s]*>|\(|\)|\[(?:W/)?"[^"]*"\]|Not\b|[A-Za-z][A-Za-z0-9+.-]*:[^\s()<>\[\]"]+)', re.IGNORECASE
+)
 
 
 def valid_if_header(header: str) -> bool:
@@ -276,7 +287,7 @@ def valid_if_header(header: str) -> bool:
             conditions += 1
             expect_condition = False
         elif not tok.startswith("<"):
-            return False  # an entity tag outside a list
+            return False  # an entity tag or a bare token outside a list
     return depth == 0 and lists > 0
 
 

@@ -20,6 +20,8 @@ from davserver.wsgi import http_date
         "(<a>) (<b>)",
         '([W/"x"])',
         "(<opaquelocktoken:abc>)  ",
+        "(opaquelocktoken:abc)",  # Windows, without the angle brackets
+        '<http://x/a> (urn:uuid:1 ["e"])',
     ],
 )
 def test_well_formed_if_headers(header: str) -> None:
@@ -28,7 +30,19 @@ def test_well_formed_if_headers(header: str) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["((((garbage", "(", "()", "(Not)", "garbage", "(<a>", "<http://x/a>", "(<a>)junk", "(Not Not <a>)"],
+    [
+        "((((garbage",
+        "(",
+        "()",
+        "(Not)",
+        "garbage",
+        "(<a>",
+        "<http://x/a>",
+        "(<a>)junk",
+        "(Not Not <a>)",
+        "opaquelocktoken:abc",
+        "(opaque locktoken)",
+    ],
 )
 def test_malformed_if_headers(header: str) -> None:
     assert not valid_if_header(header)

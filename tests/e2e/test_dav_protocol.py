@@ -354,6 +354,27 @@ def test_lock_blocks_writes_without_token_and_windows_unlock(c: httpx.Client, ba
     assert c.put(f"{base}/l.txt", content=b"z").status_code == 204
 
 
+def test_lock_tokens_the_way_windows_and_office_submit_them(c: httpx.Client, base: str) -> None:
+    c.put(f"{base}/o.docx", content=b"o")
+    token = _lock(c, f"{base}/o.docx")
+    # Windows: the token in If, without its angle brackets.
+    assert c.put(f"{base}/o.docx", content=b"1", headers={"If": f"({token})"}).status_code == 204
+    # Office: the token in Lock-Token instead of If (sabre/dav#980).
+    assert c.put(f"{base}/o.docx", content=b"2", headers={"Lock-Token": f"<{token}>"}).status_code == 204
+    patch = (
+        '<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:z="urn:example:z">'
+        "<d:set><d:prop><z:color>red</z:color></d:prop></d:set></d:propertyupdate>"
+    )
+    r = c.request("PROPPATCH", f"{base}/o.docx", content=patch, headers={"Lock-Token": f"<{token}>"})
+    assert r.status_code == 207 and "200 OK" in r.text
+    # Any other token is still no token.
+    for headers in ({"Lock-Token": "<opaquelocktoken:nope>"}, {"If": "(opaquelocktoken:nope)"}):
+        assert c.put(f"{base}/o.docx", content=b"3", headers=headers).status_code in (412, 423)
+    assert c.put(f"{base}/o.docx", content=b"3").status_code == 423
+    assert c.get(f"{base}/o.docx").content == b"2"
+    assert c.request("UNLOCK", f"{base}/o.docx", headers={"Lock-Token": f"<{token}>"}).status_code == 204
+
+
 def test_lock_on_unmapped_url_creates_empty_file(c: httpx.Client, base: str) -> None:
     token = _lock(c, f"{base}/new.txt")
     assert c.get(f"{base}/new.txt").content == b""
