@@ -87,13 +87,12 @@ def test_quota_of_many_folders_is_read_once(setup: tuple[Engine, httpx.Client], 
             vol.mkdir(f"{folder}/d{i:03d}")
     client.request("PROPFIND", "/dav/", headers={"Depth": "0"})  # warm the credential cache
     content = f'<?xml version="1.0"?><D:propfind xmlns:D="DAV:">{body}</D:propfind>'
+    answers: list[int] = []  # how many responses name quota-used-bytes
 
     def propfind(folder: str) -> None:
         r = client.request("PROPFIND", f"/dav/{folder}/", headers={"Depth": "1"}, content=content)
         assert r.status_code == 207
         answers.append(len(re.findall(r"<(?:\w+:)?quota-used-bytes\b", r.text)))
-
-    answers: list[int] = []
 
     small = len(statements(engine, lambda: propfind("small")))
     large = len(statements(engine, lambda: propfind("large")))
