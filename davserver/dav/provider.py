@@ -201,10 +201,12 @@ class VolumeProvider(DAVProvider):
                 del environ["HTTP_RANGE"]
         if method in _WRITES and "HTTP_LOCK_TOKEN" in environ and "HTTP_IF" not in environ:
             # Office (2016 and later) sends the token of its lock in Lock-Token, which RFC 4918
-            # uses for UNLOCK only, instead of If: read as the If it means (sabre/dav#980).
+            # uses for UNLOCK only, instead of If (sabre/dav#980): the token is submitted as
+            # If would, but a stale one is no precondition of its own (the second list always
+            # holds), as it was not before (a 412 on a file that is no longer locked).
             token = environ["HTTP_LOCK_TOKEN"].strip().strip("<>").strip()
             if token:
-                environ["HTTP_IF"] = f"(<{token}>)"
+                environ["HTTP_IF"] = f"(<{token}>) (Not <DAV:no-lock>)"
         if "HTTP_IF" in environ and not valid_if_header(environ["HTTP_IF"]):
             raise DAVError(HTTP_BAD_REQUEST, "malformed If header")
         if method in ("GET", "HEAD"):
