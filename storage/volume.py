@@ -476,8 +476,9 @@ class Volume:
             # selection holds whole deletions (a folder's members were trashed with it or
             # before it), so it also covers what the cascade removes.
             count = conn.execute(select(func.count()).select_from(t.nodes).where(*cond)).scalar_one()
-            tree.release(conn, self.account.id, tree.version_bytes(conn, select(n.id).where(*cond)))
-            tree.mark_released(conn, tree.versions_of(select(n.id).where(*cond)), change.now)
+            doomed = select(n.id).where(*cond)
+            tree.release(conn, self.account.id, tree.version_bytes(conn, doomed))
+            tree.mark_released(conn, tree.versions_of(doomed), change.now)
             conn.execute(delete(t.nodes).where(*cond))
             committed = change.finish()
         self._s.notify(committed)

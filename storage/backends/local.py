@@ -151,16 +151,14 @@ class LocalBackend:
             return
         names = list(names)
         syncfs = self._syncfs  # read once: a put may turn it off meanwhile
-        if (
-            len(names) >= SYNCFS_MIN_OBJECTS
-            and syncfs is not None
-            and all(self._path(name).parent in self._known_dirs for name in names)
-        ):
-            for name in names:
-                if not os.path.lexists(os.path.join(self._root, name)):
-                    raise BackendUnavailable(f"block object {name} vanished before it was synced")
-            self._sync_file_system(syncfs)
-            return
+        if len(names) >= SYNCFS_MIN_OBJECTS and syncfs is not None:
+            objects = [self._path(name) for name in names]
+            if all(path.parent in self._known_dirs for path in objects):
+                for name, path in zip(names, objects, strict=True):
+                    if not os.path.lexists(path):
+                        raise BackendUnavailable(f"block object {name} vanished before it was synced")
+                self._sync_file_system(syncfs)
+                return
         folders: set[Path] = set()
         try:
             for name in names:
