@@ -526,7 +526,8 @@ class Uploads:
         """Commit blocks, tail and offset; the replaced tail object goes after.
 
         ``accepted`` is when the append was answered (default: now); the session must have
-        been live then, and its expiry counts from then, however late the commit runs.
+        been live then, and its expiry and its new blocks' age count from then, however late
+        the commit runs.
 
         The new tail object was stored by the writer's ``on_tail`` while the last blocks
         were being stored, and is synced with them here; a failure leaves it to the caller.
@@ -554,7 +555,7 @@ class Uploads:
         current = self._row(conn, row.id, lock=True, now=now)
         if current.offset != row.offset or current.completed_at is not None:
             raise OffsetMismatch("another request appended to this upload meanwhile", int(current.offset))
-        writer.finish_in(conn)
+        writer.finish_in(conn, at=now)  # its blocks were stored by then
         first = current.block_count
         _INSERT_UPLOAD_BLOCKS.execute_many(
             conn,

@@ -500,13 +500,14 @@ class BlockWriter:
         else:
             EXTEND_LEASE.execute(conn, {"b_upload": upload_id, "b_expires": now + self._lease})
 
-    def record_blocks(self, conn: Connection, refs: Sequence[BlockRef]) -> None:
+    def record_blocks(self, conn: Connection, refs: Sequence[BlockRef], *, at: float | None = None) -> None:
         """Insert rows for newly stored blocks and resolve every ref's block id.
 
         Raises :class:`VanishedBlocks` when a dedup hit's row no longer exists. The
-        stored objects must be durable already (:meth:`make_durable`).
+        stored objects must be durable already (:meth:`make_durable`). ``at``: the rows'
+        creation time (default: now).
         """
-        now = self._clock()
+        now = self._clock() if at is None else at
         new_rows = {
             r.sha256: {
                 "account_id": self._ctx.id,
@@ -591,13 +592,14 @@ class BlockWriter:
 
     # -- commit support ------------------------------------------------------------
 
-    def finish_in(self, conn: Connection) -> None:
-        """Inside the commit transaction: record the remaining blocks, drop the upload row."""
+    def finish_in(self, conn: Connection, *, at: float | None = None) -> None:
+        """Inside the commit transaction: record the remaining blocks (created ``at``, default
+        now), drop the upload row."""
         if self._pinning is not None or self._inflight:
             # The pin needs the write transaction this caller holds.
             raise RuntimeError("make_durable() must come before the commit transaction")
         self._sync_volatile()  # a row must never name an object a crash could still lose
-        self.record_blocks(conn, self._unpinned)
+        self.record_blocks(conn, self._unpinned, at=at)
         if self._upload_id is not None:
             conn.execute(delete(t.uploads).where(t.uploads.c.id == self._upload_id))
 

@@ -281,18 +281,25 @@ def test_an_append_committed_late_extends_the_session_from_when_it_was_answered(
     lifetime = engine.config.upload_session_seconds
     real = BlockWriter.finish_in
 
-    def finish_in(self: BlockWriter, conn: Any) -> None:
+    def finish_in(self: BlockWriter, conn: Any, **kw: Any) -> None:
         now[0] += lifetime / 2  # inside the commit transaction, after the session was checked
-        real(self, conn)
+        real(self, conn, **kw)
 
     monkeypatch.setattr(BlockWriter, "finish_in", finish_in)
     up = vol.uploads.create(kind="tus", path="f.bin", length=1_000_000)
     answered_at = now[0]  # the clock moves only in the commit
     assert vol.uploads.append(up.id, 0, io.BytesIO(_data(300_000))).offset == 300_000
-    assert vol.uploads.get(up.id).expires_at == answered_at + lifetime
+    status = vol.uploads.get(up.id)
+    assert status.offset == 300_000, "the commit went through"
+    assert status.expires_at == answered_at + lifetime
     now[0] = answered_at + lifetime + 1
     with pytest.raises(NotFound):
         vol.uploads.get(up.id)
+    # Its blocks are as old as the append, not as the commit: a grace period that the
+    # append's time has passed but the commit's time has not still lets them go.
+    assert engine.gc(grace_seconds=lifetime * 3 / 4).blocks_deleted > 0
+    with engine.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.blocks)).scalar_one() == 0
 
 
 def test_partial_uploads_concatenate_into_one_file(engine: Engine, vol: Volume) -> None:

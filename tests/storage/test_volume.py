@@ -344,12 +344,12 @@ def test_no_row_names_a_block_before_it_is_synced(
     recorded: list[str] = []
     real_record = BlockWriter.record_blocks
 
-    def record_blocks(self: BlockWriter, conn: Any, refs: Any) -> None:
+    def record_blocks(self: BlockWriter, conn: Any, refs: Any, **kw: Any) -> None:
         names = [r.stored.name for r in refs if r.stored is not None and r.stored.inline is None]
         with tracking._lock:
             assert not tracking.volatile & set(names), "a block row before its object is durable"
         recorded.extend(names)
-        real_record(self, conn, refs)
+        real_record(self, conn, refs, **kw)
 
     monkeypatch.setattr(BlockWriter, "record_blocks", record_blocks)
     engine.accounts.create("a", "password1")
