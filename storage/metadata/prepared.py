@@ -120,7 +120,7 @@ class _Compiled:
     def args(self, params: Mapping[str, Any]) -> Any:
         if self._take is not None:
             try:
-                return self._take(params)
+                return self._take(params if not self._defaults else {**self._defaults, **params})
             except KeyError:
                 pass
         merged = {**self._defaults, **params}

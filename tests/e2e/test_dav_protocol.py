@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
+import io
 import os
+import socket
 import threading
 import unicodedata
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from tests.e2e.conftest import CAROL_QUOTA
+from tests.e2e.conftest import CAROL_QUOTA, PASSWORDS
 from tests.e2e.harness import DavServer
 
 D = "{DAV:}"
@@ -423,3 +427,50 @@ def test_large_listing(c: httpx.Client, base: str) -> None:
     assert all(etags) and len(set(etags)) == 300
     # RFC 4918 15.6: an entity-tag, quotes included, the same as the ETag header.
     assert prop(tree[base + "/n0007"], f"{D}getetag") == c.head(f"{base}/n0007").headers["ETag"]
+
+
+# --- the connection ----------------------------------------------------------------
+
+
+class _Unclosable(io.BytesIO):
+    """One buffer for several http.client responses in a row (each closes its file when read)."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_pipelined_requests_are_all_answered_in_order(dav_server: DavServer, base: str) -> None:
+    """Requests sent back to back before any answer (HTTP/1.1 pipelining) sit in the
+    server's read buffer together: each must be answered, in order, with bodies intact."""
+    creds = base64.b64encode(f"alice:{PASSWORDS['alice']}".encode()).decode()
+    head = f"Host: x\r\nAuthorization: Basic {creds}\r\n"
+    body = os.urandom(5000)
+    path = f"{base}/pipelined.bin"
+    sent = [
+        ("PUT", f"PUT {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body),
+        ("GET", f"GET {path} HTTP/1.1\r\n{head}\r\n".encode()),
+        ("PROPFIND", f"PROPFIND {base}/ HTTP/1.1\r\n{head}Depth: 0\r\nContent-Length: 0\r\n\r\n".encode()),
+        ("HEAD", f"HEAD {path} HTTP/1.1\r\n{head}\r\n".encode()),
+        ("GET", f"GET {path} HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode()),
+    ]
+    url = urlsplit(dav_server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"".join(request for _, request in sent))
+        received = _Unclosable()
+        while chunk := sock.recv(65536):
+            received.write(chunk)
+    received.seek(0)
+
+    class Replay:  # what http.client.HTTPResponse reads a response from
+        def makefile(self, mode: str) -> io.BytesIO:
+            return received
+
+    answers = []
+    for method, _ in sent:
+        response = http.client.HTTPResponse(Replay(), method=method)  # type: ignore[arg-type]
+        response.begin()
+        answers.append((response.status, response.read()))
+    assert [status for status, _ in answers] == [201, 200, 207, 200, 200]
+    assert answers[1][1] == answers[4][1] == body
+    assert answers[3][1] == b""
+    assert received.read() == b""  # nothing more than the five answers
