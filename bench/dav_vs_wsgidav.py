@@ -9,9 +9,14 @@ The servers, each a child process on a free port with the same cheroot thread co
 * ``wsgidav``: WsgiDAV's FilesystemProvider over a temp folder (``bench.wsgidav_server``),
   1 MiB block size, Basic auth, in-memory lock storage, logging off.
 
-The workloads, run against each server in turn (keep-alive ``http.client`` connections):
+The three servers run side by side and the workloads are interleaved: each step (a large-file
+round, the small files, a PROPFIND folder, the tree operations) runs on every server before the
+next step starts, in an order rotated from step to step, so the ratios compare figures taken
+minutes apart at most however the machine's speed drifts (``--sequential``: one server's whole
+set, then the next's). The workloads (keep-alive ``http.client`` connections):
 
-1. PUT then GET of a large file (``--size-mib``, default 1024; 3 rounds, median), incompressible
+1. PUT then GET of a large file (``--size-mib``, default 1024; 3 rounds, median; the page cache
+   is flushed with ``sync`` before each PUT, untimed), incompressible
    (``os.urandom``) and compressible (log-like text, ~12x with zstd, never constant and never repeating a
    content-defined block, so deduplication cannot flatter davserver); uploads are streamed
    from a file with ``sendfile``, downloads are compared with the source file as they arrive;
@@ -102,6 +107,7 @@ RSS_FLAT_SLACK = 64 * MiB
 BLOCK_WRITERS = 3
 
 SERVERS = ("durable", "relaxed", "wsgidav")
+LARGE_KINDS = ("incompressible", "compressible")
 LABELS = {"durable": "dav-durable", "relaxed": "dav-relaxed", "wsgidav": "wsgidav"}
 
 
@@ -617,6 +623,8 @@ class Workloads:
         self.sources = sources
         self.password = password
         self.m: dict[str, float] = {}
+        #: Seconds of each large PUT and GET so far, per kind (:meth:`large_round`).
+        self._large: dict[str, tuple[list[float], list[float]]] = {}
 
     def client(self) -> Client:
         return Client(self.server.url, self.password)
@@ -630,12 +638,23 @@ class Workloads:
             c.close()
 
     def run(self, mon: Monitor) -> None:
-        self.memory_baseline(mon)
-        self.large(mon)
-        self.small(mon)
-        for n in self.params.propfind_sizes:
-            self.propfind(mon, n)
-        self.tree(mon)
+        for _, step in self.steps():
+            step(self, mon)
+
+    def steps(self) -> list[tuple[str, Callable[[Workloads, Monitor], None]]]:
+        """Every workload in order, as steps another server's can be interleaved with."""
+        p = self.params
+        steps: list[tuple[str, Callable[[Workloads, Monitor], None]]] = [
+            ("memory baseline", Workloads.memory_baseline)
+        ]
+        for r in range(p.large_reps):
+            for kind in LARGE_KINDS:
+                steps.append((f"large {kind} #{r + 1}", _step(Workloads.large_round, kind, r)))
+        steps.append(("small files", Workloads.small))
+        for n in p.propfind_sizes:
+            steps.append((f"PROPFIND {n}", _step(Workloads.propfind, n)))
+        steps.append(("tree operations", Workloads.tree))
+        return steps
 
     # 5. the RSS baseline: 1 MiB files PUT and GET
     def memory_baseline(self, mon: Monitor) -> None:
@@ -652,29 +671,31 @@ class Workloads:
                 c.expect("DELETE", f"/dav/one-{i}.bin", (200, 204))
 
     # 1. large PUT then GET
-    def large(self, mon: Monitor) -> None:
+    def large_round(self, mon: Monitor, kind: str, r: int) -> None:
+        """One PUT then GET of round ``r``'s ``kind`` file; the figures are the rounds' median."""
         size = self.sources.size
+        puts, gets = self._large.setdefault(kind, ([], []))
+        src = self.sources.path(kind, r)
+        path = f"/dav/large-{kind}-{r}.bin"
+        # Untimed: the page cache's dirty data (an earlier upload's, any server's) is written
+        # back now, not during this upload.
+        os.sync()
         with self.connection() as c:
-            for kind in ("incompressible", "compressible"):
-                puts, gets = [], []
-                for r in range(self.params.large_reps):
-                    src = self.sources.path(kind, r)
-                    path = f"/dav/large-{kind}-{r}.bin"
-                    with mon.phase(f"large-put-{kind}"):
-                        start = time.perf_counter()
-                        c.put_file(path, src, size)
-                        puts.append(time.perf_counter() - start)
-                    with mon.phase(f"large-get-{kind}"):
-                        start = time.perf_counter()
-                        c.get_compare(path, src, size)
-                        gets.append(time.perf_counter() - start)
-                    c.expect("DELETE", path, (200, 204))
-                self.m[f"large_put_{kind}_mbps"] = size / statistics.median(puts) / MB
-                self.m[f"large_get_{kind}_mbps"] = size / statistics.median(gets) / MB
-                self.m[f"large_put_{kind}_mbps_min"] = size / max(puts) / MB
-                self.m[f"large_put_{kind}_mbps_max"] = size / min(puts) / MB
-                self.m[f"large_get_{kind}_mbps_min"] = size / max(gets) / MB
-                self.m[f"large_get_{kind}_mbps_max"] = size / min(gets) / MB
+            with mon.phase(f"large-put-{kind}"):
+                start = time.perf_counter()
+                c.put_file(path, src, size)
+                puts.append(time.perf_counter() - start)
+            with mon.phase(f"large-get-{kind}"):
+                start = time.perf_counter()
+                c.get_compare(path, src, size)
+                gets.append(time.perf_counter() - start)
+            c.expect("DELETE", path, (200, 204))
+        self.m[f"large_put_{kind}_mbps"] = size / statistics.median(puts) / MB
+        self.m[f"large_get_{kind}_mbps"] = size / statistics.median(gets) / MB
+        self.m[f"large_put_{kind}_mbps_min"] = size / max(puts) / MB
+        self.m[f"large_put_{kind}_mbps_max"] = size / min(puts) / MB
+        self.m[f"large_get_{kind}_mbps_min"] = size / max(gets) / MB
+        self.m[f"large_get_{kind}_mbps_max"] = size / min(gets) / MB
 
     # 2. small files, concurrent clients
     def small(self, mon: Monitor) -> None:
@@ -779,7 +800,94 @@ class Workloads:
         self.m["delete_ms"] = statistics.median(deletes) * 1000
 
 
-LARGE_PHASES = tuple(f"large-{op}-{k}" for op in ("put", "get") for k in ("incompressible", "compressible"))
+LARGE_PHASES = tuple(f"large-{op}-{k}" for op in ("put", "get") for k in LARGE_KINDS)
+
+
+def _step(method: Callable[..., None], *args: Any) -> Callable[[Workloads, Monitor], None]:
+    """A workload method with its arguments bound, run as ``step(workloads, monitor)``."""
+    return lambda w, mon: method(w, mon, *args)
+
+
+def _record_monitor(result: ServerResult, mon: Monitor) -> None:
+    """The server's memory figures and per-phase statistics, from its monitor."""
+    m = result.metrics
+    m["rss_idle_mib"] = mon.idle_rss / MiB
+    m["rss_1mib_peak_mib"] = mon.peak("rss-1mib") / MiB
+    m["rss_large_peak_mib"] = mon.peak(*LARGE_PHASES) / MiB
+    m["rss_peak_mib"] = mon.peak_rss / MiB
+    result.phases = {
+        name: {
+            "peak_rss_mib": st.peak_rss / MiB,
+            "server_cores": st.cores,
+            "client_cores": st.client_cores,
+            "seconds": st.wall,
+        }
+        for name, st in mon.phases.items()
+    }
+
+
+def run_interleaved(
+    servers: dict[str, ServerProcess], params: Params, sources: Sources, password: str
+) -> tuple[dict[str, ServerResult], list[str]]:
+    """All servers up at once, each workload step run on each server before the next step.
+
+    A virtual machine's speed drifts over minutes (neighbours, the host's disk): running one
+    server's whole set and then the next's compared them at different times, and the ratios
+    moved by a third from one run to the next. Here step *i* runs on the servers in an order
+    rotated by *i*, so no server is always first after a step that leaves the disk busy, and
+    each ratio compares figures taken minutes apart at most. Idle servers wait on their sockets.
+    ``servers`` is keyed like the results (``durable``, ``relaxed``, ``wsgidav``).
+    """
+    failed: list[str] = []
+    t_start, busy0, own0 = time.perf_counter(), machine_busy_seconds(), cpu_seconds()
+    with contextlib.ExitStack() as stack:
+        for key, server in list(servers.items()):
+            try:
+                server.start()
+            except BenchError as exc:
+                failed.append(f"{server.name}: {exc}")
+                print(f"  {server.name} FAILED to start: {exc}", file=sys.stderr, flush=True)
+                servers = {k: s for k, s in servers.items() if k != key}
+                continue
+            stack.callback(server.stop)
+        results = {key: ServerResult(s.name) for key, s in servers.items()}
+        cpu0 = {key: _proc_cpu(s.pid) for key, s in servers.items()}
+        work = {key: Workloads(s, params, sources, password) for key, s in servers.items()}
+        mons = {key: stack.enter_context(Monitor(s.pid)) for key, s in servers.items()}
+        for key, w in work.items():
+            results[key].metrics = w.m
+        live = list(servers)
+        steps = next(iter(work.values())).steps() if work else []
+        for i, (label, step) in enumerate(steps):
+            print(f"  {label}", flush=True)
+            turn = i % len(live) if live else 0
+            for key in live[turn:] + live[:turn]:
+                try:
+                    step(work[key], mons[key])
+                    if not servers[key].alive():
+                        raise BenchError("the server exited")
+                except BenchError as exc:
+                    failed.append(f"{servers[key].name}: {label}: {exc}")
+                    print(f"  {servers[key].name} FAILED ({label}): {exc}", file=sys.stderr, flush=True)
+                    for line in list(servers[key].log)[-30:]:
+                        print(f"    | {line.rstrip()}", file=sys.stderr)
+                    live.remove(key)
+        seconds = time.perf_counter() - t_start
+        servers_cpu = 0.0
+        for key, server in servers.items():
+            results[key].seconds = seconds
+            _record_monitor(results[key], mons[key])
+            if server.alive():
+                servers_cpu += _proc_cpu(server.pid) - cpu0[key]
+        busy1 = machine_busy_seconds()
+        if busy0 is not None and busy1 is not None:
+            # The other bench servers are not "others": only processes outside the bench.
+            others = max(0.0, busy1 - busy0 - (cpu_seconds() - own0) - servers_cpu) / seconds
+            for result in results.values():
+                result.others_cpu_cores = others
+    for key, server in servers.items():
+        results[key].log_problems = server.problems()
+    return results, failed
 
 
 def run_server(server: ServerProcess, params: Params, sources: Sources, password: str) -> ServerResult:
@@ -789,25 +897,13 @@ def run_server(server: ServerProcess, params: Params, sources: Sources, password
     t_start, busy0, own0 = time.perf_counter(), machine_busy_seconds(), cpu_seconds()
     server_cpu0 = _proc_cpu(server.pid)
     work = Workloads(server, params, sources, password)
-    result.metrics = m = work.m
+    result.metrics = work.m
     try:
         with Monitor(server.pid) as mon:
             work.run(mon)
             if not server.alive():
                 raise BenchError(f"{server.name} exited during the run")
-            m["rss_idle_mib"] = mon.idle_rss / MiB
-            m["rss_1mib_peak_mib"] = mon.peak("rss-1mib") / MiB
-            m["rss_large_peak_mib"] = mon.peak(*LARGE_PHASES) / MiB
-            m["rss_peak_mib"] = mon.peak_rss / MiB
-            result.phases = {
-                name: {
-                    "peak_rss_mib": st.peak_rss / MiB,
-                    "server_cores": st.cores,
-                    "client_cores": st.client_cores,
-                    "seconds": st.wall,
-                }
-                for name, st in mon.phases.items()
-            }
+            _record_monitor(result, mon)
     finally:
         result.seconds = time.perf_counter() - t_start
         busy1 = machine_busy_seconds()
@@ -1068,7 +1164,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(SERVERS),
         help=f"comma-separated subset of {','.join(SERVERS)} (default: all three)",
     )
-    add_common_options(ap, wait_quiet="before each server")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one server after the other (all workloads each) instead of interleaving the workloads",
+    )
+    add_common_options(ap, wait_quiet="before the servers (before each one with --sequential)")
     args = ap.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not servers or any(s not in SERVERS for s in servers):
@@ -1119,28 +1220,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(params.disk_reps):
             disks.append(measure_disk(root, sources.random, params.size, f"before#{i + 1}"))
         print("measured the disk; ", end="", flush=True)
+        servers: dict[str, ServerProcess] = {}
         for name in args.servers:
             folder = root / f"server-{name}"
             if name == "wsgidav":
-                server = wsgidav_process(folder, threads=params.threads, password=password)
+                servers[name] = wsgidav_process(folder, threads=params.threads, password=password)
             else:
-                server = davserver_process(
+                servers[name] = davserver_process(
                     folder, durable=name == "durable", threads=params.threads, password=password
                 )
+        if not args.sequential:
             quiet = wait_quiet(args.wait_quiet)
-            print(f"running {server.name} ... {quiet}", flush=True)
-            try:
-                results[name] = run_server(server, params, sources, password)
-                r = results[name]
-                others = f"{r.others_cpu_cores:.2f}" if r.others_cpu_cores is not None else "n/a"
-                print(f"  done in {r.seconds:,.0f} s (other processes' CPU {others} cores)", flush=True)
-            except BenchError as exc:
-                failed.append(f"{server.name}: {exc}")
-                print(f"  {server.name} FAILED: {exc}", file=sys.stderr, flush=True)
-                for line in list(server.log)[-30:]:
-                    print(f"    | {line.rstrip()}", file=sys.stderr)
-            finally:
-                server.stop()  # its folder stays until the run ends, like the disk probes'
+            names = ", ".join(s.name for s in servers.values())
+            print(f"running {names}, interleaved ... {quiet}", flush=True)
+            results, failed = run_interleaved(servers, params, sources, password)
+            r = next(iter(results.values()))
+            others = f"{r.others_cpu_cores:.2f}" if r.others_cpu_cores is not None else "n/a"
+            print(f"  done in {r.seconds:,.0f} s (other processes' CPU {others} cores)", flush=True)
+        else:
+            for name, server in servers.items():
+                quiet = wait_quiet(args.wait_quiet)
+                print(f"running {server.name} ... {quiet}", flush=True)
+                try:
+                    results[name] = run_server(server, params, sources, password)
+                    r = results[name]
+                    others = f"{r.others_cpu_cores:.2f}" if r.others_cpu_cores is not None else "n/a"
+                    print(f"  done in {r.seconds:,.0f} s (other processes' CPU {others} cores)", flush=True)
+                except BenchError as exc:
+                    failed.append(f"{server.name}: {exc}")
+                    print(f"  {server.name} FAILED: {exc}", file=sys.stderr, flush=True)
+                    for line in list(server.log)[-30:]:
+                        print(f"    | {line.rstrip()}", file=sys.stderr)
+                finally:
+                    server.stop()  # its folder stays until the run ends, like the disk probes'
         for i in range(params.disk_reps):
             disks.append(measure_disk(root, sources.random, params.size, f"after#{i + 1}"))
         disk_ref = statistics.median(d.every_64mib for d in disks)
