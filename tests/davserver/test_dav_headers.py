@@ -58,6 +58,6 @@ def test_invalid_ranges_are_ignored(header: str) -> None:
     assert not valid_range(header)
 
 
-@pytest.mark.parametrize("secs", [0, 86399.9, 1_500_000_000, 1_700_000_000.5, 4_102_444_800])
+@pytest.mark.parametrize("secs", [0, 86399.9, 1_500_000_000, 1_700_000_000.5, 4_102_444_800, -1.5])
 def test_http_date_matches_the_standard_library(secs: float) -> None:
     assert http_date(secs) == formatdate(secs, usegmt=True)
