@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,14 @@ class DavServer:
             return False
 
 
-def require_tool(name: str, package: str | None = None) -> str:
-    """The path of a client binary; missing is a failure under CI and a skip elsewhere."""
-    found = shutil.which(name)
+def require_tool(name: str, package: str | None = None, *, where: Sequence[str] = ()) -> str:
+    """The path of a client binary; missing is a failure under CI and a skip elsewhere.
+
+    ``where``: folders to look in besides PATH (/usr/sbin, /usr/libexec).
+    """
+    found = shutil.which(name) or next(
+        (str(Path(d) / name) for d in where if os.access(Path(d) / name, os.X_OK)), None
+    )
     if found is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed (apt-get install {package or name})")

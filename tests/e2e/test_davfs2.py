@@ -28,11 +28,7 @@ D = "{DAV:}"
 
 
 def _mount_davfs() -> str:
-    found = shutil.which("mount.davfs") or next(
-        (p for p in ("/usr/sbin/mount.davfs", "/sbin/mount.davfs") if os.path.exists(p)), None
-    )
-    if found is None:
-        found = require_tool("mount.davfs", "davfs2")  # fails under CI, skips elsewhere
+    found = require_tool("mount.davfs", "davfs2", where=("/usr/sbin", "/sbin"))
     if os.geteuid() != 0:
         pytest.skip("mounting with davfs2 needs root")
     if not os.path.exists("/dev/fuse"):
