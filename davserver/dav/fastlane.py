@@ -10,12 +10,17 @@ untouched, so WsgiDAV stays the reference for every detail of the protocol:
 
 * GET/HEAD of an existing file, with no ``Range``, no conditional header and no
   query string. A folder, a missing path or any of those headers goes to WsgiDAV.
-* PUT with no ``If`` header (lock tokens), ``Content-Range``, ``Content-Encoding``
-  or date condition, into an account that holds no lock at all. A single If-Match
-  tag and If-None-Match ``*`` are evaluated by the storage engine itself (before the
-  body and again inside the commit). Anything the engine refuses before the body is
-  read (missing parent, a folder, a failed precondition, quota) is handed to
-  WsgiDAV, which produces its usual answer: the body is still unread then.
+* PUT with no ``Content-Range``, ``Content-Encoding`` or date condition, where no
+  lock stands in the way: either no lock covers the file (none on it, none on a
+  folder above it), or exactly the locks that do are this user's and the request's
+  ``If`` header is one list with that lock's token (optionally tagged with this
+  file's URL): what davfs2, cadaver, Finder and Windows send when they write a file
+  they locked, for every file they copy onto a mounted drive. Any other ``If``
+  header goes to WsgiDAV. A single If-Match tag and If-None-Match ``*`` are
+  evaluated by the storage engine itself (before the body and again inside the
+  commit). Anything the engine refuses before the body is read (missing parent, a
+  folder, a failed precondition, quota) is handed to WsgiDAV, which produces its
+  usual answer: the body is still unread then.
 
 The write still registers with WsgiDAV's lock manager for its whole duration
 (``write_transaction``), so a LOCK cannot be granted on the file while its body
@@ -25,11 +30,12 @@ is being received.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from wsgidav.dav_error import DAVError
 
@@ -53,12 +59,16 @@ _GET_DEFERRED = (
     "HTTP_IF_UNMODIFIED_SINCE",
 )
 _PUT_DEFERRED = (
-    "HTTP_IF",
     "HTTP_CONTENT_RANGE",
     "HTTP_CONTENT_ENCODING",
     "HTTP_IF_MODIFIED_SINCE",
     "HTTP_IF_UNMODIFIED_SINCE",
 )
+
+
+#: An If header of one list holding one state token, optionally tagged with a resource URL
+#: (``<url> (<token>)``); brackets around the token are optional (Windows leaves them out).
+_IF_ONE_TOKEN = re.compile(r"^\s*(?:<([^<>\s]+)>\s*)?\(\s*<?([^<>()\[\]\s]+)>?\s*\)\s*$")
 
 
 class FastLane:
@@ -146,24 +156,29 @@ class FastLane:
             options = write_options(environ)
         except DAVError:
             return None  # WsgiDAV words the 400
+        submitted = self._submitted_token(environ, path)
+        if submitted is None:
+            return None  # an If header WsgiDAV evaluates
+        token = submitted or None
         with provider.lock_snapshot(environ):
             root = f"/~{account_id}"
+            url = root + quote(self._share + path)
+            principal = environ.get("wsgidav.auth.user_name", "")
             try:
                 held = lock_man.storage.get_lock_list(
-                    root, include_root=True, include_children=True, token_only=True
+                    root, include_root=True, include_children=True, token_only=False
                 )
             except e.StorageError:
                 return None  # the lock store is down: WsgiDAV's own check answers (503)
-            if held:
-                return None  # locks are WsgiDAV's business
+            if not _write_allowed(held, url, token, principal):
+                return None  # a lock stands in the way, or the token is stale: WsgiDAV answers
             vol = provider.volume(environ)
             try:
                 pending = vol.begin_write(path, **options)
             except e.StorageError:
                 return None  # refused before the body: WsgiDAV gives its usual answer
-            url = root + quote(self._share + path)
-            principal = environ.get("wsgidav.auth.user_name", "")
-            with pending, lock_man.write_transaction(url=url, token_list=[], principal=principal):
+            tokens = [token] if token else []
+            with pending, lock_man.write_transaction(url=url, token_list=tokens, principal=principal):
                 try:
                     pending.feed(RequestBody(environ["wsgi.input"], length))
                     if length is not None and pending.size != length:
@@ -178,6 +193,39 @@ class FastLane:
             status, [("Content-Length", "0"), ("ETag", entry.etag or ""), ("Date", http_date(time.time()))]
         )
         return []
+
+    def _submitted_token(self, environ: dict[str, Any], path: str) -> str | None:
+        """The lock token a PUT's If header submits: "" without an If header, None for
+        any If header but one list with one token tagged (if at all) with this file."""
+        header = environ.get("HTTP_IF")
+        if header is None:
+            return ""
+        m = _IF_ONE_TOKEN.match(header)
+        if m is None:
+            return None
+        tag, token = m.groups()
+        if tag is not None and unquote(urlsplit(tag).path, errors="replace") != self._share + path:
+            return None
+        return str(token)
+
+
+def _write_allowed(held: list[dict[str, Any]], url: str, token: str | None, principal: str) -> bool:
+    """No lock covers ``url`` but the submitted one, held by ``principal``; a submitted
+    token must name a lock that covers it (else the If header fails: WsgiDAV's 412).
+
+    ``held`` is every live lock of the account. A lock covers the file when it is on the
+    file or on a folder above it (at any depth: one of depth 0 guards the folder's
+    membership, which a new file changes).
+    """
+    matched = False
+    for lock in held:
+        root = lock["root"]
+        if root != url and not url.startswith(root.rstrip("/") + "/"):
+            continue
+        if token is None or lock["token"] != token or lock["principal"] != principal:
+            return False
+        matched = True
+    return matched or token is None
 
 
 def _plain_put(environ: dict[str, Any]) -> bool:

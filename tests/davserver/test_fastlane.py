@@ -134,7 +134,7 @@ def test_conditions_the_engine_does_not_evaluate_go_to_wsgidav(clients: Clients)
     assert engine.volume("alice").open("c.txt").read() == b"v2"
 
 
-def test_a_lock_in_the_account_sends_puts_through_wsgidavs_lock_checks(clients: Clients) -> None:
+def test_a_locked_file_needs_its_token_and_other_files_do_not(clients: Clients) -> None:
     engine, fast, _ = clients
     fast.put("/dav/locked.txt", content=b"mine")
     r = fast.request("LOCK", "/dav/locked.txt", content=LOCKINFO, headers={"Timeout": "Second-60"})
@@ -151,6 +151,59 @@ def test_a_lock_in_the_account_sends_puts_through_wsgidavs_lock_checks(clients: 
         assert bob.put("/dav/locked.txt", content=b"bob's").status_code == 201
         seen = statements(engine, lambda: bob.put("/dav/locked.txt", content=b"bob's 2"))
     assert sum("lock_records" in s for s in seen) == 1
+
+
+def _lock(client: httpx.Client, path: str, depth: str = "0") -> str:
+    r = client.request("LOCK", path, content=LOCKINFO, headers={"Timeout": "Second-60", "Depth": depth})
+    assert r.status_code in (200, 201), r.text
+    return r.headers["Lock-Token"]
+
+
+def test_a_put_with_its_own_lock_token_takes_the_fast_lane(clients: Clients) -> None:
+    """What davfs2, cadaver, Finder and Windows send for every file they write: LOCK, then
+    PUT with the token in If. The fast lane answers it, with WsgiDAV's answers throughout."""
+    engine, fast, slow = clients
+    fast.put("/dav/doc.txt", content=b"v0")
+    token = _lock(fast, "/dav/doc.txt")
+    bare = token.strip("<>")
+    for header in (f"({token})", f"<http://127.0.0.1/dav/doc.txt> ({token})", f"({bare})"):
+        for client in (fast, slow):
+            assert client.put("/dav/doc.txt", content=b"v", headers={"If": header}).status_code == 204, header
+    # Fewer statements than WsgiDAV's path: the fast lane is the one answering.
+    with_token = {"If": f"({token})"}
+    seen_fast = statements(engine, lambda: fast.put("/dav/doc.txt", content=b"fast", headers=with_token))
+    seen_slow = statements(engine, lambda: slow.put("/dav/doc.txt", content=b"slow", headers=with_token))
+    assert len(seen_fast) < len(seen_slow), (seen_fast, seen_slow)
+
+    # Whatever the lane does not take, WsgiDAV answers, the same for both apps.
+    other = _lock(fast, "/dav/other.txt")  # a lock-null resource: an empty file, locked
+    expected = {
+        None: 423,  # locked, and no token
+        "(<opaquelocktoken:stale>)": 412,  # a token that is no lock here
+        f"({other})": 412,  # another file's lock
+        f"(Not {token})": 412,
+        f'({token} ["etag"])': 412,  # the token, but not that ETag
+        # Tagged with another file: that list is about other.txt (RFC 4918 10.4.3), and the
+        # token is submitted, so the write goes through.
+        f"</dav/other.txt> ({token})": 204,
+    }
+    for header, status in expected.items():
+        headers = {} if header is None else {"If": header}
+        f = fast.put("/dav/doc.txt", content=b"no", headers=headers).status_code
+        s = slow.put("/dav/doc.txt", content=b"no", headers=headers).status_code
+        assert (f, s) == (status, status), (header, f, s)
+
+    # A folder locked with depth infinity covers new files in it; depth 0 guards its members.
+    fast.request("MKCOL", "/dav/deep/")
+    fast.request("MKCOL", "/dav/shallow/")
+    deep, shallow = _lock(fast, "/dav/deep/", "infinity"), _lock(fast, "/dav/shallow/", "0")
+    for client, name in ((fast, "f.txt"), (slow, "s.txt")):
+        assert client.put(f"/dav/deep/{name}", content=b"x").status_code == 423
+        assert client.put(f"/dav/deep/{name}", content=b"x", headers={"If": f"({deep})"}).status_code == 201
+        assert client.put(f"/dav/shallow/{name}", content=b"x").status_code == 423
+        r = client.put(f"/dav/shallow/{name}", content=b"x", headers={"If": f"({shallow})"})
+        assert r.status_code == 201
+    assert sorted(e.name for e in engine.volume("alice").listdir("deep")) == ["f.txt", "s.txt"]
 
 
 def test_over_quota_while_streaming_keeps_the_old_version(clients: Clients) -> None:
