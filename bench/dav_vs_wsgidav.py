@@ -467,6 +467,18 @@ class Monitor:
     def peak(self, *names: str) -> int:
         return max((self.phases[n].peak_rss for n in names if n in self.phases), default=0)
 
+    def phase_table(self) -> dict[str, dict[str, float]]:
+        """Each phase's peak RSS (MiB), server and client cores, and seconds (for JSON)."""
+        return {
+            name: {
+                "peak_rss_mib": st.peak_rss / MiB,
+                "server_cores": st.cores,
+                "client_cores": st.client_cores,
+                "seconds": st.wall,
+            }
+            for name, st in self.phases.items()
+        }
+
 
 # -- the client -----------------------------------------------------------------------------------
 
@@ -815,15 +827,7 @@ def _record_monitor(result: ServerResult, mon: Monitor) -> None:
     m["rss_1mib_peak_mib"] = mon.peak("rss-1mib") / MiB
     m["rss_large_peak_mib"] = mon.peak(*LARGE_PHASES) / MiB
     m["rss_peak_mib"] = mon.peak_rss / MiB
-    result.phases = {
-        name: {
-            "peak_rss_mib": st.peak_rss / MiB,
-            "server_cores": st.cores,
-            "client_cores": st.client_cores,
-            "seconds": st.wall,
-        }
-        for name, st in mon.phases.items()
-    }
+    result.phases = mon.phase_table()
 
 
 def run_interleaved(

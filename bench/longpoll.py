@@ -917,15 +917,7 @@ def run(params: Params, workdir: Path, doc: dict[str, Any]) -> None:
                         await bench.stop()
 
                 asyncio.run(main())
-                doc["phases"] = {
-                    name: {
-                        "peak_rss_mib": st.peak_rss / MiB,
-                        "server_cores": st.cores,
-                        "client_cores": st.client_cores,
-                        "seconds": st.wall,
-                    }
-                    for name, st in mon.phases.items()
-                }
+                doc["phases"] = mon.phase_table()
                 doc["server_peak_rss_mib"] = mon.peak_rss / MiB
         finally:
             doc["seconds"] = time.perf_counter() - t_start
