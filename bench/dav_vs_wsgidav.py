@@ -21,6 +21,8 @@ set, then the next's). The workloads (keep-alive ``http.client`` connections):
    content-defined block, so deduplication cannot flatter davserver); uploads are streamed
    from a file with ``sendfile``, downloads are compared with the source file as they arrive;
 2. N x 4 KiB PUT, then GET (compared), with 4 concurrent clients, each on its own connection;
+   then N/4 files written the way a mounted drive writes them: LOCK, PUT with the token, UNLOCK
+   (information: the issue sets no target for it);
 3. PROPFIND Depth 1 (allprop, and a named-property list) on folders of 2000 and 10000 files;
 4. MKCOL of a folder, then COPY, MOVE and DELETE of a 500-file folder (results checked);
 5. the server process's RSS, sampled every 50 ms: peak while PUT/GETting 1 MiB files against
@@ -99,6 +101,10 @@ PROPFIND_NAMED = (
     b'<?xml version="1.0" encoding="utf-8"?>\n<D:propfind xmlns:D="DAV:"><D:prop>'
     b"<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/><D:getcontenttype/>"
     b"</D:prop></D:propfind>"
+)
+LOCKINFO = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype><D:owner>bench</D:owner></D:lockinfo>"
 )
 #: growth of the server's peak RSS from 1 MiB transfers to large ones that still counts as flat
 RSS_FLAT_SLACK = 64 * MiB
@@ -520,6 +526,22 @@ class Client:
             raise BenchError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
         return data
 
+    def lock(self, path: str) -> str:
+        """LOCK ``path`` (exclusive, depth 0, 60 s), creating it if missing; returns the token."""
+        headers = {
+            "Authorization": self.auth,
+            "Timeout": "Second-60",
+            "Depth": "0",
+            "Content-Type": "application/xml; charset=utf-8",
+        }
+        self.conn.request("LOCK", path, body=LOCKINFO, headers=headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        token = resp.getheader("Lock-Token")
+        if resp.status not in (200, 201) or not token:
+            raise BenchError(f"LOCK {path}: HTTP {resp.status}: {data[:300]!r}")
+        return token
+
     def put_file(self, path: str, source: Path, size: int, offset: int = 0) -> None:
         """PUT ``size`` bytes of ``source`` from ``offset`` with ``sendfile`` (no copy through Python)."""
         self.conn.putrequest("PUT", path, skip_accept_encoding=True)
@@ -663,6 +685,7 @@ class Workloads:
             for kind in LARGE_KINDS:
                 steps.append((f"large {kind} #{r + 1}", _step(Workloads.large_round, kind, r)))
         steps.append(("small files", Workloads.small))
+        steps.append(("small files, locked", Workloads.locked_small))
         for n in p.propfind_sizes:
             steps.append((f"PROPFIND {n}", _step(Workloads.propfind, n)))
         steps.append(("tree operations", Workloads.tree))
@@ -728,6 +751,22 @@ class Workloads:
             self.m["small_put_ops"] = len(items) / run_parallel(self.client, p.clients, items, put)
         with mon.phase("small-get"):
             self.m["small_get_ops"] = len(items) / run_parallel(self.client, p.clients, items, get)
+
+    # 2b. small files written the way a mounted drive writes them (davfs2, Finder, Windows)
+    def locked_small(self, mon: Monitor) -> None:
+        """LOCK (which creates the file), PUT with the token in If, UNLOCK; a quarter as many."""
+        p = self.params
+        items = [(f"/dav/locked/f{i:05d}.bin", os.urandom(p.small_size)) for i in range(p.small_count // 4)]
+        with self.connection() as c:
+            c.expect("MKCOL", "/dav/locked/", (201,))
+
+        def write(cl: Client, item: tuple[str, bytes]) -> None:
+            token = cl.lock(item[0])
+            cl.expect("PUT", item[0], (200, 201, 204), item[1], {"If": f"({token})"})
+            cl.expect("UNLOCK", item[0], (204,), None, {"Lock-Token": token})
+
+        with mon.phase("locked-put"):
+            self.m["locked_put_ops"] = len(items) / run_parallel(self.client, p.clients, items, write)
 
     # 3. PROPFIND Depth 1 on a folder of n files
     def propfind(self, mon: Monitor, n: int) -> None:
@@ -1003,6 +1042,8 @@ def build_rows(
     small = f"{params.small_count} x {params.small_size // 1024} KiB"
     vs_wsgidav(f"PUT {small}, {params.clients} clients", "small_put_ops", "ops/s", 0.8)
     vs_wsgidav(f"GET {small}, {params.clients} clients", "small_get_ops", "ops/s", 1.0)
+    locked = f"{params.small_count // 4} x {params.small_size // 1024} KiB"
+    vs_wsgidav(f"  LOCK+PUT+UNLOCK {locked} (files/s)", "locked_put_ops", "ops/s", None)
     for n in params.propfind_sizes:
         vs_wsgidav(
             f"PROPFIND depth 1, {n} files, allprop", f"propfind_{n}_allprop_ms", "ms", 3.0, higher=False
