@@ -33,6 +33,10 @@ class SqlLockStorage:
     def __init__(self, records: LockRecords) -> None:
         self._records = records
         self._local = threading.local()
+        #: Bumped whenever this process writes a lock record: a snapshot loaded before
+        #: then reloads on its next look-up.
+        self.generation = 0
+        self._generation_lock = threading.Lock()
 
     @contextmanager
     def snapshot(self, root: str) -> Iterator[None]:
@@ -40,10 +44,15 @@ class SqlLockStorage:
 
         WsgiDAV asks for the locks of a resource and of each parent, one query
         each; a PROPFIND asks for every member. The query runs on the first
-        look-up, so requests that check no locks pay nothing. Only for
-        requests that do not create or refresh locks themselves.
+        look-up, so requests that check no locks pay nothing. A lock created,
+        refreshed or deleted in this process after the query (by this request,
+        or by another: a LOCK granted while a PUT was checking) makes the next
+        look-up query again. The checks that decide a write or a lock run
+        under WsgiDAV's lock-manager lock, so they see every lock this process
+        granted before them; across nodes, locks are as safe as WsgiDAV makes
+        them (its write-in-progress guard is per process).
         """
-        self._local.snapshot = _Snapshot(normalize_lock_root(root), self._records)
+        self._local.snapshot = _Snapshot(normalize_lock_root(root), self)
         try:
             yield
         finally:
@@ -79,7 +88,16 @@ class SqlLockStorage:
         validate_lock(lock)
         lock["token"] = generate_lock_token()
         self._records.put(lock["token"], lock["root"], _encode(lock), lock["expire"])
+        self._changed()
         return lock
+
+    def _changed(self) -> None:
+        with self._generation_lock:
+            self.generation += 1
+
+    def find(self, root: str) -> list[dict[str, Any]]:
+        """Live locks filed at ``root`` or below it (what a snapshot loads)."""
+        return [_decode(lock) for lock in self._records.find(root, include_root=True, include_below=True)]
 
     def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
         lock = _decode(self._records.get(token))
@@ -90,10 +108,13 @@ class SqlLockStorage:
         lock["timeout"] = timeout
         lock["expire"] = time.time() + timeout
         self._records.update(token, _encode(lock), lock["expire"])
+        self._changed()
         return lock
 
     def delete(self, token: str) -> bool:
-        return self._records.delete(token)
+        deleted = self._records.delete(token)
+        self._changed()
+        return deleted
 
     def get_lock_list(
         self, path: str, *, include_root: bool, include_children: bool, token_only: bool
@@ -108,12 +129,14 @@ class SqlLockStorage:
 
 
 class _Snapshot:
-    """The live locks filed under one root (an account's URL space), loaded once."""
+    """The live locks filed under one root (an account's URL space), loaded once, and
+    again after this process has written a lock record since."""
 
-    def __init__(self, root: str, records: LockRecords) -> None:
+    def __init__(self, root: str, storage: SqlLockStorage) -> None:
         self.root = root
-        self._records = records
+        self._storage = storage
         self._locks: list[dict[str, Any]] | None = None
+        self._generation = -1
 
     def lookup(self, path: str, include_root: bool, include_children: bool) -> list[dict[str, Any]] | None:
         """The locks for ``path``, or None when the snapshot cannot answer."""
@@ -123,9 +146,10 @@ class _Snapshot:
             if include_children or not self.root.startswith(path.rstrip("/") + "/"):
                 return None
             return []
-        if self._locks is None:
-            found = self._records.find(self.root, include_root=True, include_below=True)
-            self._locks = [_decode(lock) for lock in found]
+        generation = self._storage.generation
+        if self._locks is None or generation != self._generation:
+            self._locks = self._storage.find(self.root)
+            self._generation = generation
         below = path.rstrip("/") + "/"
         now = time.time()
         return [
