@@ -29,6 +29,7 @@ is being received.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -178,7 +179,16 @@ class FastLane:
             except e.StorageError:
                 return None  # refused before the body: WsgiDAV gives its usual answer
             tokens = [token] if token else []
-            with pending, lock_man.write_transaction(url=url, token_list=tokens, principal=principal):
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(pending)
+                try:
+                    stack.enter_context(
+                        lock_man.write_transaction(url=url, token_list=tokens, principal=principal)
+                    )
+                except DAVError:
+                    # A lock granted since the look-up above (another request's LOCK): the body is
+                    # still unread, so WsgiDAV answers (423); leaving aborts the write.
+                    return None
                 try:
                     pending.feed(RequestBody(environ["wsgi.input"], length))
                     if length is not None and pending.size != length:

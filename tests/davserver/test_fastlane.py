@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from davserver.app import AppSettings, create_app
+from davserver.dav import fastlane
 from storage.engine import Engine
 from tests.davserver.statements import statements
 from tests.storage.conftest import EngineFactory
@@ -204,6 +205,23 @@ def test_a_put_with_its_own_lock_token_takes_the_fast_lane(clients: Clients) -> 
         r = client.put(f"/dav/shallow/{name}", content=b"x", headers={"If": f"({shallow})"})
         assert r.status_code == 201
     assert sorted(e.name for e in engine.volume("alice").listdir("deep")) == ["f.txt", "s.txt"]
+
+
+def test_a_lock_granted_after_the_lanes_look_up_gets_423_not_a_crash(
+    clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane decides from the request's lock snapshot; WsgiDAV's write check runs after
+    (under its lock manager's lock). A LOCK granted in between is caught by that check: the
+    body is still unread, so WsgiDAV answers 423 and the file keeps its content."""
+    engine, fast, _ = clients
+    fast.put("/dav/race.txt", content=b"before")
+    _lock(fast, "/dav/race.txt")
+    # Stand in for the interleaving: the lane's own look-up saw no lock.
+    monkeypatch.setattr(fastlane, "_write_allowed", lambda *args: True)
+    r = fast.put("/dav/race.txt", content=b"after")
+    assert r.status_code == 423, r.text
+    assert engine.volume("alice").open("race.txt").read() == b"before"
+    assert fast.put("/dav/free.txt", content=b"x").status_code == 201  # nothing left open
 
 
 def test_over_quota_while_streaming_keeps_the_old_version(clients: Clients) -> None:
