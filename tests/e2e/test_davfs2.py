@@ -11,6 +11,7 @@ in on standard input, so no secrets file is read or written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
+from tests.e2e.conftest import CAROL_QUOTA
 from tests.e2e.harness import DavServer, require_tool, wait_until
 
 D = "{DAV:}"
@@ -36,9 +38,9 @@ def _mount_davfs() -> str:
     return found
 
 
-@pytest.fixture
-def mount(dav_server: DavServer) -> Iterator[Path]:
-    """alice's /dav/ mounted with davfs2; unmounted (its uploads finished) afterwards."""
+@contextlib.contextmanager
+def _mounted(dav_server: DavServer, user: str) -> Iterator[Path]:
+    """``user``'s /dav/ mounted with davfs2; unmounted (its uploads finished) afterwards."""
     binary = _mount_davfs()
     # Not under pytest's tmp_path: davfs2's daemon runs as the unprivileged "davfs2" user and
     # must reach its cache folder, and pytest's base folder is private to root.
@@ -53,8 +55,8 @@ def mount(dav_server: DavServer) -> Iterator[Path]:
         f"cache_dir {cache}\ndelay_upload 0\nbuf_size 64\nuse_locks 1\ndir_refresh 1\nfile_refresh 1\n"
     )
     result = subprocess.run(
-        [binary, "-o", f"conf={conf},username=alice", dav_server.dav_url + "/", str(point)],
-        input=dav_server.accounts["alice"] + "\n",
+        [binary, "-o", f"conf={conf},username={user}", dav_server.dav_url + "/", str(point)],
+        input=dav_server.accounts[user] + "\n",
         capture_output=True,
         text=True,
         timeout=60,
@@ -71,6 +73,13 @@ def mount(dav_server: DavServer) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30, check=False)
         shutil.rmtree(base, ignore_errors=True)
         assert unmounted.returncode == 0, unmounted.stderr
+
+
+@pytest.fixture
+def mount(dav_server: DavServer) -> Iterator[Path]:
+    """alice's /dav/ (no quota) mounted with davfs2."""
+    with _mounted(dav_server, "alice") as point:
+        yield point
 
 
 def _listing(dav_server: DavServer, folder: str) -> dict[str, ET.Element]:
@@ -142,3 +151,16 @@ def test_a_file_open_for_writing_is_locked_until_closed(mount: Path, dav_server:
     with dav_server.client("alice") as c:
         assert c.get("/dav/" + path).content == b"written through the mount"
         assert c.put("/dav/" + path, content=b"from elsewhere").status_code == 204
+
+
+def test_df_on_the_mount_shows_the_accounts_quota(dav_server: DavServer) -> None:
+    """davfs2 sizes the file system from RFC 4331 quota-used-bytes and quota-available-bytes."""
+    with dav_server.client("carol") as c:
+        assert c.put("/dav/df-probe.bin", content=os.urandom(CAROL_QUOTA // 2)).status_code in (201, 204)
+        used = int(c.get("/api/v1/account").json()["used_bytes"])
+    with _mounted(dav_server, "carol") as point:
+        fs = os.statvfs(point)
+        total, available = fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+    # davfs2 counts in its block size (4 KiB here): allow one block of rounding.
+    assert abs(total - CAROL_QUOTA) <= fs.f_frsize, (total, CAROL_QUOTA)
+    assert abs(available - (CAROL_QUOTA - used)) <= fs.f_frsize, (available, CAROL_QUOTA - used)
