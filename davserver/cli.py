@@ -191,7 +191,7 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--quota", help="Quota, e.g. 10G (default: none).")
+@click.option("--quota", help="Quota, e.g. 10G (binary units: 10G = 10 GiB; default: none).")
 @_data_options
 def user_add(
     name: str, password_stdin: bool, quota: str | None, data_dir: str | None, config_file: str | None
