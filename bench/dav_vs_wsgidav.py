@@ -869,10 +869,12 @@ def _record_monitor(result: ServerResult, mon: Monitor) -> None:
     result.phases = mon.phase_table()
 
 
-def run_interleaved(
+def run_servers(
     servers: dict[str, ServerProcess], params: Params, sources: Sources, password: str
 ) -> tuple[dict[str, ServerResult], list[str]]:
-    """All servers up at once, each workload step run on each server before the next step.
+    """Start ``servers``, run every workload step on each before the next step, stop them.
+
+    With one server, that is its whole set of workloads (``--sequential`` runs them so).
 
     A virtual machine's speed drifts over minutes (neighbours, the host's disk): running one
     server's whole set and then the next's compared them at different times, and the ratios
@@ -931,32 +933,6 @@ def run_interleaved(
     for key, server in servers.items():
         results[key].log_problems = server.problems()
     return results, failed
-
-
-def run_server(server: ServerProcess, params: Params, sources: Sources, password: str) -> ServerResult:
-    """Start ``server``, run every workload against it while watching it, stop it."""
-    result = ServerResult(server.name)
-    server.start()
-    t_start, busy0, own0 = time.perf_counter(), machine_busy_seconds(), cpu_seconds()
-    server_cpu0 = _proc_cpu(server.pid)
-    work = Workloads(server, params, sources, password)
-    result.metrics = work.m
-    try:
-        with Monitor(server.pid) as mon:
-            work.run(mon)
-            if not server.alive():
-                raise BenchError(f"{server.name} exited during the run")
-            _record_monitor(result, mon)
-    finally:
-        result.seconds = time.perf_counter() - t_start
-        busy1 = machine_busy_seconds()
-        server_cpu = _proc_cpu(server.pid) - server_cpu0 if server.alive() else None
-        if busy0 is not None and busy1 is not None and server_cpu is not None:
-            own = cpu_seconds() - own0
-            result.others_cpu_cores = max(0.0, busy1 - busy0 - own - server_cpu) / result.seconds
-        server.stop()
-        result.log_problems = server.problems()
-    return result
 
 
 def _check_tree(c: Client, folder: str, files: int, probe_name: str, probe: bytes) -> None:
@@ -1274,30 +1250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 servers[name] = davserver_process(
                     folder, durable=name == "durable", threads=params.threads, password=password
                 )
-        if not args.sequential:
+        # Interleaved: all together; --sequential: one after the other (each folder stays until
+        # the run ends, like the disk probes').
+        groups = [servers] if not args.sequential else [{k: v} for k, v in servers.items()]
+        for group in groups:
             quiet = wait_quiet(args.wait_quiet)
-            names = ", ".join(s.name for s in servers.values())
-            print(f"running {names}, interleaved ... {quiet}", flush=True)
-            results, failed = run_interleaved(servers, params, sources, password)
-            r = next(iter(results.values()))
-            others = f"{r.others_cpu_cores:.2f}" if r.others_cpu_cores is not None else "n/a"
-            print(f"  done in {r.seconds:,.0f} s (other processes' CPU {others} cores)", flush=True)
-        else:
-            for name, server in servers.items():
-                quiet = wait_quiet(args.wait_quiet)
-                print(f"running {server.name} ... {quiet}", flush=True)
-                try:
-                    results[name] = run_server(server, params, sources, password)
-                    r = results[name]
-                    others = f"{r.others_cpu_cores:.2f}" if r.others_cpu_cores is not None else "n/a"
-                    print(f"  done in {r.seconds:,.0f} s (other processes' CPU {others} cores)", flush=True)
-                except BenchError as exc:
-                    failed.append(f"{server.name}: {exc}")
-                    print(f"  {server.name} FAILED: {exc}", file=sys.stderr, flush=True)
-                    for line in list(server.log)[-30:]:
-                        print(f"    | {line.rstrip()}", file=sys.stderr)
-                finally:
-                    server.stop()  # its folder stays until the run ends, like the disk probes'
+            names = ", ".join(s.name for s in group.values())
+            print(f"running {names}{', interleaved' if len(group) > 1 else ''} ... {quiet}", flush=True)
+            got, errors = run_servers(group, params, sources, password)
+            results.update(got)
+            failed += errors
+            for r in list(got.values())[:1]:
+                others = f"{r.others_cpu_cores:.2f}" if r.others_cpu_cores is not None else "n/a"
+                print(f"  done in {r.seconds:,.0f} s (other processes' CPU {others} cores)", flush=True)
         for i in range(params.disk_reps):
             disks.append(measure_disk(root, sources.random, params.size, f"after#{i + 1}"))
         disk_ref = statistics.median(d.every_64mib for d in disks)

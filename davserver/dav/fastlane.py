@@ -157,10 +157,9 @@ class FastLane:
             options = write_options(environ)
         except DAVError:
             return None  # WsgiDAV words the 400
-        submitted = self._submitted_token(environ, path)
-        if submitted is None:
+        tokens = self._submitted_tokens(environ, path)
+        if tokens is None:
             return None  # an If header WsgiDAV evaluates
-        token = submitted or None
         with provider.lock_snapshot(environ):
             root = f"/~{account_id}"
             url = root + quote(self._share + path)
@@ -171,14 +170,13 @@ class FastLane:
                 )
             except e.StorageError:
                 return None  # the lock store is down: WsgiDAV's own check answers (503)
-            if not _write_allowed(held, url, token, principal):
+            if not _write_allowed(held, url, tokens, principal):
                 return None  # a lock stands in the way, or the token is stale: WsgiDAV answers
             vol = provider.volume(environ)
             try:
                 pending = vol.begin_write(path, **options)
             except e.StorageError:
                 return None  # refused before the body: WsgiDAV gives its usual answer
-            tokens = [token] if token else []
             with contextlib.ExitStack() as stack:
                 stack.enter_context(pending)
                 try:
@@ -204,23 +202,23 @@ class FastLane:
         )
         return []
 
-    def _submitted_token(self, environ: dict[str, Any], path: str) -> str | None:
-        """The lock token a PUT's If header submits: "" without an If header, None for
+    def _submitted_tokens(self, environ: dict[str, Any], path: str) -> list[str] | None:
+        """The lock tokens a PUT's If header submits: none without an If header, None for
         any If header but one list with one token tagged (if at all) with this file."""
         header = environ.get("HTTP_IF")
         if header is None:
-            return ""
+            return []
         m = _IF_ONE_TOKEN.match(header)
         if m is None:
             return None
         tag, token = m.groups()
         if tag is not None and unquote(urlsplit(tag).path, errors="replace") != self._share + path:
             return None
-        return str(token)
+        return [str(token)]
 
 
-def _write_allowed(held: list[dict[str, Any]], url: str, token: str | None, principal: str) -> bool:
-    """No lock covers ``url`` but the submitted one, held by ``principal``; a submitted
+def _write_allowed(held: list[dict[str, Any]], url: str, tokens: list[str], principal: str) -> bool:
+    """No lock covers ``url`` but a submitted one, held by ``principal``; a submitted
     token must name a lock that covers it (else the If header fails: WsgiDAV's 412).
 
     ``held`` is every live lock of the account. A lock covers the file when it is on the
@@ -232,10 +230,10 @@ def _write_allowed(held: list[dict[str, Any]], url: str, token: str | None, prin
         root = lock["root"]
         if root != url and not url.startswith(root.rstrip("/") + "/"):
             continue
-        if token is None or lock["token"] != token or lock["principal"] != principal:
+        if lock["token"] not in tokens or lock["principal"] != principal:
             return False
         matched = True
-    return matched or token is None
+    return matched or not tokens
 
 
 def _plain_put(environ: dict[str, Any]) -> bool:

@@ -106,26 +106,25 @@ class _Compiled:
         self.sql: str = compiled.string
         #: Literal values written into the statement (``kind == 1``) travel as parameters too.
         self._defaults: dict[str, Any] = dict(compiled.params)
-        self._positional: list[str] | None = list(compiled.positiontup) if compiled.positional else None
-        #: The positional tuple straight from the caller's mapping when it has every name
-        #: (the common case), in C; ``args`` merges in the literal defaults otherwise.
+        #: Positional placeholders (SQLite's ``?``): the parameter tuple, taken from the
+        #: caller's mapping in C (``itemgetter``); None for named ones (psycopg's).
         self._take: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
-        if self._positional:
-            names = self._positional
-            get = itemgetter(*names)
-            self._take = get if len(names) > 1 else lambda params: (get(params),)
+        if compiled.positional:
+            names = list(compiled.positiontup)
+            if len(names) > 1:
+                self._take = itemgetter(*names)
+            elif names:
+                get = itemgetter(names[0])
+                self._take = lambda params: (get(params),)
+            else:
+                self._take = lambda params: ()
         self._escaped: dict[str, str] = dict(compiled.escaped_bind_names or {})
         self._row_type: Any = None
 
     def args(self, params: Mapping[str, Any]) -> Any:
+        merged = {**self._defaults, **params} if self._defaults else params
         if self._take is not None:
-            try:
-                return self._take(params if not self._defaults else {**self._defaults, **params})
-            except KeyError:
-                pass
-        merged = {**self._defaults, **params}
-        if self._positional is not None:
-            return tuple(merged[name] for name in self._positional)
+            return self._take(merged)
         if self._escaped:
             return {self._escaped.get(k, k): v for k, v in merged.items()}
         return merged

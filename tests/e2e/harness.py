@@ -16,10 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -145,6 +147,26 @@ class DavServer:
             return httpx.get(self.url + "/healthz", timeout=10).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+D = "{DAV:}"
+
+
+def propfind(c: httpx.Client, path: str, depth: str = "1", body: str | None = None) -> ET.Element:
+    r = c.request("PROPFIND", path, headers={"Depth": depth}, content=body)
+    assert r.status_code == 207, r.text
+    return ET.fromstring(r.content)
+
+
+def member_names(tree: ET.Element, folder: str) -> set[str]:
+    """The names of the members a Depth 1 PROPFIND of ``folder`` (a /dav/ path) listed."""
+    hrefs = (unquote(h.text or "").rstrip("/") for h in tree.iter(f"{D}href"))
+    return {h.rsplit("/", 1)[1] for h in hrefs if h != folder.rstrip("/")}
+
+
+def lock_tokens(tree: ET.Element) -> list[str]:
+    """The tokens of the active locks a PROPFIND reported (lockdiscovery)."""
+    return [href.text or "" for token in tree.iter(f"{D}locktoken") for href in token.iter(f"{D}href")]
 
 
 def require_tool(name: str, package: str | None = None, *, where: Sequence[str] = ()) -> str:

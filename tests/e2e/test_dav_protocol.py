@@ -18,15 +18,9 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from tests.e2e.conftest import CAROL_QUOTA, PASSWORDS
-from tests.e2e.harness import DavServer
+from tests.e2e.harness import DavServer, propfind
 
 D = "{DAV:}"
-
-
-def propfind(c: httpx.Client, path: str, depth: str = "1", body: str | None = None) -> ET.Element:
-    r = c.request("PROPFIND", path, headers={"Depth": depth}, content=body)
-    assert r.status_code == 207, r.text
-    return ET.fromstring(r.content)
 
 
 def responses(tree: ET.Element) -> dict[str, ET.Element]:

@@ -16,17 +16,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import pytest
 
 from tests.e2e.conftest import CAROL_QUOTA
-from tests.e2e.harness import DavServer, require_tool, wait_until
-
-D = "{DAV:}"
+from tests.e2e.harness import DavServer, lock_tokens, member_names, propfind, require_tool, wait_until
 
 
 def _mount_davfs() -> str:
@@ -82,23 +79,14 @@ def mount(dav_server: DavServer) -> Iterator[Path]:
         yield point
 
 
-def _listing(dav_server: DavServer, folder: str) -> dict[str, ET.Element]:
+def _names(dav_server: DavServer, folder: str) -> set[str]:
     with dav_server.client("alice") as c:
-        r = c.request("PROPFIND", "/dav/" + quote(folder) + "/", headers={"Depth": "1"})
-    assert r.status_code == 207, r.text
-    out = {}
-    for resp in ET.fromstring(r.content).iter(f"{D}response"):
-        name = unquote(resp.findtext(f"{D}href") or "").rstrip("/").rsplit("/", 1)[1]
-        if name != folder:
-            out[name] = resp
-    return out
+        return member_names(propfind(c, "/dav/" + quote(folder) + "/"), f"/dav/{folder}/")
 
 
 def _locked(dav_server: DavServer, path: str) -> bool:
     with dav_server.client("alice") as c:
-        r = c.request("PROPFIND", "/dav/" + quote(path), headers={"Depth": "0"})
-    assert r.status_code == 207, r.text
-    return any(True for _ in ET.fromstring(r.content).iter(f"{D}activelock"))
+        return bool(lock_tokens(propfind(c, "/dav/" + quote(path), "0")))
 
 
 def test_files_written_through_the_mount_reach_the_server(mount: Path, dav_server: DavServer) -> None:
@@ -121,9 +109,7 @@ def test_files_written_through_the_mount_reach_the_server(mount: Path, dav_serve
             return r.status_code == 200 and r.content == big
 
     assert wait_until(arrived, timeout=30)
-    assert wait_until(
-        lambda: set(_listing(dav_server, "mounted dir")) == {"big.bin", "renamed note.txt", "sub"}
-    )
+    assert wait_until(lambda: _names(dav_server, "mounted dir") == {"big.bin", "renamed note.txt", "sub"})
     with dav_server.client("alice") as c:
         assert wait_until(
             lambda: c.get("/dav/" + quote("mounted dir/renamed note.txt")).content == b"a note\n"

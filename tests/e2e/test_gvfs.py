@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.e2e.harness import DavServer, require_tool
+from tests.e2e.harness import DavServer, member_names, propfind, require_tool
 
-D = "{DAV:}"
 LIBEXEC = ("/usr/libexec", "/usr/lib/gvfs")
 
 
@@ -60,10 +58,7 @@ def gio(dav_server: DavServer, tmp_path: Path) -> Gio:
 
 def _names(dav_server: DavServer, folder: str) -> set[str]:
     with dav_server.client("alice") as c:
-        r = c.request("PROPFIND", "/dav/" + quote(folder) + "/", headers={"Depth": "1"})
-    assert r.status_code == 207, r.text
-    hrefs = [unquote(h.text or "").rstrip("/") for h in ET.fromstring(r.content).iter(f"{D}href")]
-    return {h.rsplit("/", 1)[1] for h in hrefs if h.rsplit("/", 1)[1] != folder.rsplit("/", 1)[-1]}
+        return member_names(propfind(c, "/dav/" + quote(folder) + "/"), f"/dav/{folder}/")
 
 
 def test_files_and_folders_through_gvfs(gio: Gio, dav_server: DavServer, tmp_path: Path) -> None:
