@@ -22,7 +22,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     select,
     update,
 )
@@ -498,16 +497,20 @@ class Volume:
             node = self._transfer_source(conn, src)
             _check_rev(node, if_rev)
             parent = self._prepare_destination(change, dst, overwrite)
-            conn.execute(
-                update(t.nodes)
-                .where(n.id == node.id)
-                .values(parent_id=parent.id, name=paths.name_of(dst), path=dst)
+            _RENAME_NODE.execute(
+                conn, {"b_node": node.id, "b_parent": parent.id, "b_name": paths.name_of(dst), "b_path": dst}
             )
             if node.kind == t.KIND_DIR:
-                conn.execute(
-                    update(t.nodes)
-                    .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(src))
-                    .values(path=literal(dst) + func.substr(n.path, len(src) + 1))
+                # src is never the root here (_check_transfer), so the subtree is this range.
+                _REPATH_SUBTREE.execute(
+                    conn,
+                    {
+                        "b_account": self.account.id,
+                        "b_above": src + "/",
+                        "b_below": src + "0",
+                        "b_dst": dst,
+                        "b_cut": len(src) + 1,
+                    },
                 )
             change.journal(
                 "move",
@@ -823,6 +826,23 @@ _SET_NODE_VERSION = Prepared(
     update(t.nodes)
     .where(t.nodes.c.id == bindparam("b_node"))
     .values(version_id=bindparam("b_version"), size=bindparam("b_size"), mtime=bindparam("b_mtime"))
+)
+# A rename or move runs on every save through a temporary file (office suites, editors).
+_RENAME_NODE = Prepared(
+    update(t.nodes)
+    .where(t.nodes.c.id == bindparam("b_node"))
+    .values(parent_id=bindparam("b_parent"), name=bindparam("b_name"), path=bindparam("b_path"))
+)
+#: A moved folder's live descendants, by the range ``tree.in_subtree`` names.
+_REPATH_SUBTREE = Prepared(
+    update(t.nodes)
+    .where(
+        t.nodes.c.account_id == bindparam("b_account"),
+        t.nodes.c.deleted_at.is_(None),
+        t.nodes.c.path > bindparam("b_above"),
+        t.nodes.c.path < bindparam("b_below"),
+    )
+    .values(path=bindparam("b_dst", type_=t.PathText) + func.substr(t.nodes.c.path, bindparam("b_cut")))
 )
 _QUOTA = Prepared(
     select(t.accounts.c.used_bytes, t.accounts.c.quota_bytes).where(t.accounts.c.id == bindparam("b_account"))
