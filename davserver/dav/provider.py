@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,12 +22,21 @@ from wsgidav.dav_provider import DAVProvider
 
 from davserver.dav import propfind
 from davserver.dav.errors import dav_errors
-from davserver.dav.resources import DEST_CREATED, STAT_CACHE, FileResource, FolderResource, storage_path
+from davserver.dav.resources import (
+    DEST_CREATED,
+    LOCK_CREATED,
+    STAT_CACHE,
+    FileResource,
+    FolderResource,
+    storage_path,
+)
 from davserver.wsgi import ACCOUNT_KEY, http_date
 from storage.engine import Engine
-from storage.errors import NotFound
+from storage.errors import NotFound, StorageError
 from storage.model import Entry
 from storage.volume import Volume
+
+log = logging.getLogger("davserver.dav")
 
 _CONDITIONAL_HEADERS = (
     "HTTP_IF",
@@ -233,7 +243,26 @@ class VolumeProvider(DAVProvider):
             start_response = _CreatedStatus(environ, start_response)
         with self.lock_snapshot(environ):
             # The do_* handlers check locks when called, before returning a body.
-            return default_handler(environ, start_response)
+            if method != "LOCK":
+                return default_handler(environ, start_response)
+            try:
+                return default_handler(environ, start_response)
+            except BaseException:
+                self._remove_lock_created(environ)
+                raise
+
+    def _remove_lock_created(self, environ: dict[str, Any]) -> None:
+        """A refused LOCK leaves no empty file behind (see create_empty_resource), in the
+        trash neither; a file written meanwhile (another revision) stays."""
+        created = environ.pop(LOCK_CREATED, None)
+        if created is None:
+            return
+        path, revision = created
+        vol = self.volume(environ)
+        try:
+            vol.purge_trash_item(vol.delete(path, if_rev=revision))
+        except StorageError as exc:
+            log.warning("LOCK refused; the empty file it created at %r stays: %s", path, exc)
 
 
 #: Methods that change a resource: a lock on it must be submitted.

@@ -46,6 +46,8 @@ DEST_CREATED = "davserver.dest_created"
 SYNC_POSITION = "davserver.sync_position"
 #: environ key of the account's quota (storage.model.Quota), read once per request.
 QUOTA = "davserver.quota"
+#: environ key of the empty file a LOCK on an unmapped URL created: (storage path, revision).
+LOCK_CREATED = "davserver.lock_created"
 
 
 def storage_path(dav_path: str) -> str:
@@ -459,8 +461,19 @@ class FolderResource(_Shared, DAVCollection):
     def create_empty_resource(self, name: str) -> FileResource:
         path = util.join_uri(self.path, name)
         if self.environ.get("REQUEST_METHOD") == "LOCK":
-            # RFC 4918 7.3: LOCK on an unmapped URL creates an empty resource.
-            entry = self.volume.write(storage_path(path), IterReader([]))
+            # RFC 4918 7.3: LOCK on an unmapped URL creates an empty resource. WsgiDAV does so
+            # before it checks the lock it is asked for, so first the check a PUT of a new
+            # member makes (no one else's lock covers this folder); if the lock is refused
+            # even so, the provider removes the file again (LOCK_CREATED).
+            self.provider.lock_manager.check_write_permission(
+                url=self.get_ref_url(),
+                depth="0",
+                token_list=self.environ.get("wsgidav.ifLockTokenList", []),
+                principal=self.environ["wsgidav.user_name"],
+            )
+            target = storage_path(path)
+            entry = self.volume.write(target, IterReader([]))
+            self.environ[LOCK_CREATED] = (target, entry.version_id)
             self._changed()
             return FileResource(path, self.environ, self.volume, entry)
         # PUT: a placeholder; the file appears only when the body commits.

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from tests.e2e.conftest import CAROL_QUOTA, PASSWORDS
-from tests.e2e.harness import DavServer, propfind
+from tests.e2e.harness import DavServer, member_names, propfind
 
 D = "{DAV:}"
 
@@ -382,6 +382,37 @@ def test_lock_on_unmapped_url_creates_empty_file(c: httpx.Client, base: str) -> 
     token = _lock(c, f"{base}/new.txt")
     assert c.get(f"{base}/new.txt").content == b""
     assert c.put(f"{base}/new.txt", content=b"x", headers={"If": f"(<{token}>)"}).status_code == 204
+
+
+RESOURCETYPE_ONLY = (
+    '<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop><d:resourcetype/></d:prop></d:propfind>'
+)
+
+
+def test_a_refused_lock_on_an_unmapped_url_creates_nothing(c: httpx.Client, base: str) -> None:
+    """WsgiDAV creates the empty file before it checks the lock it is asked for; a LOCK that
+    is refused must not leave it in a folder someone else has locked (or in the trash)."""
+    folder = f"{base}/locked-{uuid.uuid4().hex[:6]}"
+    assert c.request("MKCOL", folder).status_code == 201
+    r = c.request("LOCK", folder, content=LOCKINFO, headers={"Timeout": "Second-600", "Depth": "infinity"})
+    assert r.status_code == 200
+    token = r.headers["Lock-Token"]
+    # Without the folder's token: adding a member to a locked folder is refused outright.
+    r = c.request("LOCK", f"{folder}/a.txt", content=LOCKINFO, headers={"Depth": "0"})
+    assert r.status_code == 423
+    # With it: the member could be added, but a second exclusive lock under the folder's is not
+    # granted; the file made for it goes again.
+    r = c.request("LOCK", f"{folder}/b.txt", content=LOCKINFO, headers={"Depth": "0", "If": f"({token})"})
+    assert r.status_code == 423
+    for name in ("a.txt", "b.txt"):
+        assert c.get(f"{folder}/{name}").status_code == 404
+    listing = propfind(c, f"{folder}/", body=RESOURCETYPE_ONLY)
+    assert member_names(listing, folder) == set()
+    trashed = [i["path"] for i in c.get("/api/v1/trash", params={"limit": 1000}).json()["items"]]
+    assert not [p for p in trashed if folder.removeprefix("/dav") in p]
+    # The folder's lock still works as before: its holder adds a file with the token.
+    assert c.put(f"{folder}/c.txt", content=b"c", headers={"If": f"({token})"}).status_code == 201
+    assert c.request("UNLOCK", folder, headers={"Lock-Token": token}).status_code == 204
 
 
 def test_locks_of_one_account_are_invisible_to_another(dav_server: DavServer) -> None:
