@@ -215,6 +215,12 @@ class Guard:
             unquote(environ.get("HTTP_DESTINATION", ""), errors="strict")
         except UnicodeError:
             return plain(start_response, "400 Bad Request", "path is not valid UTF-8\n", close=True)
+        if "%2f" in environ.get("REQUEST_URI", "").partition("?")[0].lower():
+            # cheroot leaves an encoded slash encoded in PATH_INFO, where it reads the same
+            # as an encoded "%2F" (%252F): a name was about to be stored as "a%2Fb".
+            return plain(start_response, "400 Bad Request", "a name cannot contain '/'\n", close=True)
+        if method in ("MOVE", "COPY") and not _parses(environ.get("HTTP_DESTINATION", "")):
+            return plain(start_response, "400 Bad Request", "malformed Destination\n", close=True)
         length_text = environ.get("CONTENT_LENGTH", "").strip()
         if length_text:
             if not length_text.isdigit():
@@ -245,6 +251,15 @@ class Guard:
                     close=length > 0,
                 )
         return self._app(environ, start_response)
+
+
+def _parses(url: str) -> bool:
+    """Whether urllib takes ``url`` apart, port included (WsgiDAV's MOVE and COPY do, unguarded)."""
+    try:
+        port = urlsplit(url).port  # checked when read
+    except ValueError:
+        return False
+    return port is None or port >= 0
 
 
 def is_apple_double(name: str) -> bool:

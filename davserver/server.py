@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import logging
@@ -10,7 +11,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -18,10 +19,11 @@ from typing import Any
 
 from cheroot import wsgi
 from cheroot.makefile import MakeFile
-from cheroot.server import HTTPConnection, KnownLengthRFile
+from cheroot.server import ChunkedRFile, HTTPConnection, KnownLengthRFile
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.wsgi import WSGIApp
+from sync_ext.api.body import MalformedBody
 from sync_ext.api.changes import DETACH_KEY
 
 log = logging.getLogger("davserver")
@@ -107,6 +109,8 @@ class DetachingGateway(wsgi.Gateway_10):
         body = environ.get("wsgi.input")
         if isinstance(body, KnownLengthRFile):
             environ["wsgi.input"] = SocketBody(body, self.req.conn.socket)
+        elif isinstance(body, ChunkedRFile):
+            environ["wsgi.input"] = ChunkedBody(body)
         return environ
 
     def write(self, chunk: bytes) -> None:
@@ -211,6 +215,47 @@ class SocketBody:
         stream.remaining -= n
         rfile.bytes_read += n
         return n
+
+
+class ChunkedBody:
+    """cheroot's chunked-body reader, whose framing errors are the client's (:class:`MalformedBody`).
+
+    cheroot raises a bare ValueError for a chunk size that is no number, which the app
+    could not tell from its own bugs (a 500 and a traceback for a client's bad request).
+    """
+
+    def __init__(self, stream: ChunkedRFile) -> None:
+        self._stream = stream
+
+    def read(self, size: int | None = None) -> bytes:
+        with _framing():
+            data: bytes = self._stream.read(size)
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        with _framing():
+            line: bytes = self._stream.readline(size)
+        return line
+
+    def readlines(self, sizehint: int = 0) -> list[bytes]:
+        with _framing():
+            lines: list[bytes] = self._stream.readlines(sizehint)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+@contextlib.contextmanager
+def _framing() -> Iterator[None]:
+    try:
+        yield
+    except ValueError as exc:
+        raise MalformedBody(f"bad chunked encoding: {exc}") from None
 
 
 class _CountingSocketIO(socket.SocketIO):

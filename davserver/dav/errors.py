@@ -31,6 +31,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.util import SubAppStartResponse
 
 from storage import errors as e
+from sync_ext.api.body import MalformedBody
 
 HTTP_INSUFFICIENT_STORAGE = 507
 
@@ -127,9 +128,12 @@ class ErrorResponses(BaseMiddleware):
                 start_response(sub.status, sub.response_headers, sub.exc_info)
             return
         except DAVError as exc:
-            err = exc
+            # WsgiDAV's PUT wraps what its body copy raised in a 500 (util.fail).
+            err = _malformed(exc.src_exception) if isinstance(exc.src_exception, MalformedBody) else exc
         except e.StorageError as exc:
             err = to_dav_error(exc)
+        except MalformedBody as exc:
+            err = _malformed(exc)
         except Exception:
             log.exception("%s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             err = DAVError(HTTP_INTERNAL_ERROR)
@@ -153,6 +157,11 @@ class ErrorResponses(BaseMiddleware):
             [("Content-Type", content_type), ("Content-Length", str(len(body))), *(err.add_headers or [])],
         )
         yield body
+
+
+def _malformed(exc: MalformedBody) -> DAVError:
+    # The rest of the body cannot be told from the next request: the connection closes.
+    return DAVError(HTTP_BAD_REQUEST, str(exc), add_headers=[("Connection", "close")])
 
 
 __all__ = [

@@ -46,7 +46,7 @@ from davserver.dav.resources import content_length, content_type_for, write_opti
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, http_date, plain
 from storage import errors as e
 from storage.reader import VersionReader
-from sync_ext.api.body import RequestBody
+from sync_ext.api.body import MalformedBody, RequestBody
 
 log = logging.getLogger("davserver.dav")
 
@@ -196,6 +196,8 @@ class FastLane:
                     entry = pending.commit()
                 except e.StorageError as exc:
                     return _failed(start_response, status_for(exc), str(exc))
+                except MalformedBody as exc:
+                    return _failed(start_response, 400, str(exc))
         status = "201 Created" if pending.created else "204 No Content"
         start_response(
             status, [("Content-Length", "0"), ("ETag", entry.etag or ""), ("Date", http_date(time.time()))]

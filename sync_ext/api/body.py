@@ -9,6 +9,11 @@ from typing import Any
 READ_MAX = 1 << 20
 
 
+class MalformedBody(ValueError):
+    """The request body breaks HTTP's framing (a chunk size that is no number): the
+    client's error, answered 400, never 500. The server's input raises it."""
+
+
 class RequestBody:
     """At most ``length`` bytes of ``stream`` (all of it when None: a chunked body).
 

@@ -20,7 +20,7 @@ from storage import errors as e
 from storage.engine import Engine
 from storage.volume import Volume
 from sync_ext.api import problems
-from sync_ext.api.body import RequestBody
+from sync_ext.api.body import MalformedBody, RequestBody
 from sync_ext.api.problems import Problem, bad_request
 
 log = logging.getLogger("davserver.api")
@@ -218,6 +218,9 @@ class Api:
             response = _problem_response(problem)
         except e.StorageError as exc:
             response = _problem_response(problems.from_storage_error(exc))
+        except MalformedBody as exc:
+            response = _problem_response(Problem(400, "malformed-body", "Malformed request body", str(exc)))
+            response.headers.append(("Connection", "close"))
         except Exception:
             log.exception("%s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             response = _problem_response(Problem(500, "internal-error", "Internal server error"))

@@ -135,6 +135,81 @@ def test_bad_content_length_is_400(dav_server: DavServer) -> None:
     assert status == 400
 
 
+BAD_CHUNKS = b"5\r\nhello\r\nZZ\r\nworld\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}],
+    ids=["fast-lane", "wsgidav"],
+)
+def test_bad_chunked_encoding_is_400_and_changes_nothing(
+    dav_server: DavServer, c: httpx.Client, base: str, headers: dict[str, str]
+) -> None:
+    c.put(f"{base}/old.txt", content=b"old")
+    for name in ("old.txt", "new.txt"):
+        status, reason = raw_request(
+            dav_server,
+            "PUT",
+            f"{base}/{name}",
+            auth="alice",
+            headers={"Transfer-Encoding": "chunked", **headers},
+            body=BAD_CHUNKS,
+        )
+        assert status == 400, reason
+        assert b"chunked" in reason
+    assert c.get(f"{base}/old.txt").content == b"old"
+    assert c.get(f"{base}/new.txt").status_code == 404
+
+
+def test_bad_chunked_encoding_in_a_tus_patch_is_400(
+    dav_server: DavServer, c: httpx.Client, base: str
+) -> None:
+    meta = "path " + base64.b64encode(f"{base.removeprefix('/dav')}/up.bin".encode()).decode()
+    r = c.post(
+        "/api/v1/uploads/",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10", "Upload-Metadata": meta},
+    )
+    assert r.status_code == 201
+    location = urlsplit(r.headers["Location"]).path
+    status, reason = raw_request(
+        dav_server,
+        "PATCH",
+        location,
+        auth="alice",
+        headers={
+            "Transfer-Encoding": "chunked",
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+        body=BAD_CHUNKS,
+    )
+    assert status == 400, reason
+    assert b"malformed-body" in reason
+    r = c.head(location, headers={"Tus-Resumable": "1.0.0"})
+    assert r.headers["Upload-Offset"] == "0"
+
+
+@pytest.mark.parametrize("dest", ["http://[::1/dav/f", "http://127.0.0.1:99999/dav/f", "http://h:port/dav/f"])
+def test_a_destination_that_does_not_parse_is_400(c: httpx.Client, base: str, dest: str) -> None:
+    c.put(f"{base}/f", content=b"x")
+    for method in ("MOVE", "COPY"):
+        r = c.request(method, f"{base}/f", headers={"Destination": dest})
+        assert r.status_code == 400, (method, r.text)
+    assert c.get(f"{base}/f").content == b"x"
+
+
+def test_an_encoded_slash_in_a_name_is_400(dav_server: DavServer, c: httpx.Client, base: str) -> None:
+    # cheroot keeps %2F encoded, so it would become part of a name ("a%2Fb"), the name a client
+    # asking for "a%252Fb" means.
+    for raw in (f"{base}/a%2Fb", f"{base}/a%2fb"):
+        assert raw_request(dav_server, "PUT", raw, auth="alice", body=b"x")[0] == 400
+    assert raw_request(dav_server, "PUT", f"{base}/a%252Fb", auth="alice", body=b"y")[0] == 201
+    listing = c.request("PROPFIND", f"{base}/", headers={"Depth": "1"}).text
+    assert "a%252Fb" in listing and listing.count("<D:href>") == 2
+
+
 def test_wrong_password_and_unknown_user_are_401(dav_server: DavServer) -> None:
     assert httpx.get(dav_server.dav_url + "/", auth=("alice", "wrong")).status_code == 401
     assert httpx.get(dav_server.dav_url + "/", auth=("nobody", "wrong")).status_code == 401
@@ -232,7 +307,7 @@ def raw_request(
         cred = base64.b64encode(f"{auth}:{srv.accounts[auth]}".encode()).decode()
         lines.append(f"Authorization: Basic {cred}")
     hdrs = dict(headers or {})
-    if body and "Content-Length" not in hdrs:
+    if body and "Content-Length" not in hdrs and "Transfer-Encoding" not in hdrs:
         hdrs["Content-Length"] = str(len(body))
     lines += [f"{k}: {v}" for k, v in hdrs.items()]
     with socket.create_connection(_addr(srv), timeout=30) as s:
