@@ -36,6 +36,7 @@ from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.engine import Engine
 from sync_ext.api import PREFIX as API_PREFIX
 from sync_ext.api import create_api
+from sync_ext.api.routing import digits
 
 log = logging.getLogger("davserver")
 
@@ -223,14 +224,15 @@ class Guard:
             return plain(start_response, "400 Bad Request", "malformed Destination\n", close=True)
         length_text = environ.get("CONTENT_LENGTH", "").strip()
         if length_text:
-            if not length_text.isdigit():
+            parsed = digits(length_text)
+            if parsed is None:
                 return plain(start_response, "400 Bad Request", "bad Content-Length\n", close=True)
-            length = int(length_text)
+            length = parsed
         else:
             length = 0
         if method == "PUT":
-            expected = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "").strip()
-            declared = max(length, int(expected) if expected.isdigit() else 0)
+            expected = digits(environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "")) or 0
+            declared = max(length, expected)
             if declared > self._s.max_file_size:
                 return plain(
                     start_response,

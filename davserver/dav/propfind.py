@@ -22,6 +22,7 @@ from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_NOT_FOUND, DAVError, get_ht
 
 from davserver.dav.resources import XML_DECL, FileResource, FolderResource
 from davserver.wsgi import http_date
+from sync_ext.api.routing import digits
 
 StartResponse = Callable[..., Any]
 Resource = FileResource | FolderResource
@@ -41,8 +42,8 @@ class Fallback(Exception):
 
 def read_body(environ: dict[str, Any]) -> bytes:
     """The (already size-capped) request body, put back so WsgiDAV can read it again."""
-    length = environ.get("CONTENT_LENGTH", "").strip()
-    body = environ["wsgi.input"].read(int(length)) if length.isdigit() and int(length) > 0 else b""
+    length = digits(environ.get("CONTENT_LENGTH", "")) or 0
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
     environ["wsgi.input"] = io.BytesIO(body)
     return body
 

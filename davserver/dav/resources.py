@@ -35,7 +35,7 @@ from storage.errors import NotFound
 from storage.model import Entry, Quota
 from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
-from sync_ext.api.routing import epoch_seconds
+from sync_ext.api.routing import digits, epoch_seconds
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 #: environ key of the request's path -> Entry look-ups (dropped on every change).
@@ -540,10 +540,7 @@ def declared_length(environ: dict[str, Any]) -> int | None:
     n = content_length(environ)
     if n is not None:
         return n
-    expected = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "").strip()
-    if expected.isdigit():
-        return int(expected)
-    return None
+    return digits(environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", ""))
 
 
 def oc_mtime(environ: dict[str, Any]) -> float | None:

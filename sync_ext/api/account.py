@@ -16,7 +16,7 @@ from typing import Any
 from storage.accounts import Accounts
 from storage.model import TokenInfo
 from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response
+from sync_ext.api.routing import Request, Response, whole_number
 
 MAX_LABEL = 100
 
@@ -60,8 +60,8 @@ class Tokens:
         return Response.json(200, {"tokens": [token_json(info) for info in infos]})
 
     def revoke(self, req: Request) -> Response:
-        raw = req.path_params["token_id"]
-        if not raw.isdigit():
+        token_id = whole_number(req.path_params["token_id"])
+        if token_id is None:
             raise bad_request("a token id is a number")
-        self._accounts.revoke_token(req.volume.account.name, int(raw))
+        self._accounts.revoke_token(req.volume.account.name, token_id)
         return Response(204)

@@ -15,7 +15,7 @@ from typing import Any
 from storage import errors as e
 from sync_ext.api.files import entry_json
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, optional_mtime
+from sync_ext.api.routing import Request, Response, json_int, optional_mtime
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 #: Hashes one /blocks/missing request may ask about.
@@ -67,7 +67,7 @@ def commit(req: Request) -> Response:
     path, size, blocks = doc.get("path"), doc.get("size"), doc.get("blocks")
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not json_int(size) or size < 0:
         raise bad_request("'size' (bytes, an integer) is required")
     if "parent_rev" not in doc or not (doc["parent_rev"] is None or _is_int(doc["parent_rev"])):
         raise bad_request("'parent_rev' is required: the revision edited, or null for a new file")
@@ -111,4 +111,4 @@ def manifest(req: Request) -> Response:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return json_int(value)

@@ -10,7 +10,7 @@ from storage import errors as e
 from storage.model import Entry, Revision, UploadSession
 from storage.reader import VersionReader
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import PREFIX, Request, Response, optional_mtime
+from sync_ext.api.routing import PREFIX, Request, Response, digits, json_int, optional_mtime
 
 #: list_revisions pages at most this many revisions.
 MAX_REVISIONS_PAGE = 1000
@@ -73,7 +73,7 @@ def restore(req: Request) -> Response:
     path, rev = doc.get("path"), doc.get("rev")
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
-    if not isinstance(rev, int) or isinstance(rev, bool) or rev <= 0:
+    if not json_int(rev) or rev <= 0:
         raise bad_request("'rev' (a revision id, an integer) is required")
     entry = req.volume.restore(path, rev, device=req.device())
     return Response.json(200, entry_json(entry))
@@ -84,7 +84,7 @@ def pin_revision(req: Request) -> Response:
     path, rev, pinned = doc.get("path"), doc.get("rev"), doc.get("pinned", True)
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
-    if not isinstance(rev, int) or isinstance(rev, bool) or rev <= 0:
+    if not json_int(rev) or rev <= 0:
         raise bad_request("'rev' (a revision id, an integer) is required")
     if not isinstance(pinned, bool):
         raise bad_request("'pinned' must be true or false")
@@ -123,13 +123,14 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.I
 
 
 def _start_resumable(req: Request) -> Response:
-    declared = (req.header("X-Upload-Content-Length") or "").strip()
-    if declared and not declared.isdigit():
+    raw = (req.header("X-Upload-Content-Length") or "").strip()
+    declared = digits(raw) if raw else None
+    if raw and declared is None:
         raise bad_request("X-Upload-Content-Length must be a byte count")
     session = req.volume.uploads.create(
         kind="resumable",
         path=req.param("path"),
-        length=int(declared) if declared else None,
+        length=declared,
         mtime=_mtime(req),
         if_match=req.if_match(),
         device=req.device(),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qs
 
 from storage import errors as e
@@ -51,6 +51,31 @@ def optional_mtime(raw: object, what: str) -> float | None:
         return epoch_seconds(str(raw))
     except ValueError as exc:
         raise bad_request(f"{what}: {exc}") from None
+
+
+#: Integers the database keeps (ids, offsets, sizes) are signed 64-bit: a larger one names
+#: nothing there, and SQLite's driver cannot even bind it (an OverflowError, a 500).
+INT64_MAX = (1 << 63) - 1
+
+
+def digits(raw: str) -> int | None:
+    """``raw`` (ASCII digits, surrounding blanks allowed) as a non-negative integer, else None.
+
+    ``str.isdigit`` alone also passes "²" and other digits that ``int`` refuses.
+    """
+    raw = raw.strip()
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
+def whole_number(raw: str) -> int | None:
+    """As :func:`digits`, and small enough for the database to hold (an id, a count)."""
+    value = digits(raw)
+    return value if value is not None and value <= INT64_MAX else None
+
+
+def json_int(value: object) -> TypeGuard[int]:
+    """Whether a JSON value is an integer (not a boolean) the database can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and -INT64_MAX - 1 <= value <= INT64_MAX
 
 
 class Request:
@@ -92,9 +117,10 @@ class Request:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
-        if not raw.isdigit() or int(raw) < minimum:
+        value = whole_number(raw)
+        if value is None or value < minimum:
             raise bad_request(f"{name} must be an integer >= {minimum}")
-        return int(raw)
+        return value
 
     def device(self) -> str | None:
         """The client's name for the revision's device field (its User-Agent, shortened)."""
@@ -116,9 +142,10 @@ class Request:
         raw = self.environ.get("CONTENT_LENGTH", "").strip()
         if not raw:
             return None
-        if not raw.isdigit():
+        length = digits(raw)
+        if length is None:
             raise bad_request("bad Content-Length")
-        return int(raw)
+        return length
 
     def body(self) -> RequestBody:
         return RequestBody(self.environ["wsgi.input"], self.content_length())

@@ -10,7 +10,7 @@ from storage.model import TrashItem
 from sync_ext.api.blocks import stale_parent
 from sync_ext.api.files import entry_json
 from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response
+from sync_ext.api.routing import Request, Response, json_int, whole_number
 from sync_ext.api.tree import optional_rev
 
 MAX_PAGE = 1000
@@ -51,7 +51,7 @@ def listing(req: Request) -> Response:
 def restore(req: Request) -> Response:
     doc = req.json()
     item_id, path = doc.get("id"), doc.get("path")
-    if not isinstance(item_id, int) or isinstance(item_id, bool):
+    if not json_int(item_id):
         raise bad_request("'id' (a trash item id) is required")
     if path is not None and (not isinstance(path, str) or not path):
         raise bad_request("'path', when given, must be a non-empty string")
@@ -59,8 +59,8 @@ def restore(req: Request) -> Response:
 
 
 def purge(req: Request) -> Response:
-    raw = req.path_params["item_id"]
-    if not raw.isdigit():
+    item_id = whole_number(req.path_params["item_id"])
+    if item_id is None:
         raise bad_request("a trash item id is a number")
-    req.volume.purge_trash_item(int(raw))
+    req.volume.purge_trash_item(item_id)
     return Response(204)

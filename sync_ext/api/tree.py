@@ -19,7 +19,7 @@ from sync_ext.api.blocks import stale_parent
 from sync_ext.api.changes import Cursor
 from sync_ext.api.files import entry_json
 from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response, optional_mtime
+from sync_ext.api.routing import Request, Response, json_int, optional_mtime
 
 DEFAULT_PAGE, MAX_PAGE = 2000, 10_000
 
@@ -28,7 +28,7 @@ def optional_rev(raw: object) -> int | None:
     """The optional ``rev`` of a conditional request: a revision id, or absent (or null)."""
     if raw is None:
         return None
-    if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
+    if not json_int(raw) or raw <= 0:
         raise bad_request("'rev', when given, must be a revision id (a positive integer)")
     return raw
 

@@ -21,7 +21,7 @@ from storage.model import UploadSession
 from storage.uploads import Checksum
 from sync_ext.api import problems
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, optional_mtime
+from sync_ext.api.routing import Request, Response, digits, optional_mtime, whole_number
 
 VERSION = "1.0.0"
 EXTENSIONS = (
@@ -144,8 +144,8 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             raise Problem(
                 415, "unsupported-media-type", "Unsupported media type", f"send {OFFSET_OCTET_STREAM}"
             )
-        raw_offset = (req.header("Upload-Offset") or "").strip()
-        if not raw_offset.isdigit():
+        offset = whole_number(req.header("Upload-Offset") or "")
+        if offset is None:
             raise bad_request("Upload-Offset (a byte count) is required")
         uploads = req.volume.uploads
         session_id = req.path_params["upload_id"]
@@ -155,7 +155,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         length = _length(req, deferred_ok=False)
         if length is not None and current.length is None:
             uploads.declare_length(session_id, length)
-        session = uploads.append(session_id, int(raw_offset), req.body(), checksum=_checksum(req))
+        session = uploads.append(session_id, offset, req.body(), checksum=_checksum(req))
         return Response(204, [("Upload-Offset", str(session.offset)), *_expiry(session)])
 
     @tus
@@ -196,9 +196,10 @@ def _mtime(meta: dict[str, str]) -> float | None:
 def _length(req: Request, *, deferred_ok: bool = True) -> int | None:
     raw = req.header("Upload-Length")
     if raw is not None:
-        if not raw.strip().isdigit():
+        length = digits(raw)  # past the largest file: 413, by the caller
+        if length is None:
             raise bad_request("Upload-Length must be a byte count")
-        return int(raw.strip())
+        return length
     if not deferred_ok:
         return None
     if (req.header("Upload-Defer-Length") or "").strip() == "1":

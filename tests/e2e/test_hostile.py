@@ -210,6 +210,56 @@ def test_an_encoded_slash_in_a_name_is_400(dav_server: DavServer, c: httpx.Clien
     assert "a%252Fb" in listing and listing.count("<D:href>") == 2
 
 
+HUGE = "9" * 30  # past any 64-bit id: SQLite's driver cannot even bind it
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("GET", "/api/v1/files/download?path=/f.txt&rev=" + HUGE, None),
+        ("GET", "/api/v1/files/download?path=/f.txt&rev=%C2%B2", None),  # "²" passes isdigit()
+        ("GET", "/api/v1/files/list_revisions?path=/f.txt&before_rev=" + HUGE, None),
+        ("DELETE", "/api/v1/trash/" + HUGE, None),
+        ("DELETE", "/api/v1/account/tokens/" + HUGE, None),
+        ("POST", "/api/v1/files/restore", {"path": "/f.txt", "rev": int(HUGE)}),
+        ("POST", "/api/v1/files/pin_revision", {"path": "/f.txt", "rev": int(HUGE)}),
+        ("POST", "/api/v1/trash/restore", {"id": int(HUGE)}),
+        ("POST", "/api/v1/files/delete", {"path": "/f.txt", "rev": int(HUGE)}),
+    ],
+)
+def test_numbers_no_database_holds_are_client_errors(
+    c: httpx.Client, method: str, url: str, body: dict[str, object] | None
+) -> None:
+    c.put("/dav/f.txt", content=b"keep")
+    r = c.request(method, url, json=body)
+    assert r.status_code in (400, 404), r.text
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    assert c.get("/dav/f.txt").content == b"keep"
+
+
+def test_a_length_header_in_other_digits_is_no_crash(dav_server: DavServer, c: httpx.Client) -> None:
+    # "²" (0xB2 in latin-1, as WSGI reads headers) passes str.isdigit(), not int(). Finder's
+    # advisory length is then ignored; the resumable protocol's is refused.
+    status, _ = raw_request(
+        dav_server,
+        "PUT",
+        "/dav/expected.txt",
+        auth="alice",
+        headers={"Transfer-Encoding": "chunked", "X-Expected-Entity-Length": "\xb2"},
+        body=b"1\r\nx\r\n0\r\n\r\n",
+    )
+    assert status == 201
+    assert c.get("/dav/expected.txt").content == b"x"
+    status, reason = raw_request(
+        dav_server,
+        "POST",
+        "/api/v1/files/upload?uploadType=resumable&path=/r.bin",
+        auth="alice",
+        headers={"X-Upload-Content-Length": "\xb2", "Content-Length": "0"},
+    )
+    assert status == 400, reason
+
+
 def test_wrong_password_and_unknown_user_are_401(dav_server: DavServer) -> None:
     assert httpx.get(dav_server.dav_url + "/", auth=("alice", "wrong")).status_code == 401
     assert httpx.get(dav_server.dav_url + "/", auth=("nobody", "wrong")).status_code == 401
@@ -311,7 +361,7 @@ def raw_request(
         hdrs["Content-Length"] = str(len(body))
     lines += [f"{k}: {v}" for k, v in hdrs.items()]
     with socket.create_connection(_addr(srv), timeout=30) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         s.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := s.recv(65536):
