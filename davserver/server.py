@@ -326,7 +326,8 @@ class FastConnection(HTTPConnection):
     connection back to its selector thread, which wakes on the next request and queues
     the connection for a worker: two thread hand-offs per request, each waiting for the
     GIL. Serving a run of small requests (a sync client's GETs, a file manager's
-    PROPFINDs) on one worker took 15% more 4 KiB GETs per second with 4 clients.
+    PROPFINDs) on one worker served 15-35% more 4 KiB GETs per second with 4 clients
+    (two sets of alternating runs).
     A connection quiet for longer goes back to the selector as before, so a lingering
     worker delays a newly queued connection by at most the linger time.
     """
