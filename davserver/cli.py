@@ -129,7 +129,13 @@ def serve(
     """Serve WebDAV at /dav/ until SIGTERM or Ctrl-C."""
     from davserver.app import AppSettings, create_app
     from davserver.maintenance import RetentionTimer
-    from davserver.server import ListenSettings, make_server, serve_forever, tune_malloc
+    from davserver.server import (
+        ListenSettings,
+        freeze_startup_objects,
+        make_server,
+        serve_forever,
+        tune_malloc,
+    )
 
     tune_malloc()
 
@@ -166,6 +172,7 @@ def serve(
         upkeep = RetentionTimer(engine, cfg.retention_interval_minutes * 60)
         upkeep.start()
         engine.notifications.start()
+        freeze_startup_objects()
         try:
             serve_forever(server, on_ready=ready)
         except OSError as exc:
