@@ -557,6 +557,9 @@ class Volume:
             raise Conflict("source and destination are the same")
         if paths.is_within(dst, src):
             raise Conflict("cannot move or copy a folder into itself")
+        if paths.is_within(src, dst):
+            # Replacing the destination would first remove it, and the source with it.
+            raise Conflict("cannot move or copy onto a folder that holds the source")
 
     def _transfer_source(self, conn: Connection, src: str) -> Row[Any]:
         return tree.existing_node(conn, self.account.id, src, lock=True)

@@ -299,6 +299,19 @@ def test_move_copy_delete_folder(c: httpx.Client, base: str) -> None:
     assert c.get(f"{base}/b").content == b"a"
 
 
+def test_move_or_copy_onto_a_folder_holding_the_source_is_409(c: httpx.Client, base: str) -> None:
+    # With Overwrite: T the destination would be replaced: trashed, and the source inside it.
+    assert c.request("MKCOL", f"{base}/q").status_code == 201
+    c.put(f"{base}/q/f.txt", content=b"keep")
+    for method in ("MOVE", "COPY"):
+        for src, dst in ((f"{base}/q/f.txt", f"{base}/q"), (f"{base}/q/", f"{base}/")):
+            r = c.request(method, src, headers={"Destination": dst, "Overwrite": "T"})
+            assert r.status_code == 409, (method, src, r.text)
+    assert c.get(f"{base}/q/f.txt").content == b"keep"
+    trashed = [i["path"] for i in c.get("/api/v1/trash", params={"limit": 1000}).json()["items"]]
+    assert not [p for p in trashed if base.removeprefix("/dav") in p]
+
+
 def test_nfc_and_nfd_names_are_one_file(c: httpx.Client, base: str) -> None:
     nfc = unicodedata.normalize("NFC", "café.txt")
     nfd = unicodedata.normalize("NFD", "café.txt")

@@ -192,6 +192,19 @@ def test_move_refuses_cycles_and_respects_overwrite(vol: Volume) -> None:
     assert vol.quota().used_bytes == 2  # the replaced file is in the trash, still retained
 
 
+def test_move_and_copy_onto_a_folder_holding_the_source_are_refused(vol: Volume) -> None:
+    # Replacing the destination would trash it, and the source inside it with it.
+    vol.mkdir("q")
+    vol.mkdir("q/a")
+    put(vol, "q/a/f.txt", b"keep")
+    for transfer in (vol.move, vol.copy):
+        for src, dst in (("q/a/f.txt", "q"), ("q/a/f.txt", "q/a"), ("q/a", "q")):
+            with pytest.raises(Conflict):
+                transfer(src, dst, overwrite=True)
+    assert read(vol, "q/a/f.txt") == b"keep"
+    assert vol.trash() == []
+
+
 def test_copy_shares_blocks_and_copies_properties(vol: Volume, engine: Engine) -> None:
     vol.mkdir("album")
     payload = os.urandom(1 << 20)
