@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -209,6 +209,14 @@ class Guard:
         self._s = settings
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        answer = self._answer(environ, start_response)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # cheroot sends whatever the app yields, even to a HEAD: an error page or a
+            # problem document would be read by the client as the start of the next answer.
+            return _without_body(answer)
+        return answer
+
+    def _answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
         try:
             # WSGI hands the decoded path as latin-1 code points; ours must be UTF-8.
@@ -253,6 +261,18 @@ class Guard:
                     close=length > 0,
                 )
         return self._app(environ, start_response)
+
+
+def _without_body(answer: Iterable[bytes]) -> Iterator[bytes]:
+    """The answer run to its end (its status and headers set), its body dropped."""
+    try:
+        for _ in answer:
+            pass
+    finally:
+        close = getattr(answer, "close", None)
+        if close is not None:
+            close()
+    yield from ()
 
 
 def _parses(url: str) -> bool:

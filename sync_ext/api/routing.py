@@ -266,7 +266,14 @@ class Api:
                     break
         if methods is None:
             raise Problem(404, "not-found", "Not found", f"no API endpoint {path!r}")
-        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE") or environ.get("REQUEST_METHOD", "GET")
+        method = environ.get("REQUEST_METHOD", "GET")
+        override = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE")
+        if override and method == "POST":
+            # For clients behind proxies that drop PATCH or DELETE (tus 1.0). Never HEAD: the
+            # answer would keep a GET's Content-Length without its body, and the client wait.
+            if override.upper() == "HEAD":
+                raise bad_request("X-HTTP-Method-Override cannot turn a POST into a HEAD")
+            method = override.upper()
         route = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
         if route is None:
             problem = Problem(405, "method-not-allowed", "Method not allowed")

@@ -260,6 +260,35 @@ def test_a_length_header_in_other_digits_is_no_crash(dav_server: DavServer, c: h
     assert status == 400, reason
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/v1/uploads/nope", "/dav/no-such-file.txt", "/api/v1/no-such-endpoint", "/healthz"]
+)
+def test_a_head_answer_has_no_body_even_for_an_error(dav_server: DavServer, path: str) -> None:
+    # On a keep-alive connection a body after a HEAD's headers is read as the next answer.
+    cred = base64.b64encode(f"alice:{dav_server.accounts['alice']}".encode()).decode()
+    head = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {cred}\r\nTus-Resumable: 1.0.0\r\n\r\n"
+    follow = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(_addr(dav_server), timeout=30) as s:
+        s.sendall((head + follow).encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 "), first
+    second, _, body = rest.partition(b"\r\n\r\n")
+    assert second.startswith(b"HTTP/1.1 200"), rest[:200]
+    assert body.strip() == b"ok"
+
+
+def test_a_method_override_to_head_is_refused(c: httpx.Client) -> None:
+    r = c.post("/api/v1/uploads/", headers={"X-HTTP-Method-Override": "HEAD", "Tus-Resumable": "1.0.0"})
+    assert r.status_code == 400
+    assert r.content  # a POST's answer keeps its body
+    # A GET is never overridden (only POST is, for clients behind proxies that drop PATCH).
+    r = c.get("/api/v1/trash", headers={"X-HTTP-Method-Override": "HEAD"})
+    assert r.status_code == 200 and r.json()["items"] is not None
+
+
 def test_wrong_password_and_unknown_user_are_401(dav_server: DavServer) -> None:
     assert httpx.get(dav_server.dav_url + "/", auth=("alice", "wrong")).status_code == 401
     assert httpx.get(dav_server.dav_url + "/", auth=("nobody", "wrong")).status_code == 401
