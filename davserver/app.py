@@ -228,8 +228,12 @@ class Guard:
             # cheroot leaves an encoded slash encoded in PATH_INFO, where it reads the same
             # as an encoded "%2F" (%252F): a name was about to be stored as "a%2Fb".
             return plain(start_response, "400 Bad Request", "a name cannot contain '/'\n", close=True)
-        if method in ("MOVE", "COPY") and not _parses(environ.get("HTTP_DESTINATION", "")):
-            return plain(start_response, "400 Bad Request", "malformed Destination\n", close=True)
+        if method in ("MOVE", "COPY"):
+            if not _parses(environ.get("HTTP_DESTINATION", "")):
+                return plain(start_response, "400 Bad Request", "malformed Destination\n", close=True)
+            # WsgiDAV compares the Destination's host with Host, which HTTP/1.0 may omit.
+            server = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+            environ.setdefault("HTTP_HOST", server)
         length_text = environ.get("CONTENT_LENGTH", "").strip()
         if length_text:
             parsed = digits(length_text)

@@ -24,7 +24,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import ipaddress
 import logging
@@ -228,7 +227,7 @@ class Authenticator:
             try:
                 decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
                 name, _, secret = decoded.partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
                 return self._refuse(environ, start_response, bad_request("malformed Basic credentials"))
         else:
             name, secret = "", value.strip()

@@ -214,7 +214,11 @@ class FastLane:
         if m is None:
             return None
         tag, token = m.groups()
-        if tag is not None and unquote(urlsplit(tag).path, errors="replace") != self._share + path:
+        try:
+            tagged = None if tag is None else unquote(urlsplit(tag).path, errors="replace")
+        except ValueError:
+            return None  # a tag urllib cannot take apart: WsgiDAV words the answer
+        if tagged is not None and tagged != self._share + path:
             return None
         return [str(token)]
 

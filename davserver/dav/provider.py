@@ -35,6 +35,7 @@ from storage.engine import Engine
 from storage.errors import NotFound, StorageError
 from storage.model import Entry
 from storage.volume import Volume
+from sync_ext.api.routing import clamp_numbers
 
 log = logging.getLogger("davserver.dav")
 
@@ -196,6 +197,10 @@ class VolumeProvider(DAVProvider):
         default_handler: Callable[..., Iterable[bytes]],
     ) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
+        for header in ("HTTP_RANGE", "HTTP_TIMEOUT"):
+            if header in environ:
+                # WsgiDAV reads these numbers with int(): over 4300 digits it raises (a 500).
+                environ[header] = clamp_numbers(environ[header])
         if "HTTP_RANGE" in environ:
             specs = environ["HTTP_RANGE"].partition("=")[2].split(",")
             if not valid_range(environ["HTTP_RANGE"]):

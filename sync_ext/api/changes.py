@@ -32,7 +32,7 @@ from storage import paths
 from storage.model import Change
 from storage.notify import Notifications
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response
+from sync_ext.api.routing import Request, Response, json_int
 
 log = logging.getLogger("davserver.api")
 
@@ -73,8 +73,12 @@ class Cursor:
                 raise ValueError
             body = text[3:]
             doc = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-            cursor = cls(int(doc["a"]), int(doc["p"]), paths.normalize_path(str(doc.get("s", ""))))
-        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+            account, position, scope = doc["a"], doc["p"], doc.get("s", "")
+            if not (json_int(account) and json_int(position) and isinstance(scope, str)):
+                raise ValueError
+            cursor = cls(account, position, paths.normalize_path(scope))
+        except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
+            # ValueError covers bad base64 and JSON and non-UTF-8; RecursionError deep nesting.
             raise bad_request("not a cursor of this server") from None
         if cursor.account_id != account_id:
             raise bad_request("this cursor belongs to another account")

@@ -10,7 +10,7 @@ from storage import errors as e
 from storage.model import Entry, Revision, UploadSession
 from storage.reader import VersionReader
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import PREFIX, Request, Response, digits, json_int, optional_mtime
+from sync_ext.api.routing import PREFIX, Request, Response, clamp_numbers, digits, json_int, optional_mtime
 
 #: list_revisions pages at most this many revisions.
 MAX_REVISIONS_PAGE = 1000
@@ -152,7 +152,7 @@ def resume(req: Request) -> Response:
         if length == 0:
             return _resumable_state(uploads.get(session_id))
         raw = f"bytes 0-{length - 1}/{length}"
-    m = _CONTENT_RANGE.match(raw)
+    m = _CONTENT_RANGE.match(clamp_numbers(raw))
     if m is None:
         raise bad_request(
             "Content-Range must be 'bytes a-b/total', 'bytes */total' or with '*' for an unknown total"
@@ -237,7 +237,7 @@ _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 def parse_range(spec: str, size: int) -> tuple[int, int] | None:
     """One byte range as [start, end); None to serve the whole file (a header that does not parse,
     or several ranges); :class:`Problem` 416 when nothing of the file is selected."""
-    m = _RANGE.match(spec)
+    m = _RANGE.match(clamp_numbers(spec))
     if m is None:
         return None
     first, last = m.groups()

@@ -58,13 +58,31 @@ def optional_mtime(raw: object, what: str) -> float | None:
 INT64_MAX = (1 << 63) - 1
 
 
+_LONG_NUMBER = re.compile(r"\d{19,}")
+#: What a number of more than 18 digits is read as: beyond any size, offset, id or timeout here.
+HUGE = 10**18 - 1
+
+
+def clamp_numbers(text: str) -> str:
+    """``text`` with every number of more than 18 digits written as :data:`HUGE`.
+
+    Python's ``int`` refuses strings of over 4300 digits (a ValueError where a 400
+    belongs), and no size, offset or timeout this server deals in comes near 18 digits,
+    so a range, a timeout or a length means the same with the number clamped.
+    """
+    return _LONG_NUMBER.sub(str(HUGE), text)
+
+
 def digits(raw: str) -> int | None:
-    """``raw`` (ASCII digits, surrounding blanks allowed) as a non-negative integer, else None.
+    """``raw`` (ASCII digits, surrounding blanks allowed) as a non-negative integer, else None;
+    more than 18 digits read as :data:`HUGE`.
 
     ``str.isdigit`` alone also passes "²" and other digits that ``int`` refuses.
     """
     raw = raw.strip()
-    return int(raw) if raw.isascii() and raw.isdigit() else None
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw) if len(raw) <= 18 else HUGE
 
 
 def whole_number(raw: str) -> int | None:
@@ -164,8 +182,10 @@ class Request:
             raise too_large
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise bad_request(f"the body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            # ValueError: not JSON, not UTF-8, or an integer of over 4300 digits; RecursionError:
+            # nesting deeper than the parser's stack.
+            raise bad_request(f"the body is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
         if not isinstance(doc, dict):
             raise bad_request("the body must be a JSON object")
         return doc

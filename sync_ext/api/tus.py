@@ -10,7 +10,6 @@ carries ``Tus-Resumable``.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 from email.utils import formatdate
 from functools import wraps
@@ -177,7 +176,7 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
             raise bad_request("Upload-Metadata has an empty key")
         try:
             meta[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8") if value else ""
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
             raise bad_request(f"Upload-Metadata value of {key!r} is not base64 of UTF-8") from None
     return meta
 
@@ -219,7 +218,7 @@ def _checksum(req: Request) -> Checksum | None:
         )
     try:
         digest = base64.b64decode(value.strip(), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         raise bad_request("Upload-Checksum value is not base64") from None
     return Checksum(algorithm, digest)
 
@@ -230,7 +229,10 @@ def _has_body(req: Request) -> bool:
 
 
 def _session_id(url: str, collection: str) -> str:
-    path = urlsplit(url).path
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        raise bad_request(f"{url!r} is not a URL") from None
     rest = path[len(collection) :] if path.startswith(collection) else ""
     if not rest or "/" in rest:
         raise bad_request(f"{url!r} is not an upload of this server")
