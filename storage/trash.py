@@ -66,6 +66,7 @@ def restore(change: tree.Change, item_id: int, target: str | None) -> Entry:
         raise AlreadyExists(f"{dst!r} exists; restore to another path")
     members = and_(n.account_id == account_id, n.trash_id == item.id, n.deleted_at.is_not(None))
     if item.kind == t.KIND_DIR and dst != item.path:
+        tree.check_subtree_fits(conn, account_id, item.path, dst, members)
         conn.execute(
             update(t.nodes)
             .where(members, n.id != item.id, tree.in_subtree(item.path))

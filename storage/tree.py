@@ -14,11 +14,13 @@ from sqlalchemy import (
     Connection,
     Float,
     Integer,
+    LargeBinary,
     Row,
     Select,
     Table,
     and_,
     bindparam,
+    cast,
     func,
     insert,
     select,
@@ -26,7 +28,7 @@ from sqlalchemy import (
 )
 
 from storage import paths
-from storage.errors import Conflict, NotFound, QuotaExceeded
+from storage.errors import Conflict, InvalidName, NotFound, QuotaExceeded
 from storage.metadata import schema as t
 from storage.metadata.prepared import Prepared
 from storage.model import Committed, Entry
@@ -122,6 +124,25 @@ def existing_node(conn: Connection, account_id: int, path: str, *, lock: bool = 
 def live_folder(conn: Connection, account_id: int, path: str) -> Row[Any]:
     """The live folder at ``path`` that something is being created in, or :class:`Conflict`."""
     return folder_for_new(live_node(conn, account_id, path), path)
+
+
+def check_subtree_fits(conn: Connection, account_id: int, src: str, dst: str, *which: Any) -> None:
+    """Refuse to put the subtree at ``src`` under ``dst`` when a path in it would grow past
+    ``paths.MAX_PATH_BYTES`` (only ``dst`` itself was checked, and a file whose path is too
+    long cannot be reached any more). ``which``: conditions narrowing the nodes that move."""
+    growth = len(dst.encode("utf-8")) - len(src.encode("utf-8"))
+    if growth <= 0:
+        return
+    if conn.dialect.name == "postgresql":
+        size = func.octet_length(n.path)
+    else:
+        size = func.length(cast(n.path, LargeBinary))  # SQLite: a blob's length is in bytes
+    too_long = size > paths.MAX_PATH_BYTES - growth
+    found = conn.execute(
+        select(n.id).where(n.account_id == account_id, in_subtree(src), too_long, *which).limit(1)
+    ).first()
+    if found is not None:
+        raise InvalidName(f"a path below {dst!r} would be longer than {paths.MAX_PATH_BYTES} bytes")
 
 
 def in_subtree(path: str) -> ColumnElement[bool]:

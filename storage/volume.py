@@ -501,6 +501,7 @@ class Volume:
                 conn, {"b_node": node.id, "b_parent": parent.id, "b_name": paths.name_of(dst), "b_path": dst}
             )
             if node.kind == t.KIND_DIR:
+                tree.check_subtree_fits(conn, self.account.id, src, dst, n.deleted_at.is_(None))
                 # src is never the root here (_check_transfer), so the subtree is this range.
                 _REPATH_SUBTREE.execute(
                     conn,
@@ -538,6 +539,7 @@ class Volume:
             new_ids = {node.parent_id: parent.id}
             subtree: list[Row[Any]] = [node]
             if node.kind == t.KIND_DIR and recursive:
+                tree.check_subtree_fits(conn, self.account.id, src, dst, n.deleted_at.is_(None))
                 subtree += conn.execute(
                     tree.select_nodes()
                     .where(n.account_id == self.account.id, n.deleted_at.is_(None), tree.in_subtree(src))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+from storage import paths
 from storage.engine import Engine
 from storage.envelope import seal
 from storage.errors import (
@@ -203,6 +204,29 @@ def test_move_and_copy_onto_a_folder_holding_the_source_are_refused(vol: Volume)
                 transfer(src, dst, overwrite=True)
     assert read(vol, "q/a/f.txt") == b"keep"
     assert vol.trash() == []
+
+
+def test_a_move_copy_or_restore_that_would_make_a_path_too_long_is_refused(vol: Volume) -> None:
+    # Only the destination's own path was checked: a file below it ended up unreachable.
+    deep = ""
+    for _ in range(16):  # 240 bytes a name: 3855 bytes with the slashes
+        deep = paths.join(deep, "é" * 120)
+        vol.mkdir(deep)
+    leaf = "s/" + "f" * 230 + "/" + "l" * 100 + ".txt"  # 3857 + 336 bytes once under deep
+    vol.mkdir("s")
+    vol.mkdir("s/" + "f" * 230)
+    put(vol, leaf, b"leaf")
+    for transfer in (vol.move, vol.copy):
+        with pytest.raises(InvalidName):
+            transfer("s", deep + "/s")
+    assert read(vol, leaf) == b"leaf"
+    item = vol.delete("s")
+    with pytest.raises(InvalidName):
+        vol.restore_from_trash(item, deep + "/s")
+    vol.restore_from_trash(item)
+    # A move that keeps the paths' length (or shortens them) needs no look at the subtree.
+    vol.move("s", "t")
+    assert read(vol, "t" + leaf[1:]) == b"leaf"
 
 
 def test_copy_shares_blocks_and_copies_properties(vol: Volume, engine: Engine) -> None:
