@@ -21,6 +21,7 @@ from wsgidav import util, xml_tools
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_LOCKED,
+    HTTP_METHOD_NOT_ALLOWED,
     HTTP_NOT_FOUND,
     DAVError,
     DAVErrorCondition,
@@ -31,7 +32,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from davserver.dav.errors import dav_errors, translated
 from davserver.dav.sync_token import SUPPORTED_REPORT_SET, SYNC_TOKEN, SyncToken, supported_report_set
 from storage import paths
-from storage.errors import NotFound
+from storage.errors import AlreadyExists, NotFound
 from storage.model import Entry, Quota
 from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
@@ -482,7 +483,11 @@ class FolderResource(_Shared, DAVCollection):
     @translated
     def create_collection(self, name: str) -> FolderResource:
         path = util.join_uri(self.path, name)
-        entry = self.volume.mkdir(storage_path(path))
+        try:
+            entry = self.volume.mkdir(storage_path(path))
+        except AlreadyExists:
+            # Another request made it since WsgiDAV looked: MKCOL's answer for an existing name.
+            raise DAVError(HTTP_METHOD_NOT_ALLOWED, "it exists") from None
         self._changed()
         return FolderResource(path, self.environ, self.volume, entry)
 

@@ -32,12 +32,17 @@ PREFIX = "/api/v1"
 MAX_JSON_BODY = 1 << 20
 
 
+_SECONDS = re.compile(r"\s*\d+(?:\.\d*)?(?:[eE][+-]?\d+)?\s*", re.ASCII)
+
+
 def epoch_seconds(text: str) -> float:
-    """A modification time in seconds since the epoch (X-OC-Mtime, ``mtime=``); ValueError if not."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("not a number of seconds since the epoch") from None
+    """A modification time in seconds since the epoch (X-OC-Mtime, ``mtime=``); ValueError if not.
+
+    Plain ASCII decimals only: ``float`` also takes full-width digits, "1_000", "nan" and "inf".
+    """
+    if not _SECONDS.fullmatch(text):
+        raise ValueError("not a number of seconds since the epoch")
+    value = float(text)
     if not 0 <= value < 2**40:
         raise ValueError("out of range")
     return value

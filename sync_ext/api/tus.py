@@ -154,6 +154,8 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         length = _length(req, deferred_ok=False)
         if length is not None and current.length is None:
             uploads.declare_length(session_id, length)
+        elif length is not None and length != current.length:
+            raise bad_request(f"Upload-Length was set to {current.length}; it cannot change")
         session = uploads.append(session_id, offset, req.body(), checksum=_checksum(req))
         return Response(204, [("Upload-Offset", str(session.offset)), *_expiry(session)])
 
@@ -220,6 +222,8 @@ def _checksum(req: Request) -> Checksum | None:
         digest = base64.b64decode(value.strip(), validate=True)
     except ValueError:  # binascii.Error, or non-ASCII text
         raise bad_request("Upload-Checksum value is not base64") from None
+    if not digest:
+        raise bad_request("Upload-Checksum has no value")
     return Checksum(algorithm, digest)
 
 

@@ -90,6 +90,21 @@ def test_bad_tus_requests_get_clear_answers(api: httpx.Client) -> None:
         headers={**TUS, "Upload-Concat": "final;/elsewhere/abc", "Upload-Metadata": _meta(path="/z")},
     )
     assert bad_final.status_code == 400
+    empty_sum = api.patch(
+        url, headers={**OCTETS, "Upload-Offset": "0", "Upload-Checksum": "sha1 "}, content=b"ab"
+    )
+    assert empty_sum.status_code == 400  # not 460: there is no checksum to mismatch
+    # The length is fixed once known (tus 1.0: Upload-Length must not change).
+    other_length = api.patch(
+        url, headers={**OCTETS, "Upload-Offset": "0", "Upload-Length": "9"}, content=b"ab"
+    )
+    assert other_length.status_code == 400
+    for mtime in ("\uff11\uff12", "1_000", "nan"):  # full-width 12: float() takes all three
+        r = api.post(
+            "/uploads/",
+            headers={**TUS, "Upload-Length": "1", "Upload-Metadata": _meta(path="/m", mtime=mtime)},
+        )
+        assert r.status_code == 400, mtime
     assert api.head(url, headers=TUS).headers["Upload-Offset"] == "0"
 
 
