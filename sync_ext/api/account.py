@@ -16,7 +16,7 @@ from typing import Any
 from storage.accounts import Accounts
 from storage.model import TokenInfo
 from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response, whole_number
+from sync_ext.api.routing import Request, Response, digits
 
 MAX_LABEL = 100
 
@@ -60,7 +60,7 @@ class Tokens:
         return Response.json(200, {"tokens": [token_json(info) for info in infos]})
 
     def revoke(self, req: Request) -> Response:
-        token_id = whole_number(req.path_params["token_id"])
+        token_id = digits(req.path_params["token_id"])
         if token_id is None:
             raise bad_request("a token id is a number")
         self._accounts.revoke_token(req.volume.account.name, token_id)

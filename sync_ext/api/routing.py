@@ -80,7 +80,8 @@ def clamp_numbers(text: str) -> str:
 
 def digits(raw: str) -> int | None:
     """``raw`` (ASCII digits, surrounding blanks allowed) as a non-negative integer, else None;
-    more than 18 digits read as :data:`HUGE`.
+    more than 18 digits read as :data:`HUGE` (which the database can hold: as an id it names
+    nothing, as a bound it bounds nothing).
 
     ``str.isdigit`` alone also passes "²" and other digits that ``int`` refuses.
     """
@@ -88,12 +89,6 @@ def digits(raw: str) -> int | None:
     if not (raw.isascii() and raw.isdigit()):
         return None
     return int(raw) if len(raw) <= 18 else HUGE
-
-
-def whole_number(raw: str) -> int | None:
-    """As :func:`digits`, and small enough for the database to hold (an id, a count)."""
-    value = digits(raw)
-    return value if value is not None and value <= INT64_MAX else None
 
 
 def json_int(value: object) -> TypeGuard[int]:
@@ -140,7 +135,7 @@ class Request:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
-        value = whole_number(raw)
+        value = digits(raw)
         if value is None or value < minimum:
             raise bad_request(f"{name} must be an integer >= {minimum}")
         return value

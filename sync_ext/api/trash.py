@@ -10,7 +10,7 @@ from storage.model import TrashItem
 from sync_ext.api.blocks import stale_parent
 from sync_ext.api.files import entry_json
 from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response, json_int, whole_number
+from sync_ext.api.routing import Request, Response, digits, json_int
 from sync_ext.api.tree import optional_rev
 
 MAX_PAGE = 1000
@@ -59,7 +59,7 @@ def restore(req: Request) -> Response:
 
 
 def purge(req: Request) -> Response:
-    item_id = whole_number(req.path_params["item_id"])
+    item_id = digits(req.path_params["item_id"])
     if item_id is None:
         raise bad_request("a trash item id is a number")
     req.volume.purge_trash_item(item_id)

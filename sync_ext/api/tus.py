@@ -20,7 +20,7 @@ from storage.model import UploadSession
 from storage.uploads import Checksum
 from sync_ext.api import problems
 from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, digits, optional_mtime, whole_number
+from sync_ext.api.routing import Request, Response, digits, optional_mtime
 
 VERSION = "1.0.0"
 EXTENSIONS = (
@@ -143,7 +143,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             raise Problem(
                 415, "unsupported-media-type", "Unsupported media type", f"send {OFFSET_OCTET_STREAM}"
             )
-        offset = whole_number(req.header("Upload-Offset") or "")
+        offset = digits(req.header("Upload-Offset") or "")
         if offset is None:
             raise bad_request("Upload-Offset (a byte count) is required")
         uploads = req.volume.uploads
