@@ -380,6 +380,52 @@ def test_move_without_a_host_header(dav_server: DavServer, c: httpx.Client) -> N
     assert c.get("/dav/h2.txt").content == b"h"
 
 
+def _chunks(data: bytes, size: int = 1000) -> bytes:
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def test_chunked_xml_bodies_are_read_and_capped(dav_server: DavServer, c: httpx.Client, base: str) -> None:
+    """WsgiDAV reads XML bodies by Content-Length only: chunked ones were taken for none."""
+    c.put(f"{base}/p.txt", content=b"p")
+    patch = (
+        b'<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:z="urn:z">'
+        b"<d:set><d:prop><z:color>blue</z:color></d:prop></d:set></d:propertyupdate>"
+    )
+    chunked = {"Transfer-Encoding": "chunked"}
+    status, reply = raw_request(
+        dav_server, "PROPPATCH", f"{base}/p.txt", auth="alice", headers=chunked, body=_chunks(patch, 40)
+    )
+    assert status == 207 and b"200 OK" in reply, reply
+    named = (
+        b'<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:z="urn:z">'
+        b"<d:prop><z:color/></d:prop></d:propfind>"
+    )
+    status, reply = raw_request(
+        dav_server,
+        "PROPFIND",
+        f"{base}/p.txt",
+        auth="alice",
+        headers={**chunked, "Depth": "0"},
+        body=_chunks(named),
+    )
+    assert status == 207 and b"blue" in reply and b"getcontentlength" not in reply, reply
+    huge = (
+        b'<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop>'
+        + b"<d:x/>" * 200_000
+        + b"</d:prop></d:propfind>"
+    )
+    status, _ = raw_request(
+        dav_server,
+        "PROPFIND",
+        f"{base}/p.txt",
+        auth="alice",
+        headers={**chunked, "Depth": "0"},
+        body=_chunks(huge, 65536),
+    )
+    assert status == 413
+
+
 def test_wrong_password_and_unknown_user_are_401(dav_server: DavServer) -> None:
     assert httpx.get(dav_server.dav_url + "/", auth=("alice", "wrong")).status_code == 401
     assert httpx.get(dav_server.dav_url + "/", auth=("nobody", "wrong")).status_code == 401
