@@ -237,6 +237,12 @@ class Guard:
             server = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
             environ.setdefault("HTTP_HOST", server)
         length_text = environ.get("CONTENT_LENGTH", "").strip()
+        if length_text and "HTTP_TRANSFER_ENCODING" in environ:
+            # RFC 9112 6.3: a request smuggling pattern; cheroot decoded the chunks and cut them
+            # at the Content-Length (a truncated file, the rest read as the next request).
+            return plain(
+                start_response, "400 Bad Request", "Content-Length with Transfer-Encoding\n", close=True
+            )
         if length_text:
             parsed = digits(length_text)
             if parsed is None:

@@ -124,8 +124,23 @@ class DetachingGateway(wsgi.Gateway_10):
         if isinstance(body, KnownLengthRFile):
             environ["wsgi.input"] = SocketBody(body, self.req.conn.socket)
         elif isinstance(body, ChunkedRFile):
-            environ["wsgi.input"] = ChunkedBody(body)
+            environ["wsgi.input"] = self._chunked = ChunkedBody(body)
         return environ
+
+    _chunked: ChunkedBody | None = None
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """``Connection: close`` from the app closes the connection (cheroot only sends the
+        header and reads on), and so does an answer given before the app read a chunked
+        body to its end: cheroot drains only bodies of known length, so the rest of the
+        chunks was read as the next request (a 401 to a chunked PUT, then "400 Malformed
+        Request-Line")."""
+        chunked = self._chunked
+        if chunked is not None and not chunked.finished and not _has_connection(headers):
+            headers = [*headers, ("Connection", "close")]
+        if any(name.lower() == "connection" and value.lower() == "close" for name, value in headers):
+            self.req.close_connection = True
+        return super().start_response(status, headers, exc_info)
 
     def write(self, chunk: bytes) -> None:
         """Send the header block and a small first chunk in one system call.
@@ -262,6 +277,15 @@ class ChunkedBody:
 
     def close(self) -> None:
         self._stream.close()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the last chunk has been read."""
+        return bool(self._stream.closed)
+
+
+def _has_connection(headers: list[tuple[str, str]]) -> bool:
+    return any(name.lower() == "connection" for name, _ in headers)
 
 
 @contextlib.contextmanager

@@ -20,13 +20,23 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+#: Modification times are taken between the epoch and 2**40 s (year 36812); see epoch_seconds.
+MAX_TIME = 2.0**40
+
+
+def valid_time(secs: float) -> float:
+    """``secs``, or 0 beyond +-MAX_TIME or NaN (a value stored before the range was enforced):
+    a date no answer can format must not turn every answer about the file into a 500."""
+    return secs if -MAX_TIME < secs < MAX_TIME else 0.0
+
+
 def http_date(secs: float) -> str:
     """RFC 1123 date, locale independent (email.utils.formatdate, five times faster).
 
     Memoised per whole second: every response's Date repeats the same few values, and a
     small file's Last-Modified is usually one of them too (2% of a 4 KiB PUT's GIL time).
     """
-    return _http_date(math.floor(secs))
+    return _http_date(math.floor(valid_time(secs)))
 
 
 @functools.lru_cache(maxsize=256)

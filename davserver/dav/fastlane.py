@@ -253,7 +253,7 @@ def _plain_put(environ: dict[str, Any]) -> bool:
 
 def _failed(start_response: StartResponse, status: int, reason: str) -> list[bytes]:
     """An error met while reading the body: the rest of it is not read, so the connection closes."""
-    if status >= 500:
+    if status >= 500 and status != HTTPStatus.INSUFFICIENT_STORAGE:  # over quota: the client's
         log.error("PUT failed: %s", reason)
     phrase = f"{status} {HTTPStatus(status).phrase}"
     return plain(start_response, phrase, reason + "\n", retry_after(status), close=True)

@@ -31,6 +31,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from davserver.dav.errors import dav_errors, translated
 from davserver.dav.sync_token import SUPPORTED_REPORT_SET, SYNC_TOKEN, SyncToken, supported_report_set
+from davserver.wsgi import valid_time
 from storage import paths
 from storage.errors import AlreadyExists, NotFound
 from storage.model import Entry, Quota
@@ -82,7 +83,7 @@ class _Shared:
         return self.entry.created_at if self.entry else None
 
     def get_last_modified(self) -> float | None:
-        return self.entry.mtime if self.entry else None
+        return valid_time(self.entry.mtime) if self.entry else None
 
     @translated
     def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
@@ -559,18 +560,17 @@ def oc_mtime(environ: dict[str, Any]) -> float | None:
 
 
 def parse_time(value: Any) -> float:
-    """An HTTP date (getlastmodified, Win32LastModifiedTime) or epoch seconds."""
-    if isinstance(value, int | float):
-        return float(value)
+    """An HTTP date (getlastmodified, Win32LastModifiedTime) or epoch seconds, in the range
+    X-OC-Mtime and the API take (a stored 1e400 broke every later answer about the file)."""
     text = str(value).strip()
     try:
-        return float(text)
+        return epoch_seconds(text)
     except ValueError:
         pass
     try:
-        return parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError):
-        raise DAVError(HTTP_BAD_REQUEST, f"not a date: {text[:60]!r}") from None
+        return epoch_seconds(repr(parsedate_to_datetime(text).timestamp()))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise DAVError(HTTP_BAD_REQUEST, f"not a date this server keeps: {text[:60]!r}") from None
 
 
 def single_etag(header: str | None) -> str | None:

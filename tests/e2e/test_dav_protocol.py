@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import CAROL_QUOTA, PASSWORDS
 from tests.e2e.harness import DavServer, member_names, propfind
@@ -274,6 +275,25 @@ def test_set_last_modified_win32_and_oc_mtime(c: httpx.Client, base: str) -> Non
 
 
 # --- namespace operations ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1e400", "1e20", "-5", "nan", "Fri, 01 Jan 1960 00:00:00 GMT"])
+def test_a_modification_time_out_of_range_is_refused(c: httpx.Client, base: str, value: str) -> None:
+    # Stored, 1e400 turned every later GET, PROPFIND and DELETE of the file (and of its folder's
+    # listing) into a 500.
+    c.put(f"{base}/t.txt", content=b"t")
+    for prop in (
+        "<d:getlastmodified>{}</d:getlastmodified>",
+        "<z:Win32LastModifiedTime>{}</z:Win32LastModifiedTime>",
+    ):
+        body = (
+            '<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:z="urn:schemas-microsoft-com:">'
+            f"<d:set><d:prop>{prop.format(value)}</d:prop></d:set></d:propertyupdate>"
+        )
+        r = c.request("PROPPATCH", f"{base}/t.txt", content=body)
+        assert r.status_code == 207 and "200 OK" not in r.text, r.text
+    assert c.get(f"{base}/t.txt").status_code == 200
+    assert c.request("PROPFIND", f"{base}/", headers={"Depth": "1"}).status_code == 207
 
 
 def test_move_copy_delete_folder(c: httpx.Client, base: str) -> None:
