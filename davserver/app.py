@@ -265,12 +265,18 @@ class Guard:
         elif method in _XML_METHODS and not length_text and _chunked(environ):
             # WsgiDAV reads an XML body by its Content-Length only: a chunked one was taken
             # for none (PROPFIND as allprop, PROPPATCH and LOCK refused). Read it here, capped.
+            stream = environ["wsgi.input"]
             try:
-                body = environ["wsgi.input"].read(self._s.max_xml_body + 1)
+                body = stream.read(self._s.max_xml_body + 1)
+                if len(body) > self._s.max_xml_body:
+                    # Read on (within reason) so the client is not reset while still sending,
+                    # which could cost it the answer.
+                    drained = _drain(stream, _DRAIN_BYTES)
+                    return plain(
+                        start_response, "413 Content Too Large", "request body too large\n", close=not drained
+                    )
             except MalformedBody as exc:
                 return plain(start_response, "400 Bad Request", f"{exc}\n", close=True)
-            if len(body) > self._s.max_xml_body:
-                return plain(start_response, "413 Content Too Large", "request body too large\n", close=True)
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             del environ["HTTP_TRANSFER_ENCODING"]
@@ -297,6 +303,20 @@ def _without_body(answer: Iterable[bytes]) -> Iterator[bytes]:
         if close is not None:
             close()
     yield from ()
+
+
+#: How much of an oversize chunked XML body is read and dropped before the 413.
+_DRAIN_BYTES = 16 << 20
+
+
+def _drain(stream: Any, limit: int) -> bool:
+    """Read and drop up to ``limit`` bytes; whether the body ended within them."""
+    while limit > 0:
+        piece = stream.read(min(limit, 1 << 20))
+        if not piece:
+            return True
+        limit -= len(piece)
+    return False
 
 
 def _chunked(environ: dict[str, Any]) -> bool:
