@@ -268,14 +268,10 @@ def test_a_length_header_in_other_digits_is_no_crash(dav_server: DavServer, c: h
 )
 def test_a_head_answer_has_no_body_even_for_an_error(dav_server: DavServer, path: str) -> None:
     # On a keep-alive connection a body after a HEAD's headers is read as the next answer.
-    cred = base64.b64encode(f"alice:{dav_server.accounts['alice']}".encode()).decode()
+    cred = _basic(dav_server, "alice")
     head = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {cred}\r\nTus-Resumable: 1.0.0\r\n\r\n"
     follow = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    with socket.create_connection(_addr(dav_server), timeout=30) as s:
-        s.sendall((head + follow).encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+    data = _exchange(dav_server, (head + follow).encode())
     first, _, rest = data.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 "), first
     second, _, body = rest.partition(b"\r\n\r\n")
@@ -369,13 +365,9 @@ def test_malformed_input_gets_a_client_error(
 
 def test_move_without_a_host_header(dav_server: DavServer, c: httpx.Client) -> None:
     c.put("/dav/h.txt", content=b"h")
-    cred = base64.b64encode(f"alice:{dav_server.accounts['alice']}".encode()).decode()
-    with socket.create_connection(_addr(dav_server), timeout=30) as s:
-        request = (
-            f"MOVE /dav/h.txt HTTP/1.0\r\nAuthorization: Basic {cred}\r\nDestination: /dav/h2.txt\r\n\r\n"
-        )
-        s.sendall(request.encode())
-        reply = s.recv(1024)
+    cred = _basic(dav_server, "alice")
+    request = f"MOVE /dav/h.txt HTTP/1.0\r\nAuthorization: Basic {cred}\r\nDestination: /dav/h2.txt\r\n\r\n"
+    reply = _exchange(dav_server, request.encode())
     assert reply.startswith(b"HTTP/1.1 201"), reply
     assert c.get("/dav/h2.txt").content == b"h"
 
@@ -426,15 +418,6 @@ def test_chunked_xml_bodies_are_read_and_capped(dav_server: DavServer, c: httpx.
     assert status == 413
 
 
-def _exchange(srv: DavServer, raw: bytes) -> bytes:
-    with socket.create_connection(_addr(srv), timeout=30) as s:
-        s.sendall(raw)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
-
-
 def test_an_answer_before_a_chunked_body_is_read_closes_the_connection(dav_server: DavServer) -> None:
     # cheroot drains only bodies of known length: the chunks were read as the next request.
     put = b"PUT /dav/unread.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -447,7 +430,7 @@ def test_an_answer_before_a_chunked_body_is_read_closes_the_connection(dav_serve
 
 
 def test_content_length_with_transfer_encoding_is_400(dav_server: DavServer, c: httpx.Client) -> None:
-    cred = base64.b64encode(f"alice:{dav_server.accounts['alice']}".encode()).decode()
+    cred = _basic(dav_server, "alice")
     raw = (
         f"PUT /dav/smuggle.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {cred}\r\n"
         "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -541,6 +524,21 @@ def _addr(srv: DavServer) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or 80
 
 
+def _basic(srv: DavServer, account: str) -> str:
+    return base64.b64encode(f"{account}:{srv.accounts[account]}".encode()).decode()
+
+
+def _exchange(srv: DavServer, raw: bytes) -> bytes:
+    """Send ``raw`` (one request or several, pipelined), then read until the server closes."""
+    with socket.create_connection(_addr(srv), timeout=30) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
 def raw_request(
     srv: DavServer,
     method: str,
@@ -552,18 +550,12 @@ def raw_request(
 ) -> tuple[int, bytes]:
     lines = [f"{method} {raw_path} HTTP/1.1", f"Host: {_addr(srv)[0]}", "Connection: close"]
     if auth:
-        cred = base64.b64encode(f"{auth}:{srv.accounts[auth]}".encode()).decode()
-        lines.append(f"Authorization: Basic {cred}")
+        lines.append(f"Authorization: Basic {_basic(srv, auth)}")
     hdrs = dict(headers or {})
     if body and "Content-Length" not in hdrs and "Transfer-Encoding" not in hdrs:
         hdrs["Content-Length"] = str(len(body))
     lines += [f"{k}: {v}" for k, v in hdrs.items()]
-    with socket.create_connection(_addr(srv), timeout=30) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+    data = _exchange(srv, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
     head, _, rest = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, rest
