@@ -135,10 +135,11 @@ class DetachingGateway(wsgi.Gateway_10):
         body to its end: cheroot drains only bodies of known length, so the rest of the
         chunks was read as the next request (a 401 to a chunked PUT, then "400 Malformed
         Request-Line")."""
+        connection = next((v.lower() for k, v in headers if k.lower() == "connection"), None)
         chunked = self._chunked
-        if chunked is not None and not chunked.finished and not _has_connection(headers):
-            headers = [*headers, ("Connection", "close")]
-        if any(name.lower() == "connection" and value.lower() == "close" for name, value in headers):
+        if connection is None and chunked is not None and not chunked.finished:
+            headers, connection = [*headers, ("Connection", "close")], "close"
+        if connection == "close":
             self.req.close_connection = True
         return super().start_response(status, headers, exc_info)
 
@@ -282,10 +283,6 @@ class ChunkedBody:
     def finished(self) -> bool:
         """Whether the last chunk has been read."""
         return bool(self._stream.closed)
-
-
-def _has_connection(headers: list[tuple[str, str]]) -> bool:
-    return any(name.lower() == "connection" for name, _ in headers)
 
 
 @contextlib.contextmanager
