@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sync_ext.api.routing import MAX_EPOCH
+
 #: environ key of the authenticated account's id, set by davserver.auth and read by
 #: the faces (the extension API, which may not import davserver, uses the same string).
 ACCOUNT_KEY = "davserver.account_id"
@@ -20,14 +22,10 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-#: Modification times are taken between the epoch and 2**40 s (year 36812); see epoch_seconds.
-MAX_TIME = 2.0**40
-
-
 def valid_time(secs: float) -> float:
-    """``secs``, or 0 beyond +-MAX_TIME or NaN (a value stored before the range was enforced):
+    """``secs``, or 0 beyond +-MAX_EPOCH or NaN (a value stored before the range was enforced):
     a date no answer can format must not turn every answer about the file into a 500."""
-    return secs if -MAX_TIME < secs < MAX_TIME else 0.0
+    return secs if -MAX_EPOCH < secs < MAX_EPOCH else 0.0
 
 
 def http_date(secs: float) -> str:

@@ -37,7 +37,7 @@ from storage.errors import AlreadyExists, NotFound
 from storage.model import Entry, Quota
 from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
-from sync_ext.api.routing import digits, epoch_seconds
+from sync_ext.api.routing import digits, epoch_in_range, epoch_seconds
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 #: environ key of the request's path -> Entry look-ups (dropped on every change).
@@ -568,7 +568,7 @@ def parse_time(value: Any) -> float:
     except ValueError:
         pass
     try:
-        return epoch_seconds(repr(parsedate_to_datetime(text).timestamp()))
+        return epoch_in_range(parsedate_to_datetime(text).timestamp())
     except (TypeError, ValueError, IndexError, OverflowError):
         raise DAVError(HTTP_BAD_REQUEST, f"not a date this server keeps: {text[:60]!r}") from None
 

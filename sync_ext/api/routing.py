@@ -33,6 +33,15 @@ MAX_JSON_BODY = 1 << 20
 
 
 _SECONDS = re.compile(r"\s*\d+(?:\.\d*)?(?:[eE][+-]?\d+)?\s*", re.ASCII)
+#: Modification times are taken from the epoch up to this (2**40 s: the year 36812).
+MAX_EPOCH = 2.0**40
+
+
+def epoch_in_range(value: float) -> float:
+    """``value`` as a modification time, or ValueError (also for NaN)."""
+    if not 0 <= value < MAX_EPOCH:
+        raise ValueError("out of range")
+    return value
 
 
 def epoch_seconds(text: str) -> float:
@@ -42,10 +51,7 @@ def epoch_seconds(text: str) -> float:
     """
     if not _SECONDS.fullmatch(text):
         raise ValueError("not a number of seconds since the epoch")
-    value = float(text)
-    if not 0 <= value < 2**40:
-        raise ValueError("out of range")
-    return value
+    return epoch_in_range(float(text))
 
 
 def optional_mtime(raw: object, what: str) -> float | None:
