@@ -403,15 +403,8 @@ class Uploads:
         check = hashlib.new(checksum.algorithm) if checksum is not None else None
         body = LimitedReader(stream, limit, None)
         start = offset - len(prefix)
-
-        def store_tail(data: bytes, at: int) -> str | None:
-            # Called once the body is read; a tail that ends the file becomes a block instead.
-            if row.length is not None and offset + body.count == row.length:
-                return None
-            return self._store_tail_object(session_id, start + at, data)
-
         # ``whole`` continues over this body's bytes; the tail read back was hashed before.
-        writer = self._writer(row.path, on_tail=store_tail, hasher=whole, unhashed=len(prefix))
+        writer = self._writer(row.path, hasher=whole, unhashed=len(prefix))
         pipelined = self._s.config.appends_pipelined
         try:
             # Pipelined, the last blocks are left to finish on the pool too (the commit waits).
@@ -425,7 +418,6 @@ class Uploads:
                 writer.store_tail()  # the end of the file: a real block boundary
             if body.count == 0:
                 writer.abort()
-                self._drop_tail_object(writer.tail_result)
                 if whole_before is not None:
                     self._hashers.keep(session_id, offset, whole_before)
                 return self.get(session_id)
@@ -438,7 +430,6 @@ class Uploads:
             self._commit(row, writer, start, new_offset)
         except BaseException:
             writer.abort()
-            self._drop_tail_object(writer.tail_result)
             if whole_before is not None:
                 self._hashers.keep(session_id, offset, whole_before)
             raise
@@ -486,12 +477,12 @@ class Uploads:
         whole: Any,
     ) -> UploadSession | None:
         """Answer now and commit on the pool (see :meth:`append`); None if the pool is gone."""
-        tail = writer.tail_result if writer.tail else None
         # The commit runs later, but the session was live and extended as of now.
         accepted = self._clock()
         expires = accepted + self._s.config.upload_session_seconds
-        # block_count is re-read by the commit; None here, so nothing trusts a stale one.
-        after = _row_after(row, offset=end, tail_name=tail, expires_at=expires, block_count=None)
+        # block_count and the tail object are the commit's to decide; None here, so nothing
+        # trusts a stale one (the next append starts from ``writer.tail`` in memory).
+        after = _row_after(row, offset=end, tail_name=None, expires_at=expires, block_count=None)
         if whole is not None:
             # For the next append (a failure forgets it), which waits for the hash to finish.
             self._hashers.keep(session_id, end, whole, writer.hashed)
@@ -504,7 +495,6 @@ class Uploads:
                 self._commit(row, writer, start, end, accepted=accepted)
             except BaseException as exc:
                 writer.abort()
-                self._drop_tail_object(writer.tail_result)
                 self._hashers.forget(session_id)
                 log.warning("upload %s: data up to offset %d was not committed (%s)", session_id, end, exc)
                 raise
@@ -529,17 +519,24 @@ class Uploads:
         been live then, and its expiry and its new blocks' age count from then, however late
         the commit runs.
 
-        The new tail object was stored by the writer's ``on_tail`` while the last blocks
-        were being stored, and is synced with them here; a failure leaves it to the caller.
+        The new tail object is stored here, while the writer's last blocks are still on the
+        pool, and synced with them: a pipelined append is answered before this runs, so
+        sealing and writing up to a block is off the request's path. A failure deletes it.
         """
-        tail = writer.tail_result if writer.tail else None
-        writer.make_durable(also=() if tail is None else (tail,))
-        with self._db.write() as conn:
-            self._commit_append(conn, row, writer, start, end, tail, accepted)
-        if row.tail_name is not None:
+        tail = None
+        if writer.tail:
+            tail = self._store_tail_object(row.id, end - len(writer.tail), writer.tail)
+        try:
+            writer.make_durable(also=() if tail is None else (tail,))
+            with self._db.write() as conn:
+                replaced = self._commit_append(conn, row, writer, start, end, tail, accepted)
+        except BaseException:
+            self._drop_tail_object(tail)
+            raise
+        if replaced is not None:
             # Unreferenced now. Deleted off the request's path (unlinking a MiB file is not
             # free); if the delete is lost, gc sweeps the object as an orphan.
-            self._s.executor.submit(self._s.blocks.backend.delete, row.tail_name)
+            self._s.executor.submit(self._s.blocks.backend.delete, replaced)
 
     def _commit_append(
         self,
@@ -550,7 +547,8 @@ class Uploads:
         end: int,
         tail: str | None,
         accepted: float | None,
-    ) -> None:
+    ) -> str | None:
+        """Returns the tail object the session named before (this append started from it)."""
         now = self._clock() if accepted is None else accepted
         current = self._row(conn, row.id, lock=True, now=now)
         if current.offset != row.offset or current.completed_at is not None:
@@ -581,6 +579,7 @@ class Uploads:
             },
         )
         EXTEND_LEASE.execute(conn, {"b_upload": current.upload_id, "b_expires": expires})
+        return current.tail_name  # type: ignore[no-any-return]
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -690,7 +689,6 @@ class Uploads:
         path: str | None,
         *,
         keep_tail: bool = True,
-        on_tail: Callable[[bytes, int], Any] | None = None,
         hasher: Any = None,
         unhashed: int = 0,
     ) -> BlockWriter:
@@ -710,7 +708,6 @@ class Uploads:
             hasher=hasher,
             unhashed=unhashed,
             keep_tail=keep_tail,
-            on_tail=on_tail,
         )
 
     def _to_session(self, row: Any) -> UploadSession:

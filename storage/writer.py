@@ -235,7 +235,6 @@ class BlockWriter:
         hasher: Any = None,
         unhashed: int = 0,
         keep_tail: bool = False,
-        on_tail: Callable[[bytes, int], Any] | None = None,
     ) -> None:
         """``whole_hash=False``: the content is not hashed (``sha256`` stays empty).
         ``hasher``: a hashlib object the content continues (an upload session's), after
@@ -243,9 +242,6 @@ class BlockWriter:
 
         ``keep_tail=True``: the stream's last piece (after the last real cut point) is
         not stored but left in :attr:`tail`, for an upload that continues later.
-        ``on_tail(tail, at)`` is called with it on the writing thread as soon as it is
-        known, while the last blocks are still being stored (its result is kept in
-        :attr:`tail_result`), so the caller can make the tail durable in that time.
         """
         self._ctx = ctx
         self._whole_hash = whole_hash
@@ -254,8 +250,6 @@ class BlockWriter:
         self._keep_tail = keep_tail
         #: The held-back last piece (``keep_tail``), not part of ``refs`` or ``size``.
         self.tail = b""
-        self._on_tail = on_tail
-        self.tail_result: Any = None
         self._db = db
         self._store = store
         self._executor = executor
@@ -316,8 +310,6 @@ class BlockWriter:
                     self._accept(pending.popleft().result())
             if self.tail:
                 self._hash(whole, self.tail)
-            if self._on_tail is not None and self.tail:
-                self.tail_result = self._on_tail(self.tail, offset)
             if held is not None and drain:
                 self._accept(self._prepare(*held))  # the only block: stored on this thread
             elif held is not None:

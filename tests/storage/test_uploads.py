@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -107,13 +108,13 @@ def test_each_append_syncs_its_blocks_and_tail_before_recording_them(
 
     def commit_append(
         self: Uploads, conn: Any, row: Any, writer: Any, start: int, end: int, tail: Any, accepted: Any
-    ) -> None:
+    ) -> str | None:
         names = [r.stored.name for r in writer.refs if r.stored is not None and r.stored.inline is None]
         names += [tail] if tail is not None else []
         with tracking._lock:
             assert not tracking.volatile & set(names), "recorded before it was durable"
         seen.extend(names)
-        real(self, conn, row, writer, start, end, tail, accepted)
+        return real(self, conn, row, writer, start, end, tail, accepted)
 
     monkeypatch.setattr(Uploads, "_commit_append", commit_append)
     data = _data(1_500_000)
@@ -455,6 +456,38 @@ def test_an_answered_append_that_cannot_commit_makes_the_client_resume_from_the_
     with vol.open("f.bin") as r:
         assert r.read() == data
     _assert_collected_and_clean(engine)
+
+
+def _tail_objects(engine: Engine, expected: int) -> list[str]:
+    """The session tails in the store, once there are ``expected`` of them (replaced tails
+    are deleted on the pool, after the commit) or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        names = [o.name for o in engine.blocks.backend.list() if "/tails/" in o.name]
+        if len(names) == expected or time.monotonic() > deadline:
+            return names
+        time.sleep(0.01)
+
+
+def test_a_session_keeps_one_tail_object_and_a_failed_commit_leaves_none(
+    held: tuple[Engine, Volume, HeldSyncs],
+) -> None:
+    engine, vol, backend = held
+    data = _data(1_200_000, seed=9)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    for at in range(0, 800_000, 200_000):
+        vol.uploads.append(up.id, at, io.BytesIO(data[at : at + 200_000]))
+        vol.uploads.get(up.id)  # committed
+    kept = _tail_objects(engine, 1)
+    assert len(kept) == 1, "each commit deletes the tail its append started from"
+    backend.fail_next = True  # the next append's blocks and tail will not sync
+    vol.uploads.append(up.id, 800_000, io.BytesIO(data[800_000:1_000_000]))
+    assert vol.uploads.get(up.id).offset == 800_000
+    assert _tail_objects(engine, 1) == kept, "the failed commit's tail object is deleted"
+    vol.uploads.append(up.id, 800_000, io.BytesIO(data[800_000:]))
+    with vol.open("f.bin") as r:
+        assert r.read() == data
+    assert _tail_objects(engine, 0) == []
 
 
 def test_closing_the_engine_commits_the_appends_it_answered(
