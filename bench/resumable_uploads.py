@@ -50,7 +50,8 @@ def _source(path: Path, size: int) -> str:
 
 
 class Uploader:
-    def __init__(self, server: ServerProcess, password: str) -> None:
+    def __init__(self, server: ServerProcess, password: str, *, sendfile: bool) -> None:
+        self._sendfile = sendfile
         u = urlsplit(server.url)
         self._conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=600)
         self._auth = "Basic " + base64.b64encode(f"{USER}:{password}".encode()).decode()
@@ -67,12 +68,16 @@ class Uploader:
             c.putheader(k, v)
         c.endheaders()
         with src.open("rb") as f:
-            f.seek(offset)
-            left = length
-            while left:
-                chunk = f.read(min(MiB, left))
-                c.send(chunk)
-                left -= len(chunk)
+            if self._sendfile:
+                assert c.sock is not None  # connected by endheaders()
+                c.sock.sendfile(f, offset, length)
+            else:
+                f.seek(offset)
+                left = length
+                while left:
+                    chunk = f.read(min(MiB, left))
+                    c.send(chunk)
+                    left -= len(chunk)
         r = c.getresponse()
         r.read()
         return r
@@ -123,7 +128,7 @@ class Uploader:
             raise BenchError(f"{name}: stored size/hash differ from the source")
 
 
-def run(size_mib: int, rounds: int, workdir: Path) -> dict[str, list[float]]:
+def run(size_mib: int, rounds: int, workdir: Path, *, sendfile: bool = True) -> dict[str, list[float]]:
     size = size_mib * MiB
     root = Path(tempfile.mkdtemp(prefix="davserver-resumable-", dir=workdir))
     password = "bench-" + os.urandom(8).hex()
@@ -131,7 +136,7 @@ def run(size_mib: int, rounds: int, workdir: Path) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {m: [] for m in METHODS}
     try:
         server.start()
-        up = Uploader(server, password)
+        up = Uploader(server, password, sendfile=sendfile)
         try:
             for r in range(rounds):
                 # See the module docstring: sources first, a flush before each upload, rotation.
@@ -180,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--client-reads",
+        action="store_true",
+        help="send bodies with read() and send() in 1 MiB pieces instead of sendfile(2)",
+    )
     args = parser.parse_args(argv)
     if args.size_mib < 64:
         parser.error("--size-mib must be at least 64")
@@ -189,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"not enough free disk space in {args.workdir}", file=sys.stderr)
         return 2
     try:
-        rates = run(args.size_mib, args.rounds, args.workdir)
+        rates = run(args.size_mib, args.rounds, args.workdir, sendfile=not args.client_reads)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
