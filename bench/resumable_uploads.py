@@ -8,9 +8,10 @@ PATCHes, one keep-alive connection), in an order that rotates from round to roun
 sends its own file of fresh random data, so deduplication never turns an upload into a hash-only
 pass; a round writes its three files first, and the page cache is flushed (``os.sync``) before
 each upload starts, so none competes with the write-back of its source (or with the previous
-upload's late syncs). Bodies go out in 1 MiB writes for all three. Reported: MB/s (10**6 bytes
-of content per second, median of the rounds, range) and tus relative to PUT; the target is >=
-0.9x. The upload is checked (size and SHA-256 through /api/v1/files/metadata). Nothing here
+upload's late syncs). Bodies go out with sendfile(2) for all three, so the client's copies take
+little of the CPU the server shares with it (``--client-reads``: read() and send() in 1 MiB
+pieces instead). Reported: MB/s (10**6 bytes of content per second, median of the rounds,
+range) and tus relative to PUT; the target is >= 0.9x. The upload is checked (size and SHA-256 through /api/v1/files/metadata). Nothing here
 asserts a timing.
 """
 
