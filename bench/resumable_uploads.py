@@ -11,8 +11,8 @@ each upload starts, so none competes with the write-back of its source (or with 
 upload's late syncs). Bodies go out with sendfile(2) for all three, so the client's copies take
 little of the CPU the server shares with it (``--client-reads``: read() and send() in 1 MiB
 pieces instead). Reported: MB/s (10**6 bytes of content per second, median of the rounds,
-range) and tus relative to PUT; the target is >= 0.9x. The upload is checked (size and SHA-256 through /api/v1/files/metadata). Nothing here
-asserts a timing.
+range) and tus relative to PUT; the target is >= 0.9x. The upload is checked (size and SHA-256
+through /api/v1/files/metadata). Nothing here asserts a timing.
 """
 
 from __future__ import annotations
