@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, unquote
@@ -49,6 +50,30 @@ _CONDITIONAL_HEADERS = (
 
 StartResponse = Callable[..., Any]
 
+#: Methods that grant a lock, or remove what a lock could be granted on (see _NamespaceMutex).
+_SERIALIZED = frozenset({"LOCK", "DELETE", "MOVE", "COPY"})
+
+
+class _NamespaceMutex:
+    """One mutex per account (striped) for LOCK, DELETE, MOVE and COPY.
+
+    WsgiDAV looks a LOCK's resource up, then grants the lock; a DELETE checks the locks,
+    deletes, then drops the locks under the path. Interleaved, a lock was granted on a
+    file already gone (its lockdiscovery then failed with a 500, and the path answered
+    423 to everyone until the lock timed out), or dropped right after it was granted.
+    Run one at a time per account in this process, each sees the other's outcome:
+    a LOCK after a DELETE locks a new empty file, a DELETE after a LOCK is refused (423).
+    """
+
+    def __init__(self, stripes: int = 64) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    def of(self, environ: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+        account_id = environ.get(ACCOUNT_KEY)
+        if environ["REQUEST_METHOD"] not in _SERIALIZED or account_id is None:
+            return contextlib.nullcontext()
+        return self._locks[hash(str(account_id)) % len(self._locks)]
+
 
 class VolumeProvider(DAVProvider):
     def __init__(
@@ -59,6 +84,7 @@ class VolumeProvider(DAVProvider):
         self.propfind_infinity = propfind_infinity
         #: Answer Depth 0/1 PROPFINDs with davserver.dav.propfind (False: WsgiDAV's own handler).
         self.fast_propfind = fast_propfind
+        self._namespace = _NamespaceMutex()
 
     def is_readonly(self) -> bool:
         return False
@@ -246,8 +272,9 @@ class VolumeProvider(DAVProvider):
             return self._propfind(environ, start_response, default_handler, depth)
         if method in ("MOVE", "COPY"):
             start_response = _CreatedStatus(environ, start_response)
-        with self.lock_snapshot(environ):
-            # The do_* handlers check locks when called, before returning a body.
+        with self._namespace.of(environ), self.lock_snapshot(environ):
+            # The do_* handlers check locks (and do their work) when called, before
+            # returning a body.
             if method != "LOCK":
                 return default_handler(environ, start_response)
             try:
