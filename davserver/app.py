@@ -105,7 +105,8 @@ def create_app(engine: Engine, settings: AppSettings) -> WSGIApp:
     dav, provider = _dav_app(engine, settings)
     if settings.fast_lane:
         dav = FastLane(dav, provider, DAV_PREFIX)
-    api = create_api(engine, account_key=ACCOUNT_KEY)
+    # The API's writes respect WebDAV locks (a sync client must not replace a file Office has open).
+    api = create_api(engine, account_key=ACCOUNT_KEY, lock_check=provider.refuse_locked)
     router = Router(dav, api, engine.readiness)
     throttle = None
     if settings.redis_url:

@@ -14,6 +14,7 @@ from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
+    HTTP_LOCKED,
     HTTP_NOT_MODIFIED,
     HTTP_RANGE_NOT_SATISFIABLE,
     HTTP_UNAUTHORIZED,
@@ -32,8 +33,9 @@ from davserver.dav.resources import (
     storage_path,
 )
 from davserver.wsgi import ACCOUNT_KEY, http_date
+from storage import paths
 from storage.engine import Engine
-from storage.errors import NotFound, StorageError
+from storage.errors import Locked, NotFound, StorageError
 from storage.model import Entry
 from storage.volume import Volume
 from sync_ext.api.routing import clamp_numbers
@@ -158,6 +160,32 @@ class VolumeProvider(DAVProvider):
         if environ["REQUEST_METHOD"] in ("LOCK", "UNLOCK"):
             return contextlib.nullcontext()
         return snapshot(f"/~{environ[ACCOUNT_KEY]}")
+
+    def refuse_locked(self, environ: dict[str, Any], path: str, members: bool, parent: bool) -> None:
+        """The extension API's lock check (``sync_ext.api.routing.LockCheck``): raises
+        :class:`storage.errors.Locked` when a WebDAV lock forbids the write.
+
+        Locks are checked as WsgiDAV checks a request without tokens: the path's own locks
+        and its folders' depth-infinity locks; ``members``: locks below it too; ``parent``:
+        the folder's own lock as well (a depth-0 lock on a folder protects its members list).
+        """
+        lock_man = self.lock_manager
+        account_id = environ.get(ACCOUNT_KEY)
+        if lock_man is None or account_id is None:
+            return
+        target = paths.normalize_path(path)  # InvalidName: the API's 400
+        checks = [(target, "infinity" if members else "0")]
+        if parent and target:
+            checks.append((paths.parent_of(target), "0"))
+        for where, depth in checks:
+            # The key get_ref_url gives the resource (lock roots are stored without a final slash).
+            url = f"/~{account_id}" + quote(f"{self.share_path}/{where}")
+            try:
+                lock_man.check_write_permission(url=url, depth=depth, token_list=[], principal="")
+            except DAVError as exc:
+                if exc.value != HTTP_LOCKED:
+                    raise
+                raise Locked(f"/{target} is locked by a WebDAV client (it may unlock or time out)") from None
 
     def ref_url_to_path(self, ref_url: str) -> str:
         """Invert ``get_ref_url``: drop the ``/~<account>`` prefix and the share."""

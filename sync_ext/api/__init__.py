@@ -15,13 +15,22 @@ from sync_ext.api import tus
 from sync_ext.api.account import Tokens
 from sync_ext.api.changes import Longpoll, LongpollSettings
 from sync_ext.api.openapi import document
-from sync_ext.api.routing import PREFIX, Api, Request, Response, Route
+from sync_ext.api.routing import PREFIX, Api, LockCheck, Request, Response, Route
 
 __all__ = ["PREFIX", "create_api"]
 
 
-def create_api(engine: Engine, *, account_key: str, longpoll: LongpollSettings | None = None) -> Api:
-    """The API over ``engine``; the authenticated account's id is read from ``environ[account_key]``."""
+def create_api(
+    engine: Engine,
+    *,
+    account_key: str,
+    longpoll: LongpollSettings | None = None,
+    lock_check: LockCheck | None = None,
+) -> Api:
+    """The API over ``engine``; the authenticated account's id is read from ``environ[account_key]``.
+
+    ``lock_check``: the WebDAV locks writes must respect (None: no WebDAV face, no locks).
+    """
     served: dict[str, Any] = {}
 
     def openapi(req: Request) -> Response:
@@ -43,4 +52,4 @@ def create_api(engine: Engine, *, account_key: str, longpoll: LongpollSettings |
         Route("GET", "/openapi.json", openapi, operation, public=True),
     ]
     served["document"] = document(routes, PREFIX)
-    return Api(engine, routes, prefix=PREFIX, account_key=account_key)
+    return Api(engine, routes, prefix=PREFIX, account_key=account_key, lock_check=lock_check)

@@ -75,6 +75,7 @@ def restore(req: Request) -> Response:
         raise bad_request("'path' (a string) is required")
     if not json_int(rev) or rev <= 0:
         raise bad_request("'rev' (a revision id, an integer) is required")
+    req.check_unlocked(path)
     entry = req.volume.restore(path, rev, device=req.device())
     return Response.json(200, entry_json(entry))
 
@@ -100,6 +101,7 @@ def upload(req: Request) -> Response:
     path = req.param("path")
     mtime = _mtime(req)
     length = req.content_length()
+    req.check_unlocked(path)
     pending = req.volume.begin_write(
         path,
         size_hint=length,
@@ -127,6 +129,7 @@ def _start_resumable(req: Request) -> Response:
     declared = digits(raw) if raw else None
     if raw and declared is None:
         raise bad_request("X-Upload-Content-Length must be a byte count")
+    req.check_unlocked(req.param("path"))
     session = req.volume.uploads.create(
         kind="resumable",
         path=req.param("path"),
@@ -175,6 +178,8 @@ def resume(req: Request) -> Response:
         response = _resumable_state(session)
         response.headers.append(("Connection", "close"))
         return response
+    if session.path is not None:
+        req.check_unlocked(session.path)  # the chunk that ends the upload writes the file
     body = req.body()
     try:
         session = uploads.append(session_id, start, body)

@@ -13,6 +13,9 @@ from sync_ext.api import tree as tree_api
 from sync_ext.api.openapi import PATH_PARAM, json_body, problem, query, ref
 from sync_ext.api.routing import Handler, Route
 
+#: What a write answers when a WebDAV client has the path locked (routing.LockCheck).
+LOCKED = problem("A WebDAV client holds a lock on the path (problem type locked); retry later")
+
 
 def files() -> list[Route]:
     rev_param = query(
@@ -70,6 +73,7 @@ def files() -> list[Route]:
                 "summary": "Make a revision current again, as a new revision (brings a trashed file back)",
                 "requestBody": json_body(ref("RestoreRequest"), "The file and the revision"),
                 "responses": {
+                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "The file, at its new revision"),
                     "404": problem("No such file or revision"),
                     "409": problem("The parent folder is gone, or the path is a folder"),
@@ -142,6 +146,7 @@ def files() -> list[Route]:
                 ],
                 "requestBody": {"required": False, "content": binary},
                 "responses": {
+                    "423": LOCKED,
                     "200": json_body(
                         {"oneOf": [ref("Metadata"), ref("ResumableSession")]},
                         "media: a new revision; resumable: the session (its URL also in Location)",
@@ -173,6 +178,7 @@ def files() -> list[Route]:
                 ],
                 "requestBody": {"required": False, "content": binary},
                 "responses": {
+                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "Complete: a new revision of an existing file"),
                     "201": json_body(ref("Metadata"), "Complete: a new file"),
                     "308": {
@@ -236,6 +242,7 @@ def tus(h: dict[str, Any]) -> list[Route]:
                 ],
                 "requestBody": {"required": False, "content": chunk},
                 "responses": {
+                    "423": LOCKED,
                     "201": {"description": "Created; Location is the upload's URL"},
                     **tus_problems,
                     "409": problem("The target's folder does not exist, or a partial upload is unfinished"),
@@ -273,6 +280,7 @@ def tus(h: dict[str, Any]) -> list[Route]:
                 ],
                 "requestBody": {"required": True, "content": chunk},
                 "responses": {
+                    "423": LOCKED,
                     "204": {"description": "Appended; Upload-Offset is the new offset"},
                     **tus_problems,
                     "403": problem("A final (concatenated) upload takes no data"),
@@ -310,6 +318,7 @@ def trash() -> list[Route]:
                 "summary": "Move a file or folder to the trash (with rev: a file only at that revision)",
                 "requestBody": json_body(ref("DeleteRequest"), "What to delete"),
                 "responses": {
+                    "423": LOCKED,
                     "200": json_body(ref("Deleted"), "The trashed file or folder, with its trash item id"),
                     "404": problem("No such file or folder"),
                     "409": problem(
@@ -342,6 +351,7 @@ def trash() -> list[Route]:
                 "summary": "Restore a trash item to where it was, or to 'path'; never over an existing file",
                 "requestBody": json_body(ref("TrashRestoreRequest"), "The item and, optionally, where to"),
                 "responses": {
+                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "The restored file or folder"),
                     "404": problem("No such trash item"),
                     "409": problem("Something exists at the target, or its folder does not"),
@@ -497,6 +507,7 @@ def blocks() -> list[Route]:
                 "summary": "Make an ordered list of uploaded blocks a file's new revision",
                 "requestBody": json_body(ref("CommitRequest"), "The file as a block list"),
                 "responses": {
+                    "423": LOCKED,
                     "201": json_body(ref("Metadata"), "A new file"),
                     "200": json_body(ref("Metadata"), "A new revision of the file"),
                     "409": problem(
@@ -572,6 +583,7 @@ def tree() -> list[Route]:
                 "summary": "Create a folder (its parent must exist)",
                 "requestBody": json_body(ref("CreateFolderRequest"), "Where, and optionally its mtime"),
                 "responses": {
+                    "423": LOCKED,
                     "201": json_body(ref("Metadata"), "The new folder"),
                     "409": problem("Something exists there, or the parent folder does not"),
                     "415": problem("The body is not JSON"),
@@ -587,6 +599,7 @@ def tree() -> list[Route]:
                 "summary": "Move or rename a file or folder (it keeps its id and history); never overwrites",
                 "requestBody": json_body(ref("MoveRequest"), "From where to where (with rev: conditional)"),
                 "responses": {
+                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "The file or folder at its new path"),
                     "404": problem("No such file or folder at from_path"),
                     "409": problem(

@@ -102,12 +102,25 @@ def json_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and -INT64_MAX - 1 <= value <= INT64_MAX
 
 
+#: ``(environ, path, members, parent)``: raises :class:`storage.errors.Locked` when a WebDAV
+#: lock stands in the way of a write to ``path`` (``members``: or to anything below it;
+#: ``parent``: the write adds or removes a member of its folder). The API has no lock
+#: tokens: any lock does. The composition root passes the WebDAV face's.
+LockCheck = Callable[[dict[str, Any], str, bool, bool], None]
+
+
 class Request:
     def __init__(
-        self, environ: dict[str, Any], volume: Volume | None, path_params: dict[str, str] | None = None
+        self,
+        environ: dict[str, Any],
+        volume: Volume | None,
+        path_params: dict[str, str] | None = None,
+        *,
+        lock_check: LockCheck | None = None,
     ) -> None:
         self.environ = environ
         self._volume = volume
+        self._lock_check = lock_check
         #: Values of ``{name}`` segments of the route's path.
         self.path_params = path_params or {}
         try:
@@ -124,6 +137,11 @@ class Request:
         if self._volume is None:
             raise Problem(401, "unauthorized", "Authentication required")
         return self._volume
+
+    def check_unlocked(self, path: str, *, members: bool = False, parent: bool = False) -> None:
+        """Refuse (423) a write that a client's WebDAV lock forbids (see :data:`LockCheck`)."""
+        if self._lock_check is not None:
+            self._lock_check(self.environ, path, members, parent)
 
     def header(self, name: str) -> str | None:
         key = name.upper().replace("-", "_")
@@ -245,8 +263,17 @@ def status_line(status: int) -> str:
 class Api:
     """The WSGI app mounted at ``prefix`` (``/api/v1``), behind the authenticator."""
 
-    def __init__(self, engine: Engine, routes: list[Route], *, prefix: str, account_key: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        routes: list[Route],
+        *,
+        prefix: str,
+        account_key: str,
+        lock_check: LockCheck | None = None,
+    ) -> None:
         self.engine = engine
+        self._lock_check = lock_check
         self.routes = routes
         self.prefix = prefix
         self._account_key = account_key
@@ -311,7 +338,7 @@ class Api:
             volume = self.engine.volume(int(account_id))
         elif not route.public:
             raise Problem(401, "unauthorized", "Authentication required")
-        response = route.handler(Request(environ, volume, params))
+        response = route.handler(Request(environ, volume, params, lock_check=self._lock_check))
         if method == "HEAD":
             _close(response.body)
             response.body = ()

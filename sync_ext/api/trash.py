@@ -32,6 +32,7 @@ def delete(req: Request) -> Response:
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
     rev = optional_rev(doc.get("rev"))
+    req.check_unlocked(path, members=True, parent=True)
     try:
         item_id = req.volume.delete(path, if_rev=rev)
     except e.PreconditionFailed as exc:
@@ -55,6 +56,8 @@ def restore(req: Request) -> Response:
         raise bad_request("'id' (a trash item id) is required")
     if path is not None and (not isinstance(path, str) or not path):
         raise bad_request("'path', when given, must be a non-empty string")
+    if path is not None:
+        req.check_unlocked(path, parent=True)
     return Response.json(200, entry_json(req.volume.restore_from_trash(item_id, path)))
 
 

@@ -60,6 +60,7 @@ def create_folder(req: Request) -> Response:
     path = doc.get("path")
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
+    req.check_unlocked(path, parent=True)
     entry = req.volume.mkdir(path, mtime=optional_mtime(doc.get("mtime"), "mtime"))
     return Response.json(201, entry_json(entry))
 
@@ -70,6 +71,8 @@ def move(req: Request) -> Response:
     if not isinstance(src, str) or not src or not isinstance(dst, str) or not dst:
         raise bad_request("'from_path' and 'to_path' (strings) are required")
     rev = optional_rev(doc.get("rev"))
+    req.check_unlocked(src, members=True, parent=True)
+    req.check_unlocked(dst, parent=True)
     try:
         entry = req.volume.move(src, dst, overwrite=False, if_rev=rev)
     except e.PreconditionFailed as exc:

@@ -92,6 +92,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         concat = (req.header("Upload-Concat") or "").strip()
         if concat.startswith("final"):
             ids = [_session_id(url, collection) for url in concat.partition(";")[2].split()]
+            req.check_unlocked(_target(meta))
             session = uploads.concat(
                 _target(meta), ids, mtime=_mtime(meta), device=req.device(), meta=meta_raw
             )
@@ -102,6 +103,8 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         partial = concat == "partial"
         if concat and not partial:
             raise bad_request("Upload-Concat must be 'partial' or 'final;<urls>'")
+        if not partial:
+            req.check_unlocked(_target(meta))
         session = uploads.create(
             kind="partial" if partial else "tus",
             path=None if partial else _target(meta),
@@ -156,6 +159,8 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             uploads.declare_length(session_id, length)
         elif length is not None and length != current.length:
             raise bad_request(f"Upload-Length was set to {current.length}; it cannot change")
+        if current.path is not None:
+            req.check_unlocked(current.path)  # the PATCH that ends the upload writes the file
         session = uploads.append(session_id, offset, req.body(), checksum=_checksum(req))
         return Response(204, [("Upload-Offset", str(session.offset)), *_expiry(session)])
 
