@@ -20,7 +20,7 @@ from typing import Any
 
 from cheroot import wsgi
 from cheroot.makefile import MakeFile
-from cheroot.server import ChunkedRFile, HTTPConnection, KnownLengthRFile
+from cheroot.server import ChunkedRFile, HeaderReader, HTTPConnection, HTTPRequest, KnownLengthRFile
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.wsgi import WSGIApp
@@ -352,6 +352,35 @@ class SocketReader(io.BufferedReader):
         return self._socket_io.received > self._handed_out
 
 
+#: Headers a request may carry once (RFC 9112 3.2, 6.3): with two different values, the proxy in
+#: front and this server could each see a different request (smuggling).
+_SINGLE_HEADERS = frozenset({b"Content-Length", b"Host"})
+
+
+class _SingleValued(dict[bytes, bytes]):
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if key in _SINGLE_HEADERS and self.get(key, value) != value:
+            raise ValueError(f"conflicting {key.decode()} headers")
+        super().__setitem__(key, value)
+
+
+class StrictHeaderReader(HeaderReader):
+    """cheroot's header reader, refusing a request with conflicting Content-Length or Host
+    headers (400) where cheroot keeps the last one. Repeats of one value are accepted."""
+
+    def __call__(self, rfile: Any, hdict: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
+        read = _SingleValued()
+        super().__call__(rfile, read)
+        if hdict is None:
+            return dict(read)
+        hdict.update(read)
+        return hdict
+
+
+class StrictRequest(HTTPRequest):
+    header_reader = StrictHeaderReader()
+
+
 class FastConnection(HTTPConnection):
     """cheroot's connection with :class:`SocketReader` on plain TCP (TLS keeps the adapter's).
 
@@ -366,6 +395,8 @@ class FastConnection(HTTPConnection):
     A connection quiet for longer goes back to the selector as before, so a lingering
     worker delays a newly queued connection by at most the linger time.
     """
+
+    RequestHandlerClass = StrictRequest
 
     def __init__(self, server: Any, sock: socket.socket, makefile: Any = MakeFile) -> None:
         def files(sock: socket.socket, mode: str = "r", bufsize: int = io.DEFAULT_BUFFER_SIZE) -> Any:

@@ -1,4 +1,5 @@
-"""Keep-alive connections: a worker serves a client's next request itself, within limits.
+"""Connections: a worker serves a keep-alive client's next request itself, within limits;
+headers a request may carry only once are checked.
 
 These run cheroot with ``make_server`` on a real port and a tiny WSGI app that reports
 which worker thread answered.
@@ -97,3 +98,27 @@ def test_a_client_that_hangs_up_while_the_worker_lingers_is_closed_cleanly() -> 
             assert len(_workers(conn, 1)) == 1
         finally:
             conn.close()
+
+
+def _raw(server: Server, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", _port(server)), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_conflicting_content_length_or_host_headers_are_refused() -> None:
+    # cheroot alone keeps the last Content-Length: a proxy that kept the first would forward
+    # a different request than the one served here (request smuggling).
+    with _serving(threads=2) as server:
+        two_lengths = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"
+        assert _raw(server, two_lengths).startswith(b"HTTP/1.1 400 ")
+        two_hosts = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"
+        assert _raw(server, two_hosts).startswith(b"HTTP/1.1 400 ")
+        same_twice = (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n"
+            b"Connection: close\r\n\r\nabc"
+        )
+        assert _raw(server, same_twice).startswith(b"HTTP/1.1 200 ")
