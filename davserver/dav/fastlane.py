@@ -36,13 +36,13 @@ import time
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from wsgidav.dav_error import DAVError
 
 from davserver.dav.errors import retry_after, status_for
 from davserver.dav.provider import VolumeProvider
-from davserver.dav.resources import content_length, content_type_for, write_options
+from davserver.dav.resources import content_length, content_type_for, lock_key, write_options
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, http_date, plain
 from storage import errors as e
 from storage.reader import VersionReader
@@ -162,7 +162,10 @@ class FastLane:
             return None  # an If header WsgiDAV evaluates
         with provider.lock_snapshot(environ):
             root = f"/~{account_id}"
-            url = root + quote(self._share + path)
+            try:
+                url = lock_key(account_id, self._share, path)
+            except DAVError:
+                return None  # a name the storage refuses: WsgiDAV words the 400
             principal = environ.get("wsgidav.auth.user_name", "")
             try:
                 held = lock_man.storage.get_lock_list(

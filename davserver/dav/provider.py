@@ -30,6 +30,7 @@ from davserver.dav.resources import (
     STAT_CACHE,
     FileResource,
     FolderResource,
+    lock_key,
     storage_path,
 )
 from davserver.wsgi import ACCOUNT_KEY, http_date
@@ -178,8 +179,7 @@ class VolumeProvider(DAVProvider):
         if parent and target:
             checks.append((paths.parent_of(target), "0"))
         for where, depth in checks:
-            # The key get_ref_url gives the resource (lock roots are stored without a final slash).
-            url = f"/~{account_id}" + quote(f"{self.share_path}/{where}")
+            url = lock_key(account_id, self.share_path, where)  # as get_ref_url files it
             try:
                 lock_man.check_write_permission(url=url, depth=depth, token_list=[], principal="")
             except DAVError as exc:

@@ -57,6 +57,17 @@ def storage_path(dav_path: str) -> str:
         return paths.normalize_path(dav_path)
 
 
+def lock_key(account_id: int | str, share_path: str, dav_path: str) -> str:
+    """Where lock storage files the locks of ``dav_path`` (a path below the share).
+
+    The account id keeps accounts apart; the path is the storage's (Unicode NFC, no empty
+    or ``.`` segments), so every spelling a client may send of one name (macOS sends NFD)
+    finds the same locks. A lock taken through one spelling once did not stop a write
+    through another. Raises DAVError 400 for a path the storage refuses.
+    """
+    return f"/~{account_id}" + quote(f"{share_path}/{storage_path(dav_path)}")
+
+
 class _Shared:
     """What files and folders have in common; mixed into WsgiDAV's base classes."""
 
@@ -71,10 +82,7 @@ class _Shared:
     # -- identity ------------------------------------------------------------------
 
     def get_ref_url(self) -> str:
-        # Lock storage is keyed by this URL: the account id keeps accounts apart.
-        return f"/~{self.volume.account.id}" + quote(
-            self.provider.share_path + self.get_preferred_path()  # type: ignore[attr-defined]
-        )
+        return lock_key(self.volume.account.id, self.provider.share_path, self.path)
 
     def get_display_name(self) -> str:
         return self.entry.name if self.entry else paths.name_of(storage_path(self.path))

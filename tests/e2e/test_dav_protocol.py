@@ -411,6 +411,31 @@ def test_lock_tokens_the_way_windows_and_office_submit_them(c: httpx.Client, bas
     assert c.request("UNLOCK", f"{base}/o.docx", headers={"Lock-Token": f"<{token}>"}).status_code == 204
 
 
+def test_a_lock_taken_through_one_spelling_of_a_name_holds_against_the_other(
+    c: httpx.Client, base: str
+) -> None:
+    """macOS sends names decomposed (NFD), Windows composed (NFC): one file, one set of locks.
+    A lock taken through the NFD spelling once let a client without the token write, delete
+    and move the file through the NFC one."""
+    folder = f"{base}/Caf\u00e9 notes"
+    nfc = unicodedata.normalize("NFC", f"{folder}/r\u00e9sum\u00e9.txt")
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert c.request("MKCOL", folder).status_code == 201
+    assert c.put(nfc, content=b"mine").status_code == 201
+    token = _lock(c, nfd)
+    assert c.put(nfc, content=b"theirs").status_code == 423
+    assert c.delete(nfc).status_code == 423
+    assert c.request("MOVE", nfc, headers={"Destination": quote(f"{folder}/x.txt")}).status_code == 423
+    api_path = nfc.removeprefix("/dav")
+    r = c.post("/api/v1/files/upload", params={"uploadType": "media", "path": api_path}, content=b"sync")
+    assert r.status_code == 423
+    assert c.get(nfc).content == b"mine"
+    # The holder writes and unlocks through either spelling.
+    assert c.put(nfc, content=b"saved", headers={"If": f"(<{token}>)"}).status_code == 204
+    assert c.request("UNLOCK", nfc, headers={"Lock-Token": f"<{token}>"}).status_code == 204
+    assert c.put(nfd, content=b"free").status_code == 204
+
+
 def test_lock_on_unmapped_url_creates_empty_file(c: httpx.Client, base: str) -> None:
     token = _lock(c, f"{base}/new.txt")
     assert c.get(f"{base}/new.txt").content == b""
