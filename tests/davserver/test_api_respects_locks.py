@@ -121,6 +121,22 @@ def test_an_upload_under_way_stops_at_a_lock_taken_meanwhile(client: tuple[Engin
     assert c.get("/dav/late.bin").content == b"1234567890"
 
 
+def test_a_resumable_upload_keeps_its_chunks_but_not_its_end_while_the_file_is_locked(
+    client: tuple[Engine, httpx.Client],
+) -> None:
+    _, c = client
+    r = c.post("/api/v1/files/upload", params={"uploadType": "resumable", "path": "/r.bin"})
+    session = r.headers["Location"]
+    assert c.put(session, headers={"Content-Range": "bytes 0-4/10"}, content=b"12345").status_code == 308
+    token = _lock(c, "/dav/r.bin")
+    # A middle chunk changes no file; the last one would, and waits for the lock to go.
+    assert _locked(c.put(session, headers={"Content-Range": "bytes 5-9/10"}, content=b"67890"))
+    assert c.request("UNLOCK", "/dav/r.bin", headers={"Lock-Token": token}).status_code == 204
+    done = c.put(session, headers={"Content-Range": "bytes 5-9/10"}, content=b"67890")
+    assert done.status_code in (200, 201)
+    assert c.get("/dav/r.bin").content == b"1234567890"
+
+
 def test_another_accounts_lock_on_the_same_path_does_not_count(client: tuple[Engine, httpx.Client]) -> None:
     engine, c = client
     engine.volume("bob").write("same.txt", io.BytesIO(b"bob"))
