@@ -244,6 +244,20 @@ class Guard:
             return plain(
                 start_response, "400 Bad Request", "Content-Length with Transfer-Encoding\n", close=True
             )
+        if "HTTP_CONTENT_ENCODING" in environ:
+            codings = {c.strip().lower() for c in environ["HTTP_CONTENT_ENCODING"].split(",")}
+            if codings <= {"", "identity"}:
+                del environ["HTTP_CONTENT_ENCODING"]  # no coding at all (WsgiDAV's PUT said 501)
+            elif method == "PUT" or length_text not in ("", "0") or _chunked(environ):
+                # A coded body would be stored as its coded bytes (the API) or refused with a
+                # 5xx (WsgiDAV). RFC 9110 15.5.16 and RFC 7694: 415, naming what is accepted.
+                return plain(
+                    start_response,
+                    "415 Unsupported Media Type",
+                    "content codings are not supported: send the body as it is\n",
+                    [("Accept-Encoding", "identity")],
+                    close=True,
+                )
         if length_text:
             parsed = digits(length_text)
             if parsed is None:

@@ -441,6 +441,20 @@ def test_content_length_with_transfer_encoding_is_400(dav_server: DavServer, c: 
     assert c.get("/dav/smuggle.txt").status_code == 404
 
 
+def test_a_coded_body_is_415_and_identity_is_no_coding(c: httpx.Client, base: str) -> None:
+    gz = {"Content-Encoding": "gzip"}
+    r = c.put(f"{base}/coded.txt", content=b"\x1f\x8b not really", headers=gz)
+    assert r.status_code == 415 and r.headers["Accept-Encoding"] == "identity"
+    r = c.post(
+        "/api/v1/files/upload", params={"uploadType": "media", "path": "/coded.bin"}, content=b"x", headers=gz
+    )
+    assert r.status_code == 415  # the API would have stored the coded bytes as the file
+    assert c.get(f"{base}/coded.txt").status_code == 404
+    identity = {"Content-Encoding": "identity"}
+    assert c.put(f"{base}/plain.txt", content=b"plain", headers=identity).status_code == 201  # WsgiDAV: 501
+    assert c.get(f"{base}/plain.txt").content == b"plain"
+
+
 def test_wrong_password_and_unknown_user_are_401(dav_server: DavServer) -> None:
     assert httpx.get(dav_server.dav_url + "/", auth=("alice", "wrong")).status_code == 401
     assert httpx.get(dav_server.dav_url + "/", auth=("nobody", "wrong")).status_code == 401
