@@ -80,6 +80,36 @@ def test_a_lock_sent_while_a_delete_runs_locks_a_new_file_and_keeps_its_lock(
         assert locker.get("/dav/f.txt").content == b"new"
 
 
+def test_a_lock_waiting_for_a_delete_does_not_trust_what_it_saw_before(
+    app: tuple[Engine, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WsgiDAV's folder browser looks every request's resource up before the provider runs;
+    a LOCK that then waited for a DELETE once locked the file it had seen (200): a lock on
+    nothing, refusing everyone else's PUT until it timed out."""
+    engine, wsgi = app
+    engine.volume("alice").write("f.txt", io.BytesIO(b"old"))
+    deleting = threading.Event()
+    real = Volume.delete
+
+    def delete(self: Volume, path: str, **kwargs: Any) -> Any:
+        deleting.set()
+        time.sleep(PAUSE)  # the LOCK arrives, looks the file up, and waits for the mutex
+        return real(self, path, **kwargs)
+
+    monkeypatch.setattr(Volume, "delete", delete)
+    with _client(wsgi) as deleter, _client(wsgi) as locker:
+        locker.request("OPTIONS", "/dav/")
+        thread, done = _in_thread(lambda: deleter.delete("/dav/f.txt"))
+        assert deleting.wait(10)
+        r = locker.request("LOCK", "/dav/f.txt", content=LOCKINFO, headers={"Depth": "0"})
+        thread.join(10)
+        assert done[0].status_code == 204
+        assert r.status_code == 201, r.text  # a new empty file, locked
+        assert locker.get("/dav/f.txt").content == b""
+        token = r.headers["Lock-Token"]
+        assert locker.request("UNLOCK", "/dav/f.txt", headers={"Lock-Token": token}).status_code == 204
+
+
 def test_a_delete_sent_while_a_lock_is_being_granted_is_refused(
     app: tuple[Engine, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
