@@ -73,11 +73,11 @@ def files() -> list[Route]:
                 "summary": "Make a revision current again, as a new revision (brings a trashed file back)",
                 "requestBody": json_body(ref("RestoreRequest"), "The file and the revision"),
                 "responses": {
-                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "The file, at its new revision"),
                     "404": problem("No such file or revision"),
                     "409": problem("The parent folder is gone, or the path is a folder"),
                     "415": problem("The body is not JSON"),
+                    "423": LOCKED,
                     "507": problem("Over quota"),
                 },
             },
@@ -146,7 +146,6 @@ def files() -> list[Route]:
                 ],
                 "requestBody": {"required": False, "content": binary},
                 "responses": {
-                    "423": LOCKED,
                     "200": json_body(
                         {"oneOf": [ref("Metadata"), ref("ResumableSession")]},
                         "media: a new revision; resumable: the session (its URL also in Location)",
@@ -155,6 +154,7 @@ def files() -> list[Route]:
                     "409": problem("The parent folder does not exist, or the path is a folder"),
                     "412": problem("If-Match did not hold"),
                     "413": problem("Over the per-file limit"),
+                    "423": LOCKED,
                     "507": problem("Over quota"),
                 },
             },
@@ -178,7 +178,6 @@ def files() -> list[Route]:
                 ],
                 "requestBody": {"required": False, "content": binary},
                 "responses": {
-                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "Complete: a new revision of an existing file"),
                     "201": json_body(ref("Metadata"), "Complete: a new file"),
                     "308": {
@@ -188,6 +187,7 @@ def files() -> list[Route]:
                     "409": problem("The target's folder disappeared, or the path became a folder"),
                     "412": problem("If-Match no longer holds"),
                     "413": problem("More data than the declared total"),
+                    "423": LOCKED,
                     "507": problem("Over quota"),
                 },
             },
@@ -242,12 +242,12 @@ def tus(h: dict[str, Any]) -> list[Route]:
                 ],
                 "requestBody": {"required": False, "content": chunk},
                 "responses": {
-                    "423": LOCKED,
                     "201": {"description": "Created; Location is the upload's URL"},
                     **tus_problems,
                     "409": problem("The target's folder does not exist, or a partial upload is unfinished"),
                     "413": problem("Upload-Length over Tus-Max-Size"),
                     "415": problem("A body that is not application/offset+octet-stream"),
+                    "423": LOCKED,
                     "460": problem("The body does not match Upload-Checksum"),
                     "507": problem("Over quota"),
                 },
@@ -280,13 +280,13 @@ def tus(h: dict[str, Any]) -> list[Route]:
                 ],
                 "requestBody": {"required": True, "content": chunk},
                 "responses": {
-                    "423": LOCKED,
                     "204": {"description": "Appended; Upload-Offset is the new offset"},
                     **tus_problems,
                     "403": problem("A final (concatenated) upload takes no data"),
                     "409": problem("Upload-Offset is not the upload's offset"),
                     "413": problem("More data than Upload-Length"),
                     "415": problem("The body is not application/offset+octet-stream"),
+                    "423": LOCKED,
                     "460": problem("The body does not match Upload-Checksum; it was discarded"),
                     "507": problem("Over quota"),
                 },
@@ -318,7 +318,6 @@ def trash() -> list[Route]:
                 "summary": "Move a file or folder to the trash (with rev: a file only at that revision)",
                 "requestBody": json_body(ref("DeleteRequest"), "What to delete"),
                 "responses": {
-                    "423": LOCKED,
                     "200": json_body(ref("Deleted"), "The trashed file or folder, with its trash item id"),
                     "404": problem("No such file or folder"),
                     "409": problem(
@@ -326,6 +325,7 @@ def trash() -> list[Route]:
                         "(type stale-parent; current_rev says what is; nothing was deleted)"
                     ),
                     "415": problem("The body is not JSON"),
+                    "423": LOCKED,
                 },
             },
         ),
@@ -351,11 +351,11 @@ def trash() -> list[Route]:
                 "summary": "Restore a trash item to where it was, or to 'path'; never over an existing file",
                 "requestBody": json_body(ref("TrashRestoreRequest"), "The item and, optionally, where to"),
                 "responses": {
-                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "The restored file or folder"),
                     "404": problem("No such trash item"),
                     "409": problem("Something exists at the target, or its folder does not"),
                     "415": problem("The body is not JSON"),
+                    "423": LOCKED,
                     "507": problem("Over quota"),
                 },
             },
@@ -507,7 +507,6 @@ def blocks() -> list[Route]:
                 "summary": "Make an ordered list of uploaded blocks a file's new revision",
                 "requestBody": json_body(ref("CommitRequest"), "The file as a block list"),
                 "responses": {
-                    "423": LOCKED,
                     "201": json_body(ref("Metadata"), "A new file"),
                     "200": json_body(ref("Metadata"), "A new revision of the file"),
                     "409": problem(
@@ -515,6 +514,7 @@ def blocks() -> list[Route]:
                     ),
                     "413": problem("Larger than the file size limit"),
                     "415": problem("The body is not JSON"),
+                    "423": LOCKED,
                     "507": problem("Over quota"),
                 },
             },
@@ -583,10 +583,10 @@ def tree() -> list[Route]:
                 "summary": "Create a folder (its parent must exist)",
                 "requestBody": json_body(ref("CreateFolderRequest"), "Where, and optionally its mtime"),
                 "responses": {
-                    "423": LOCKED,
                     "201": json_body(ref("Metadata"), "The new folder"),
                     "409": problem("Something exists there, or the parent folder does not"),
                     "415": problem("The body is not JSON"),
+                    "423": LOCKED,
                 },
             },
         ),
@@ -599,7 +599,6 @@ def tree() -> list[Route]:
                 "summary": "Move or rename a file or folder (it keeps its id and history); never overwrites",
                 "requestBody": json_body(ref("MoveRequest"), "From where to where (with rev: conditional)"),
                 "responses": {
-                    "423": LOCKED,
                     "200": json_body(ref("Metadata"), "The file or folder at its new path"),
                     "404": problem("No such file or folder at from_path"),
                     "409": problem(
@@ -607,6 +606,7 @@ def tree() -> list[Route]:
                         "file is not at rev (type stale-parent; current_rev says what is; nothing moved)"
                     ),
                     "415": problem("The body is not JSON"),
+                    "423": LOCKED,
                 },
             },
         ),
