@@ -301,9 +301,11 @@ class VolumeProvider(DAVProvider):
         if method in ("MOVE", "COPY"):
             start_response = _CreatedStatus(environ, start_response)
         with self._namespace.of(environ), self.lock_snapshot(environ):
-            if method in _SERIALIZED:
-                # Look-ups made before the mutex was held (WsgiDAV's folder browser looks every
-                # request's resource up) may be stale by now.
+            if method == "LOCK":
+                # A look-up made before the mutex was held (WsgiDAV's folder browser looks every
+                # request's resource up) may be stale by now; a lock on a file just deleted
+                # would stand on nothing. (DELETE, MOVE and COPY are checked by the storage's
+                # own transaction.)
                 environ.pop(STAT_CACHE, None)
             # The do_* handlers check locks (and do their work) when called, before
             # returning a body.
