@@ -16,12 +16,8 @@ import pytest
 
 from davserver.app import AppSettings, create_app
 from storage.engine import Engine
+from tests.davserver.inprocess import LOCKINFO, wsgi_client
 from tests.storage.conftest import EngineFactory
-
-LOCKINFO = (
-    '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
-    "<D:locktype><D:write/></D:locktype></D:lockinfo>"
-)
 
 
 @pytest.fixture
@@ -30,9 +26,7 @@ def client(make_engine: EngineFactory, database_url: str) -> Iterator[tuple[Engi
     engine.accounts.create("alice", "alice-password")
     engine.accounts.create("bob", "bob-password-1")
     app = create_app(engine, AppSettings())
-    with httpx.Client(
-        transport=httpx.WSGITransport(app=app), base_url="http://127.0.0.1", auth=("alice", "alice-password")
-    ) as c:
+    with wsgi_client(app) as c:
         yield engine, c
 
 
@@ -140,8 +134,6 @@ def test_a_resumable_upload_keeps_its_chunks_but_not_its_end_while_the_file_is_l
 def test_another_accounts_lock_on_the_same_path_does_not_count(client: tuple[Engine, httpx.Client]) -> None:
     engine, c = client
     engine.volume("bob").write("same.txt", io.BytesIO(b"bob"))
-    with httpx.Client(
-        transport=c._transport, base_url="http://127.0.0.1", auth=("bob", "bob-password-1")
-    ) as bob:
+    with httpx.Client(transport=c._transport, base_url=c.base_url, auth=("bob", "bob-password-1")) as bob:
         _lock(bob, "/dav/same.txt")
     assert _upload(c, "/same.txt", b"alice").status_code == 201

@@ -15,13 +15,10 @@ import pytest
 
 from davserver.app import AppSettings, create_app
 from storage.engine import Engine
+from tests.davserver.inprocess import LOCKINFO
 from tests.davserver.statements import statements
 from tests.storage.conftest import EngineFactory
 
-LOCKINFO = (
-    '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
-    "<D:locktype><D:write/></D:locktype></D:lockinfo>"
-)
 PROPPATCH = (
     '<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:z="urn:z"><D:set><D:prop>'
     "<z:note>hello</z:note></D:prop></D:set></D:propertyupdate>"

@@ -16,13 +16,10 @@ import pytest
 from davserver.app import AppSettings, create_app
 from davserver.dav import fastlane
 from storage.engine import Engine
+from tests.davserver.inprocess import LOCKINFO
 from tests.davserver.statements import statements
 from tests.storage.conftest import EngineFactory
 
-LOCKINFO = (
-    '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
-    "<D:locktype><D:write/></D:locktype></D:lockinfo>"
-)
 Clients = tuple[Engine, httpx.Client, httpx.Client]
 
 

@@ -20,12 +20,9 @@ from wsgidav.lock_man.lock_manager import LockManager
 from davserver.app import AppSettings, create_app
 from storage.engine import Engine
 from storage.volume import Volume
+from tests.davserver.inprocess import LOCKINFO, wsgi_client
 from tests.storage.conftest import EngineFactory
 
-LOCKINFO = (
-    '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
-    "<D:locktype><D:write/></D:locktype></D:lockinfo>"
-)
 #: How long the held request pauses at its exposed step (the other one runs meanwhile
 #: unless it waits).
 PAUSE = 0.4
@@ -36,12 +33,6 @@ def app(make_engine: EngineFactory, database_url: str) -> Iterator[tuple[Engine,
     engine = make_engine(database_url)
     engine.accounts.create("alice", "alice-password")
     yield engine, create_app(engine, AppSettings())
-
-
-def _client(app: Any) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.WSGITransport(app=app), base_url="http://127.0.0.1", auth=("alice", "alice-password")
-    )
 
 
 def _in_thread(fn: Any) -> tuple[threading.Thread, list[httpx.Response]]:
@@ -66,7 +57,7 @@ def test_a_lock_sent_while_a_delete_runs_locks_a_new_file_and_keeps_its_lock(
         return result
 
     monkeypatch.setattr(Volume, "delete", delete)
-    with _client(wsgi) as deleter, _client(wsgi) as locker:
+    with wsgi_client(wsgi) as deleter, wsgi_client(wsgi) as locker:
         locker.request("OPTIONS", "/dav/")  # credentials verified before the race
         thread, done = _in_thread(lambda: deleter.delete("/dav/f.txt"))
         assert deleted.wait(10)
@@ -97,7 +88,7 @@ def test_a_lock_waiting_for_a_delete_does_not_trust_what_it_saw_before(
         return real(self, path, **kwargs)
 
     monkeypatch.setattr(Volume, "delete", delete)
-    with _client(wsgi) as deleter, _client(wsgi) as locker:
+    with wsgi_client(wsgi) as deleter, wsgi_client(wsgi) as locker:
         locker.request("OPTIONS", "/dav/")
         thread, done = _in_thread(lambda: deleter.delete("/dav/f.txt"))
         assert deleting.wait(10)
@@ -124,7 +115,7 @@ def test_a_delete_sent_while_a_lock_is_being_granted_is_refused(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(LockManager, "acquire", acquire)
-    with _client(wsgi) as deleter, _client(wsgi) as locker:
+    with wsgi_client(wsgi) as deleter, wsgi_client(wsgi) as locker:
         deleter.request("OPTIONS", "/dav/")
         thread, done = _in_thread(
             lambda: locker.request("LOCK", "/dav/f.txt", content=LOCKINFO, headers={"Depth": "0"})
