@@ -20,6 +20,7 @@ from urllib.parse import quote
 from wsgidav import util, xml_tools
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
     HTTP_LOCKED,
     HTTP_METHOD_NOT_ALLOWED,
     HTTP_NOT_FOUND,
@@ -28,6 +29,7 @@ from wsgidav.dav_error import (
     PRECONDITION_CODE_LockConflict,
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
+from wsgidav.lock_man.lock_manager import normalize_lock_root
 
 from davserver.dav.errors import dav_errors, translated
 from davserver.dav.sync_token import SUPPORTED_REPORT_SET, SYNC_TOKEN, SyncToken, supported_report_set
@@ -129,6 +131,8 @@ class _Shared:
             if value is None:
                 raise DAVError(HTTP_NOT_FOUND)
             return value
+        if name == "{DAV:}lockdiscovery" and self.environ.get("REQUEST_METHOD") == "LOCK":
+            self._check_still_there()
         if name.startswith("{DAV:}"):
             return super().get_property_value(name)  # type: ignore[misc]
         value = self._dead_properties().get(name)
@@ -160,6 +164,28 @@ class _Shared:
 
     def remove_all_properties(self, *, recursive: bool) -> None:
         """Properties live on the node and go to the trash with it."""
+
+    def _check_still_there(self) -> None:
+        """A LOCK has just been granted: the resource it looked up must still exist.
+
+        On one node LOCK and DELETE run one at a time (the provider's mutex); another node
+        may delete the file between this LOCK's look-up and its grant. The lock would stand
+        on nothing (WsgiDAV's lockdiscovery then fails, and the path answers 423 until the
+        lock times out): drop the locks filed at this path and answer 409.
+        """
+        try:
+            with dav_errors():
+                self.volume.stat(storage_path(self.path))
+            return
+        except DAVError as exc:
+            if not isinstance(exc.__cause__, NotFound):
+                raise
+        lock_man = self.provider.lock_manager
+        url = normalize_lock_root(self.get_ref_url())
+        for lock in lock_man.get_url_lock_list(url):
+            if lock["root"] == url:
+                lock_man.release(lock["token"])
+        raise DAVError(HTTP_CONFLICT, "the resource was deleted while it was being locked")
 
     # -- native delete, move, copy ---------------------------------------------------
 

@@ -128,3 +128,24 @@ def test_a_delete_sent_while_a_lock_is_being_granted_is_refused(
         assert deleter.get("/dav/f.txt").content == b"kept"
         token = done[0].headers["Lock-Token"]
         assert locker.request("UNLOCK", "/dav/f.txt", headers={"Lock-Token": token}).status_code == 204
+
+
+def test_a_file_deleted_elsewhere_while_a_lock_is_granted_gets_no_lock(
+    app: tuple[Engine, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another node (here: the engine, past this node's mutex) deletes the file between the
+    LOCK's look-up and its grant: 409, and no lock is left standing on nothing."""
+    engine, wsgi = app
+    engine.volume("alice").write("f.txt", io.BytesIO(b"old"))
+    real = LockManager.acquire
+
+    def acquire(self: LockManager, *args: Any, **kwargs: Any) -> Any:
+        engine.volume("alice").delete("f.txt")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LockManager, "acquire", acquire)
+    with wsgi_client(wsgi) as c:
+        r = c.request("LOCK", "/dav/f.txt", content=LOCKINFO, headers={"Depth": "0"})
+        assert r.status_code == 409, r.text  # not a 500 from lockdiscovery
+        monkeypatch.setattr(LockManager, "acquire", real)
+        assert c.put("/dav/f.txt", content=b"new").status_code == 201  # no lock in the way
