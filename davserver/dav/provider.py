@@ -162,19 +162,31 @@ class VolumeProvider(DAVProvider):
             return contextlib.nullcontext()
         return snapshot(f"/~{environ[ACCOUNT_KEY]}")
 
-    def refuse_locked(self, environ: dict[str, Any], path: str, members: bool, parent: bool) -> None:
+    def refuse_locked(self, environ: dict[str, Any], path: str, members: bool, parent: bool | None) -> None:
         """The extension API's lock check (``sync_ext.api.routing.LockCheck``): raises
         :class:`storage.errors.Locked` when a WebDAV lock forbids the write.
 
         Locks are checked as WsgiDAV checks a request without tokens: the path's own locks
         and its folders' depth-infinity locks; ``members``: locks below it too; ``parent``:
-        the folder's own lock as well (a depth-0 lock on a folder protects its members list).
+        the folder's own lock as well (a depth-0 lock on a folder protects its members list);
+        None: when the path does not exist yet. An account without locks costs one query.
         """
         lock_man = self.lock_manager
         account_id = environ.get(ACCOUNT_KEY)
         if lock_man is None or account_id is None:
             return
         target = paths.normalize_path(path)  # InvalidName: the API's 400
+        root = f"/~{account_id}"
+        if not lock_man.storage.get_lock_list(
+            root, include_root=True, include_children=True, token_only=True
+        ):
+            return
+        if parent is None:
+            try:
+                self.volume(environ).stat(target)
+                parent = False
+            except NotFound:
+                parent = True  # the write adds a member to the folder
         checks = [(target, "infinity" if members else "0")]
         if parent and target:
             checks.append((paths.parent_of(target), "0"))

@@ -79,7 +79,7 @@ def commit(req: Request) -> Response:
             raise bad_request("each block is {hash, size} with a positive size")
         listed.append((_hash(item.get("hash"), "each block's hash"), int(item["size"])))
     mtime = optional_mtime(doc.get("mtime"), "mtime")
-    req.check_unlocked(path)
+    req.check_unlocked(path, parent=None)
     vol = req.volume
     try:
         entry, created = vol.block_sync.commit(

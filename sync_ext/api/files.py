@@ -75,7 +75,7 @@ def restore(req: Request) -> Response:
         raise bad_request("'path' (a string) is required")
     if not json_int(rev) or rev <= 0:
         raise bad_request("'rev' (a revision id, an integer) is required")
-    req.check_unlocked(path)
+    req.check_unlocked(path, parent=None)  # a trashed file comes back
     entry = req.volume.restore(path, rev, device=req.device())
     return Response.json(200, entry_json(entry))
 
@@ -101,7 +101,7 @@ def upload(req: Request) -> Response:
     path = req.param("path")
     mtime = _mtime(req)
     length = req.content_length()
-    req.check_unlocked(path)
+    req.check_unlocked(path, parent=None)
     pending = req.volume.begin_write(
         path,
         size_hint=length,
@@ -129,7 +129,7 @@ def _start_resumable(req: Request) -> Response:
     declared = digits(raw) if raw else None
     if raw and declared is None:
         raise bad_request("X-Upload-Content-Length must be a byte count")
-    req.check_unlocked(req.param("path"))
+    req.check_unlocked(req.param("path"), parent=None)
     session = req.volume.uploads.create(
         kind="resumable",
         path=req.param("path"),
@@ -180,7 +180,7 @@ def resume(req: Request) -> Response:
         return response
     if session.path is not None and (session.length is None or end >= session.length):
         # Only the chunk that ends the upload writes the file (a check costs a query).
-        req.check_unlocked(session.path)
+        req.check_unlocked(session.path, parent=None)
     body = req.body()
     try:
         session = uploads.append(session_id, start, body)

@@ -104,9 +104,10 @@ def json_int(value: object) -> TypeGuard[int]:
 
 #: ``(environ, path, members, parent)``: raises :class:`storage.errors.Locked` when a WebDAV
 #: lock stands in the way of a write to ``path`` (``members``: or to anything below it;
-#: ``parent``: the write adds or removes a member of its folder). The API has no lock
-#: tokens: any lock does. The composition root passes the WebDAV face's.
-LockCheck = Callable[[dict[str, Any], str, bool, bool], None]
+#: ``parent``: the write adds or removes a member of its folder; None: it does if the path
+#: does not exist yet). The API has no lock tokens: any lock does. The composition root
+#: passes the WebDAV face's.
+LockCheck = Callable[[dict[str, Any], str, bool, "bool | None"], None]
 
 
 class Request:
@@ -138,7 +139,7 @@ class Request:
             raise Problem(401, "unauthorized", "Authentication required")
         return self._volume
 
-    def check_unlocked(self, path: str, *, members: bool = False, parent: bool = False) -> None:
+    def check_unlocked(self, path: str, *, members: bool = False, parent: bool | None = False) -> None:
         """Refuse (423) a write that a client's WebDAV lock forbids (see :data:`LockCheck`)."""
         if self._lock_check is not None:
             self._lock_check(self.environ, path, members, parent)

@@ -92,7 +92,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         concat = (req.header("Upload-Concat") or "").strip()
         if concat.startswith("final"):
             ids = [_session_id(url, collection) for url in concat.partition(";")[2].split()]
-            req.check_unlocked(_target(meta))
+            req.check_unlocked(_target(meta), parent=None)
             session = uploads.concat(
                 _target(meta), ids, mtime=_mtime(meta), device=req.device(), meta=meta_raw
             )
@@ -104,7 +104,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         if concat and not partial:
             raise bad_request("Upload-Concat must be 'partial' or 'final;<urls>'")
         if not partial:
-            req.check_unlocked(_target(meta))
+            req.check_unlocked(_target(meta), parent=None)
         session = uploads.create(
             kind="partial" if partial else "tus",
             path=None if partial else _target(meta),
@@ -162,7 +162,7 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
         total, sent = length if length is not None else current.length, req.content_length()
         if current.path is not None and (total is None or sent is None or offset + sent >= total):
             # Only the PATCH that ends the upload writes the file (a check costs a query).
-            req.check_unlocked(current.path)
+            req.check_unlocked(current.path, parent=None)
         session = uploads.append(session_id, offset, req.body(), checksum=_checksum(req))
         return Response(204, [("Upload-Offset", str(session.offset)), *_expiry(session)])
 

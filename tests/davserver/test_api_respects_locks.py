@@ -92,12 +92,18 @@ def test_a_folder_lock_covers_what_the_api_would_add_to_it(client: tuple[Engine,
     engine, c = client
     engine.volume("alice").mkdir("deep")
     engine.volume("alice").mkdir("shallow")
+    engine.volume("alice").write("shallow/old.txt", io.BytesIO(b"old"))
     _lock(c, "/dav/deep/", depth="infinity")
     _lock(c, "/dav/shallow/", depth="0")
     assert _locked(_upload(c, "/deep/new.txt", b"x"))
     assert _locked(c.post("/api/v1/files/create_folder", json={"path": "/deep/sub"}))
+    # A depth-0 lock on a folder protects its list of members, not their content.
     assert _locked(c.post("/api/v1/files/create_folder", json={"path": "/shallow/sub"}))
+    assert _locked(_upload(c, "/shallow/new.txt", b"x"))
+    assert _locked(_tus_create(c, "/shallow/new.txt", 1))
+    assert _upload(c, "/shallow/old.txt", b"edited").status_code == 200
     assert c.get("/dav/deep/new.txt").status_code == 404
+    assert c.get("/dav/shallow/new.txt").status_code == 404
 
 
 def test_an_upload_under_way_stops_at_a_lock_taken_meanwhile(client: tuple[Engine, httpx.Client]) -> None:
