@@ -55,6 +55,11 @@ def _item(conn: Connection, account_id: int, item_id: int) -> Row[Any]:
     return row
 
 
+def original_path(conn: Connection, account_id: int, item_id: int) -> str:
+    """Where the item was when it was deleted (where a restore without a target puts it)."""
+    return str(_item(conn, account_id, item_id).path)
+
+
 def restore(change: tree.Change, item_id: int, target: str | None) -> Entry:
     conn, account_id = change.conn, change.account_id
     item = _item(conn, account_id, item_id)

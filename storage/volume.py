@@ -447,6 +447,11 @@ class Volume:
         with self._db.read() as conn:
             return trash_mod.items(conn, self.account.id, limit=limit)
 
+    def trash_item_path(self, item_id: int) -> str:
+        """Where a trash item was deleted from; :class:`NotFound` for no such item."""
+        with self._db.read() as conn:
+            return trash_mod.original_path(conn, self.account.id, item_id)
+
     def restore_from_trash(self, item_id: int, path: str | None = None) -> Entry:
         """Bring a trash item back, to where it was or to ``path``; an existing target is a conflict."""
         target = None if path is None else paths.normalize_path(path)

@@ -56,8 +56,7 @@ def restore(req: Request) -> Response:
         raise bad_request("'id' (a trash item id) is required")
     if path is not None and (not isinstance(path, str) or not path):
         raise bad_request("'path', when given, must be a non-empty string")
-    if path is not None:
-        req.check_unlocked(path, parent=True)
+    req.check_unlocked(path if path is not None else req.volume.trash_item_path(item_id), parent=True)
     return Response.json(200, entry_json(req.volume.restore_from_trash(item_id, path)))
 
 

@@ -143,3 +143,16 @@ def test_another_accounts_lock_on_the_same_path_does_not_count(client: tuple[Eng
     with httpx.Client(transport=c._transport, base_url=c.base_url, auth=("bob", "bob-password-1")) as bob:
         _lock(bob, "/dav/same.txt")
     assert _upload(c, "/same.txt", b"alice").status_code == 201
+
+
+def test_a_trashed_file_does_not_come_back_into_a_locked_folder(client: tuple[Engine, httpx.Client]) -> None:
+    engine, c = client
+    engine.volume("alice").mkdir("d")
+    engine.volume("alice").write("d/f.txt", io.BytesIO(b"f"))
+    item = c.post("/api/v1/files/delete", json={"path": "/d/f.txt"}).json()["trash_id"]
+    token = _lock(c, "/dav/d/", depth="infinity")
+    assert _locked(c.post("/api/v1/trash/restore", json={"id": item}))  # to where it was
+    assert c.get("/dav/d/f.txt").status_code == 404
+    assert c.request("UNLOCK", "/dav/d/", headers={"Lock-Token": token}).status_code == 204
+    assert c.post("/api/v1/trash/restore", json={"id": item}).status_code == 200
+    assert c.get("/dav/d/f.txt").content == b"f"
