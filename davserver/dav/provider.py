@@ -169,18 +169,21 @@ class VolumeProvider(DAVProvider):
         Locks are checked as WsgiDAV checks a request without tokens: the path's own locks
         and its folders' depth-infinity locks; ``members``: locks below it too; ``parent``:
         the folder's own lock as well (a depth-0 lock on a folder protects its members list);
-        None: when the path does not exist yet. An account without locks costs one query.
+        None: when the path does not exist yet. With SQL lock storage, an account without
+        locks costs one query.
         """
         lock_man = self.lock_manager
         account_id = environ.get(ACCOUNT_KEY)
         if lock_man is None or account_id is None:
             return
         target = paths.normalize_path(path)  # InvalidName: the API's 400
-        root = f"/~{account_id}"
-        if not lock_man.storage.get_lock_list(
-            root, include_root=True, include_children=True, token_only=True
-        ):
-            return
+        storage = lock_man.storage
+        if hasattr(storage, "snapshot"):
+            # SQL lock storage: the account's locks in one indexed query, usually none. (WsgiDAV's
+            # Redis storage finds the keys below a path with KEYS: not before every write.)
+            root = f"/~{account_id}"
+            if not storage.get_lock_list(root, include_root=True, include_children=True, token_only=True):
+                return
         if parent is None:
             try:
                 self.volume(environ).stat(target)

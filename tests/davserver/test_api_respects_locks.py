@@ -20,13 +20,18 @@ from tests.davserver.inprocess import LOCKINFO, wsgi_client
 from tests.storage.conftest import EngineFactory
 
 
-@pytest.fixture
-def client(make_engine: EngineFactory, database_url: str) -> Iterator[tuple[Engine, httpx.Client]]:
+@pytest.fixture(params=["sql", "redis"])
+def client(
+    request: pytest.FixtureRequest, make_engine: EngineFactory, database_url: str
+) -> Iterator[tuple[Engine, httpx.Client]]:
+    """Locks in SQL (the default) or in WsgiDAV's Redis storage (several nodes)."""
     engine = make_engine(database_url)
     engine.accounts.create("alice", "alice-password")
     engine.accounts.create("bob", "bob-password-1")
-    app = create_app(engine, AppSettings())
-    with wsgi_client(app) as c:
+    settings = AppSettings()
+    if request.param == "redis":
+        settings = AppSettings(lock_storage="redis", redis_url=request.getfixturevalue("redis_url"))
+    with wsgi_client(create_app(engine, settings)) as c:
         yield engine, c
 
 
