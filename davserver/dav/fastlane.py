@@ -42,7 +42,7 @@ from wsgidav.dav_error import DAVError
 
 from davserver.dav.errors import retry_after, status_for
 from davserver.dav.provider import VolumeProvider
-from davserver.dav.resources import content_length, content_type_for, lock_key, write_options
+from davserver.dav.resources import content_length, content_type_for, lock_key, lock_root, write_options
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, http_date, plain
 from storage import errors as e
 from storage.reader import VersionReader
@@ -161,7 +161,7 @@ class FastLane:
         if tokens is None:
             return None  # an If header WsgiDAV evaluates
         with provider.lock_snapshot(environ):
-            root = f"/~{account_id}"
+            root = lock_root(account_id)
             try:
                 url = lock_key(account_id, self._share, path)
             except DAVError:

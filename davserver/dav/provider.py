@@ -31,6 +31,7 @@ from davserver.dav.resources import (
     FileResource,
     FolderResource,
     lock_key,
+    lock_root,
     storage_path,
 )
 from davserver.wsgi import ACCOUNT_KEY, http_date
@@ -160,7 +161,7 @@ class VolumeProvider(DAVProvider):
             return contextlib.nullcontext()
         if environ["REQUEST_METHOD"] in ("LOCK", "UNLOCK"):
             return contextlib.nullcontext()
-        return snapshot(f"/~{environ[ACCOUNT_KEY]}")
+        return snapshot(lock_root(environ[ACCOUNT_KEY]))
 
     def refuse_locked(self, environ: dict[str, Any], path: str, members: bool, parent: bool | None) -> None:
         """The extension API's lock check (``sync_ext.api.routing.LockCheck``): raises
@@ -178,12 +179,13 @@ class VolumeProvider(DAVProvider):
             return
         target = paths.normalize_path(path)  # InvalidName: the API's 400
         storage = lock_man.storage
-        if hasattr(storage, "snapshot"):
-            # SQL lock storage: the account's locks in one indexed query, usually none. (WsgiDAV's
-            # Redis storage finds the keys below a path with KEYS: not before every write.)
-            root = f"/~{account_id}"
-            if not storage.get_lock_list(root, include_root=True, include_children=True, token_only=True):
-                return
+        # SQL lock storage: the account's locks in one indexed query, usually none. (WsgiDAV's
+        # Redis storage finds the keys below a path with KEYS: not before every write.)
+        sql = hasattr(storage, "snapshot")
+        if sql and not storage.get_lock_list(
+            lock_root(account_id), include_root=True, include_children=True, token_only=True
+        ):
+            return
         if parent is None:
             try:
                 self.volume(environ).stat(target)

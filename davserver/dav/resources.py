@@ -59,6 +59,11 @@ def storage_path(dav_path: str) -> str:
         return paths.normalize_path(dav_path)
 
 
+def lock_root(account_id: int | str) -> str:
+    """The account's part of lock storage: every lock key of the account starts with it."""
+    return f"/~{account_id}"
+
+
 def lock_key(account_id: int | str, share_path: str, dav_path: str) -> str:
     """Where lock storage files the locks of ``dav_path`` (a path below the share).
 
@@ -67,7 +72,7 @@ def lock_key(account_id: int | str, share_path: str, dav_path: str) -> str:
     finds the same locks. A lock taken through one spelling once did not stop a write
     through another. Raises DAVError 400 for a path the storage refuses.
     """
-    return f"/~{account_id}" + quote(f"{share_path}/{storage_path(dav_path)}")
+    return lock_root(account_id) + quote(f"{share_path}/{storage_path(dav_path)}")
 
 
 class _Shared:

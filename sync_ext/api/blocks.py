@@ -69,13 +69,13 @@ def commit(req: Request) -> Response:
         raise bad_request("'path' (a string) is required")
     if not json_int(size) or size < 0:
         raise bad_request("'size' (bytes, an integer) is required")
-    if "parent_rev" not in doc or not (doc["parent_rev"] is None or _is_int(doc["parent_rev"])):
+    if "parent_rev" not in doc or not (doc["parent_rev"] is None or json_int(doc["parent_rev"])):
         raise bad_request("'parent_rev' is required: the revision edited, or null for a new file")
     if not isinstance(blocks, list):
         raise bad_request("'blocks' (a list of {hash, size}) is required")
     listed: list[tuple[bytes, int]] = []
     for item in blocks:
-        if not isinstance(item, dict) or not _is_int(item.get("size")) or item["size"] <= 0:
+        if not isinstance(item, dict) or not json_int(item.get("size")) or item["size"] <= 0:
             raise bad_request("each block is {hash, size} with a positive size")
         listed.append((_hash(item.get("hash"), "each block's hash"), int(item["size"])))
     mtime = optional_mtime(doc.get("mtime"), "mtime")
@@ -109,7 +109,3 @@ def manifest(req: Request) -> Response:
             "blocks": [{"hash": b.sha256.hex(), "size": b.size, "offset": b.offset} for b in blocks],
         },
     )
-
-
-def _is_int(value: object) -> bool:
-    return json_int(value)
