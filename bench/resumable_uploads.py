@@ -11,8 +11,10 @@ each upload starts, so none competes with the write-back of its source (or with 
 upload's late syncs). Bodies go out with sendfile(2) for all three, so the client's copies take
 little of the CPU the server shares with it (``--client-reads``: read() and send() in 1 MiB
 pieces instead). Reported: MB/s (10**6 bytes of content per second, median of the rounds,
-range) and tus relative to PUT; the target is >= 0.9x. The upload is checked (size and SHA-256
-through /api/v1/files/metadata). Nothing here asserts a timing.
+range) and tus relative to PUT; the target is >= 0.9x. Also the server's CPU time per GB of
+content and the cores it kept busy (from /proc, all its threads): an upload that is slower with
+the same CPU per GB idles between requests; one that needs more CPU per GB does extra work. The
+upload is checked (size and SHA-256 through /api/v1/files/metadata). Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -129,14 +131,29 @@ class Uploader:
             raise BenchError(f"{name}: stored size/hash differ from the source")
 
 
-def run(size_mib: int, rounds: int, workdir: Path, *, sendfile: bool = True) -> dict[str, list[float]]:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process and all its threads so far (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(
+    size_mib: int, rounds: int, workdir: Path, *, sendfile: bool = True
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """MB/s per method and round, and the server's CPU seconds per GB of content (when known)."""
     size = size_mib * MiB
     root = Path(tempfile.mkdtemp(prefix="davserver-resumable-", dir=workdir))
     password = "bench-" + os.urandom(8).hex()
     server = davserver_process(root / "data", durable=True, threads=8, password=password)
     rates: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
     try:
         server.start()
+        assert server.proc is not None
+        pid = server.proc.pid
         up = Uploader(server, password, sendfile=sendfile)
         try:
             for r in range(rounds):
@@ -147,15 +164,24 @@ def run(size_mib: int, rounds: int, workdir: Path, *, sendfile: bool = True) -> 
                 for method in order:
                     name = f"{method}-{r}.bin"
                     os.sync()
+                    cpu0 = _cpu_seconds(pid)
                     start = time.perf_counter()
                     if method == "put":
                         up.put(name, sources[method], size)
                     else:
                         chunk = int(method.split("-")[1].removesuffix("MiB")) * MiB
                         up.tus(name, sources[method], size, chunk)
-                    rates[method].append(size / (time.perf_counter() - start) / MB)
+                    seconds = time.perf_counter() - start
+                    cpu1 = _cpu_seconds(pid)
+                    rates[method].append(size / seconds / MB)
+                    line = f"  round {r + 1} {method:10s} {rates[method][-1]:8,.0f} MB/s"
+                    if cpu0 is not None and cpu1 is not None:
+                        cpu[method].append((cpu1 - cpu0) / (size / 1e9))
+                        line += (
+                            f"  server CPU {cpu[method][-1]:.2f} s/GB, {(cpu1 - cpu0) / seconds:.2f} cores"
+                        )
                     up.check(name, size, digests[method])
-                    print(f"  round {r + 1} {method:10s} {rates[method][-1]:8,.0f} MB/s", file=sys.stderr)
+                    print(line, file=sys.stderr)
                 for src in sources.values():
                     src.unlink()
         finally:
@@ -163,19 +189,20 @@ def run(size_mib: int, rounds: int, workdir: Path, *, sendfile: bool = True) -> 
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    return rates
+    return rates, cpu
 
 
-def report(rates: dict[str, list[float]], size_mib: int) -> None:
+def report(rates: dict[str, list[float]], cpu: dict[str, list[float]], size_mib: int) -> None:
     put = statistics.median(rates["put"])
     print(f"\n{size_mib} MiB uploads, durable davserver, median [min-max] of {len(rates['put'])} rounds")
-    print(f"{'method':12s} {'MB/s':>8s} {'range':>16s} {'vs PUT':>8s}  target")
+    print(f"{'method':12s} {'MB/s':>8s} {'range':>16s} {'vs PUT':>8s} {'CPU s/GB':>9s}  target")
     for method in METHODS:
         med = statistics.median(rates[method])
         ratio = med / put
         verdict = "" if method == "put" else f"tus >= {TARGET}x PUT: {'PASS' if ratio >= TARGET else 'FAIL'}"
         span = f"{min(rates[method]):,.0f}-{max(rates[method]):,.0f}"
-        print(f"{method:12s} {med:8,.0f} {span:>16s} {ratio:7.2f}x  {verdict}")
+        per_gb = f"{statistics.median(cpu[method]):.2f}" if cpu[method] else "n/a"
+        print(f"{method:12s} {med:8,.0f} {span:>16s} {ratio:7.2f}x {per_gb:>9s}  {verdict}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,13 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"not enough free disk space in {args.workdir}", file=sys.stderr)
         return 2
     try:
-        rates = run(args.size_mib, args.rounds, args.workdir, sendfile=not args.client_reads)
+        rates, cpu = run(args.size_mib, args.rounds, args.workdir, sendfile=not args.client_reads)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    report(rates, args.size_mib)
+    report(rates, cpu, args.size_mib)
     if args.json:
-        args.json.write_text(json.dumps({"size_mib": args.size_mib, "rates_mbps": rates}, indent=2))
+        doc = {"size_mib": args.size_mib, "rates_mbps": rates, "server_cpu_seconds_per_gb": cpu}
+        args.json.write_text(json.dumps(doc, indent=2))
     return 0
 
 
