@@ -314,6 +314,28 @@ def insert_node(change: Change, *, parent_id: int, path: str, name: str, kind: s
     return int(_INSERT_NODE.scalar(change.conn, params))
 
 
+def make_folders(change: Change, path: str) -> int:
+    """The id of the live folder at ``path``, created with its missing ancestors (each
+    journaled as a create) when it is gone; :class:`Conflict` when a file is in the way."""
+    missing: list[str] = []
+    at = path
+    while (row := live_node(change.conn, change.account_id, at, lock=True)) is None and at:
+        missing.append(at)
+        at = paths.parent_of(at)
+    folder_id = int(folder_for_new(row, at).id)
+    for folder in reversed(missing):
+        folder_id = insert_node(
+            change,
+            parent_id=folder_id,
+            path=folder,
+            name=paths.name_of(folder),
+            kind=t.KIND_DIR,
+            mtime=change.now,
+        )
+        change.journal("create", folder_id, t.KIND_DIR, folder, mtime=change.now)
+    return folder_id
+
+
 def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
     """``count`` fresh primary keys, so rows can go in with one executemany (no RETURNING).
 

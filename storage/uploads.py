@@ -596,8 +596,10 @@ class Uploads:
         whole = self._hashers.take(session_id, int(row.offset))
         sha = whole.digest() if whole is not None else self._read_back_hash(row, blocks)
         source = _SessionBlocks(row, blocks, sha, self._clock)
+        # The target's folder existed when the session was created; if it was deleted since,
+        # it comes back with the file rather than the upload failing until it expires.
         _, created = self._vol._commit_source(
-            row.path, source, if_match=row.if_match, mtime=row.mtime, device=row.device
+            row.path, source, if_match=row.if_match, mtime=row.mtime, device=row.device, make_folders=True
         )
         return replace(self.get(session_id), created=created)
 

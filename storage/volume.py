@@ -333,13 +333,16 @@ class Volume:
         if_none_match: str | None = None,
         mtime: float | None = None,
         device: str | None = None,
+        make_folders: bool = False,
     ) -> tuple[Entry, bool]:
         """Commit blocks already stored -- a finished upload session (storage.uploads) or a
         client's block list (storage.delta) -- as the file's new version.
 
+        ``make_folders``: folders missing on the way to ``path`` are created (and journaled)
+        in the same transaction instead of the commit failing with :class:`Conflict`.
         Returns the entry and whether the file is new.
         """
-        options = _WriteOptions(if_match, if_none_match, mtime, device)
+        options = _WriteOptions(if_match, if_none_match, mtime, device, make_folders)
         entry, committed, created = self._commit(path, source, options)
         self._s.notify(committed)
         return entry, created
@@ -369,10 +372,13 @@ class Volume:
         mtime = change.now if options.mtime is None else options.mtime
         device = options.device
         if node is None:
-            parent = tree.folder_for_new(parent, paths.parent_of(path))
+            if parent is None and options.make_folders:
+                parent_id = tree.make_folders(change, paths.parent_of(path))
+            else:
+                parent_id = tree.folder_for_new(parent, paths.parent_of(path)).id
             node_id = tree.insert_node(
                 change,
-                parent_id=parent.id,
+                parent_id=parent_id,
                 path=path,
                 name=paths.name_of(path),
                 kind=t.KIND_FILE,
@@ -753,6 +759,8 @@ class _WriteOptions:
     if_none_match: str | None
     mtime: float | None
     device: str | None
+    #: Create the file's missing folders instead of refusing (an upload session's commit).
+    make_folders: bool = False
 
 
 class PendingWrite:

@@ -141,6 +141,41 @@ def test_resuming_from_the_wrong_offset_is_refused(vol: Volume) -> None:
         vol.uploads.append(up.id, 10, io.BytesIO(b"x"))
 
 
+def test_a_session_whose_folders_were_deleted_meanwhile_brings_them_back(vol: Volume) -> None:
+    vol.mkdir("photos")
+    vol.mkdir("photos/2026")
+    data = _data(300_000)
+    up = vol.uploads.create(kind="tus", path="photos/2026/cat.jpg", length=len(data))
+    vol.uploads.append(up.id, 0, io.BytesIO(data[:100_000]))
+    vol.delete("photos")
+    state = vol.uploads.append(up.id, 100_000, io.BytesIO(data[100_000:]))
+    assert state.completed is not None and state.created
+    with vol.open("photos/2026/cat.jpg") as r:
+        assert r.read() == data
+    assert vol.stat("photos").is_dir and vol.stat("photos/2026").is_dir
+    # Journaled like any create, folders before the file, so sync clients follow.
+    tail = [(c.op, c.path) for c in vol.journal()][-3:]
+    assert tail == [("create", "photos"), ("create", "photos/2026"), ("create", "photos/2026/cat.jpg")]
+    assert vol.revisions("photos/2026/cat.jpg")[0].size == len(data)
+
+
+def test_a_file_in_the_way_of_a_sessions_folder_stops_it_until_moved(vol: Volume) -> None:
+    vol.mkdir("docs")
+    up = vol.uploads.create(kind="tus", path="docs/a.txt", length=10)
+    vol.uploads.append(up.id, 0, io.BytesIO(b"01234"))
+    vol.delete("docs")
+    vol.write("docs", io.BytesIO(b"now a file"))
+    with pytest.raises(Conflict, match="is a file"):
+        vol.uploads.append(up.id, 5, io.BytesIO(b"56789"))
+    with pytest.raises(NotFound):
+        vol.stat("docs/a.txt")
+    # Nothing was lost: once the file moves away, the received data commits.
+    vol.move("docs", "docs.old")
+    assert vol.uploads.get(up.id).completed is not None
+    with vol.open("docs/a.txt") as r:
+        assert r.read() == b"0123456789"
+
+
 def test_a_checksum_mismatch_discards_the_piece(vol: Volume) -> None:
     up = vol.uploads.create(kind="tus", path="f", length=8)
     bad = Checksum("sha1", hashlib.sha1(b"other").digest())

@@ -116,3 +116,19 @@ def test_another_account_cannot_touch_an_upload(api: httpx.Client, bob: httpx.Cl
     assert bob.patch(url, headers={**OCTETS, "Upload-Offset": "0"}, content=b"evil").status_code == 404
     assert bob.delete(url, headers=TUS).status_code == 404
     assert api.patch(url, headers={**OCTETS, "Upload-Offset": "0"}, content=b"mine").status_code == 204
+
+
+def test_an_upload_whose_folder_was_deleted_meanwhile_completes_into_it_again(api: httpx.Client) -> None:
+    """A tus client would loop on 409 (its offset-mismatch answer) until the session expired."""
+    assert api.post("/files/create_folder", json={"path": "/inbox"}).status_code in (200, 201)
+    data = b"a" * 1000 + b"b" * 1000
+    r = api.post(
+        "/uploads/", headers={**TUS, "Upload-Length": "2000", "Upload-Metadata": _meta(path="/inbox/f")}
+    )
+    url = _url(r)
+    first = api.patch(url, headers={**OCTETS, "Upload-Offset": "0"}, content=data[:1000])
+    assert first.status_code == 204
+    assert api.post("/files/delete", json={"path": "/inbox"}).status_code == 200
+    last = api.patch(url, headers={**OCTETS, "Upload-Offset": "1000"}, content=data[1000:])
+    assert last.status_code == 204 and last.headers["Upload-Offset"] == "2000"
+    assert api.get("/files/download", params={"path": "/inbox/f"}).content == data
