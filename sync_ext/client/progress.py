@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -45,6 +45,7 @@ class Reporter:
         self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
         self.bars = self.console.is_terminal if bars is None else bars
         self._skipped: set[str] = set()
+        self._locked: set[str] = set()
         # One live display for all transfers at once (rich allows one): started with the
         # first bar, stopped with the last.
         self._lock = threading.Lock()
@@ -63,6 +64,19 @@ class Reporter:
 
     def error(self, path: str, reason: str) -> None:
         self.console.print(f"{time.strftime('%H:%M:%S')} could not sync {path}: {reason}", markup=False)
+
+    def locked(self, path: str) -> None:
+        """``path`` is locked on the server: said once, until :meth:`still_locked` drops it."""
+        with self._lock:
+            if path in self._locked:
+                return
+            self._locked.add(path)
+        self.warn(f"{path} is locked by a WebDAV client (open in an editor?); retrying until it is unlocked")
+
+    def still_locked(self, paths: Iterable[str]) -> None:
+        """After a pass: only ``paths`` are still locked; another lock on the others is news."""
+        with self._lock:
+            self._locked.intersection_update(paths)
 
     def skip(self, path: str, reason: str) -> None:
         if path not in self._skipped:  # once per run, not once per scan

@@ -43,6 +43,7 @@ class Runner:
         delay = 1.0
         last_pull = float("-inf")  # the first pass always reads the feed
         started = False
+        failed: list[str] = []  # the last pass's errors: repeated passes do not repeat the note
         while not self.stop.is_set() and self.fatal is None:
             pull = self._remote_news.is_set() or time.monotonic() - last_pull > PULL_EVERY
             self._remote_news.clear()
@@ -68,8 +69,10 @@ class Runner:
                 started = True
                 poller.start()
                 report.note("in sync; watching for changes")
-            if summary.errors:
+            report.still_locked(summary.locked)
+            if summary.errors and summary.errors != failed:
                 report.note(f"{len(summary.errors)} item(s) could not be synced; retrying later")
+            failed = summary.errors
             # Scanning stays a small share of the time, however big the tree: an idle pass
             # (the scan, mostly) is waited for SCAN_SHARE times over before the next one.
             idle = time.monotonic() - began if not summary.actions else 0.0

@@ -74,6 +74,8 @@ class Summary:
     blocks_sent: int = 0
     blocks_from_local: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Paths the server refused because a WebDAV client has them locked (also in ``errors``).
+    locked: list[str] = field(default_factory=list)
     #: Something happened that the next pass must look at again.
     again: bool = False
 
@@ -95,6 +97,7 @@ class Summary:
             if f.type == "int":  # the counters (annotations are strings here)
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.errors.extend(other.errors)
+        self.locked.extend(other.locked)
 
 
 class Syncer:
@@ -289,6 +292,11 @@ class Syncer:
                 # The server moved on since the last pull: the next pass sees both sides.
                 s.again = True
                 self.report.note(f"{path}: changed on the server meanwhile; looking again")
+            elif exc.status == 423:
+                # Open in an editor through the drive: retried every pass, reported once.
+                s.errors.append(f"{path}: {exc}")
+                s.locked.append(path)
+                self.report.locked(path)
             else:
                 s.errors.append(f"{path}: {exc}")
                 self.report.error(path, str(exc))

@@ -25,6 +25,7 @@ from sync_ext.client.index import Index
 from sync_ext.client.progress import Reporter
 from sync_ext.client.remote import Remote
 from sync_ext.client.syncer import Summary, Syncer
+from tests.davserver.inprocess import LOCKINFO
 from tests.e2e.syncclient import local_tree
 from tests.storage.conftest import EngineFactory
 
@@ -39,8 +40,12 @@ def engine(make_engine: EngineFactory) -> Engine:
 
 
 @pytest.fixture
-def device(engine: Engine, tmp_path: Path) -> Iterator[Device]:
-    transport = httpx.WSGITransport(app=create_app(engine, AppSettings()))
+def transport(engine: Engine) -> httpx.WSGITransport:
+    return httpx.WSGITransport(app=create_app(engine, AppSettings()))
+
+
+@pytest.fixture
+def device(transport: httpx.WSGITransport, tmp_path: Path) -> Iterator[Device]:
     opened: list[tuple[Remote, Index]] = []
 
     def make(name: str) -> Syncer:
@@ -343,3 +348,34 @@ def test_an_idle_pass_asks_nothing_and_a_change_is_still_seen(device: Device, en
     (a.root / "g.txt").write_bytes(b"two")
     assert a.sync(pull=False).uploaded == 1
     assert local_tree(a.root) == server_tree(engine)
+
+
+def test_a_file_locked_through_the_drive_waits_quietly_and_syncs_once_unlocked(
+    device: Device, engine: Engine, transport: httpx.WSGITransport
+) -> None:
+    a = device("a")
+    (a.root / "report.odt").write_bytes(b"v1")
+    settle(a)
+    dav = httpx.Client(transport=transport, auth=("alice", "alice-password"))
+    url = "http://127.0.0.1/dav/report.odt"
+    lock = dav.request("LOCK", url, content=LOCKINFO, headers={"Timeout": "Second-600"})
+    assert lock.status_code == 200
+    (a.root / "report.odt").write_bytes(b"v2, edited here while open elsewhere")
+    passes = [a.sync(), a.sync(), a.sync()]
+    assert all(s.locked == ["report.odt"] and len(s.errors) == 1 for s in passes)
+    log = a.report.console.file.getvalue()
+    assert log.count("report.odt is locked by a WebDAV client") == 1, log
+    assert "could not sync" not in log
+    with engine.volume("alice").open("report.odt") as r:
+        assert r.read() == b"v1"
+    assert dav.request("UNLOCK", url, headers={"Lock-Token": lock.headers["Lock-Token"]}).status_code == 204
+    settle(a)
+    with engine.volume("alice").open("report.odt") as r:
+        assert r.read() == b"v2, edited here while open elsewhere"
+    # Locked again later: said again.
+    a.report.still_locked([])
+    lock = dav.request("LOCK", url, content=LOCKINFO, headers={"Timeout": "Second-600"})
+    (a.root / "report.odt").write_bytes(b"v3")
+    assert a.sync().locked == ["report.odt"]
+    assert a.report.console.file.getvalue().count("report.odt is locked by a WebDAV client") == 2
+    dav.close()
