@@ -104,9 +104,9 @@ class HasherCache:
     """session id -> (offset, hashlib object) for the appends this process has seen.
 
     A pipelined append hands its hasher over while its thread may still be hashing the
-    append's last pieces (``BlockWriter.hashed``); the next append waits for that when it
-    takes the hasher, by which time it has long finished, instead of the request waiting
-    before it is answered.
+    append's last pieces (``BlockWriter.hashed``). The next append takes it with that wait
+    (:meth:`take_unsettled`) and passes both to its own hash thread, which waits before
+    hashing on: neither request waits for the other's hash.
     """
 
     def __init__(self, size: int = HASHERS_KEPT) -> None:
@@ -116,14 +116,19 @@ class HasherCache:
 
     def take(self, session_id: str, offset: int) -> Any:
         """A hasher that has seen exactly ``offset`` bytes (a fresh one at 0), or None."""
+        hasher, hashed = self.take_unsettled(session_id, offset)
+        if hashed is not None:
+            hashed()
+        return hasher
+
+    def take_unsettled(self, session_id: str, offset: int) -> tuple[Any, Callable[[], None] | None]:
+        """As :meth:`take`, without waiting: the hasher, and None or a wait until it has seen
+        ``offset`` bytes (until then, another thread is still updating it)."""
         with self._lock:
             item = self._items.pop(session_id, None)
         if item is not None and item[0] == offset:
-            _, hasher, hashed = item
-            if hashed is not None:
-                hashed()
-            return hasher
-        return hashlib.sha256() if offset == 0 else None
+            return item[1], item[2]
+        return (hashlib.sha256() if offset == 0 else None), None
 
     def forget(self, session_id: str) -> None:
         with self._lock:
@@ -398,13 +403,21 @@ class Uploads:
         """
         row, prefix, before = self._resume_point(session_id, offset)
         limit = (row.length if row.length is not None else self._s.config.max_file_size) - offset
-        whole = self._hashers.take(session_id, offset)
-        whole_before = whole.copy() if whole is not None else None
+        whole, hashing = self._hashers.take_unsettled(session_id, offset)
+        # The previous append may still be hashing its last pieces: this one's hash thread
+        # waits for it, and a failure here goes back to the state between the two.
+        whole_before = whole.copy() if whole is not None and hashing is None else None
         check = hashlib.new(checksum.algorithm) if checksum is not None else None
         body = LimitedReader(stream, limit, None)
         start = offset - len(prefix)
         # ``whole`` continues over this body's bytes; the tail read back was hashed before.
-        writer = self._writer(row.path, hasher=whole, unhashed=len(prefix))
+        writer = self._writer(row.path, hasher=whole, hash_after=hashing, unhashed=len(prefix))
+
+        def keep_hash_as_before() -> None:
+            before = writer.hash_state_before() if hashing is not None else whole_before
+            if before is not None:
+                self._hashers.keep(session_id, offset, before)
+
         pipelined = self._s.config.appends_pipelined
         try:
             # Pipelined, the last blocks are left to finish on the pool too (the commit waits).
@@ -418,8 +431,7 @@ class Uploads:
                 writer.store_tail()  # the end of the file: a real block boundary
             if body.count == 0:
                 writer.abort()
-                if whole_before is not None:
-                    self._hashers.keep(session_id, offset, whole_before)
+                keep_hash_as_before()
                 return self.get(session_id)
             new_offset = offset + body.count
             if not ends and pipelined:
@@ -430,8 +442,7 @@ class Uploads:
             self._commit(row, writer, start, new_offset)
         except BaseException:
             writer.abort()
-            if whole_before is not None:
-                self._hashers.keep(session_id, offset, whole_before)
+            keep_hash_as_before()
             raise
         writer.committed()
         if whole is not None:
@@ -484,7 +495,7 @@ class Uploads:
         # trusts a stale one (the next append starts from ``writer.tail`` in memory).
         after = _row_after(row, offset=end, tail_name=None, expires_at=expires, block_count=None)
         if whole is not None:
-            # For the next append (a failure forgets it), which waits for the hash to finish.
+            # For the next append (a failure forgets it), whose hash thread waits for this one's.
             self._hashers.keep(session_id, end, whole, writer.hashed)
 
         def land() -> None:
@@ -692,6 +703,7 @@ class Uploads:
         *,
         keep_tail: bool = True,
         hasher: Any = None,
+        hash_after: Callable[[], None] | None = None,
         unhashed: int = 0,
     ) -> BlockWriter:
         cfg = self._s.config
@@ -708,6 +720,7 @@ class Uploads:
             buffers=self._s.buffers,
             whole_hash=hasher is not None,
             hasher=hasher,
+            hash_after=hash_after,
             unhashed=unhashed,
             keep_tail=keep_tail,
         )

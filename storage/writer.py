@@ -155,15 +155,26 @@ class WholeHash:
     Single-block (small) files are hashed inline, without a thread. ``hasher``
     continues an existing hashlib object (an upload session's); pieces must not
     change after :meth:`update` (pass copies of reused buffers).
+
+    ``after``: a wait for an earlier WholeHash still feeding ``hasher`` (the previous
+    append of an upload session). This one's thread waits for it, not the caller, so
+    an append starts reading while the previous one's last pieces are still hashed;
+    :meth:`state_before` is the hasher as it was between the two.
     """
 
-    def __init__(self, depth: int, hasher: Any = None) -> None:
+    def __init__(self, depth: int, hasher: Any = None, after: Callable[[], None] | None = None) -> None:
         self._h = hasher if hasher is not None else hashlib.sha256()
         self._depth = depth
         self._queue: queue.Queue[bytes | memoryview | None] | None = None
         self._thread: threading.Thread | None = None
-        self._first = True
+        self._first = after is None  # inline only when nothing is still hashing before us
         self._finished = False
+        self._after = after
+        self._continues = after is not None
+        self._before: Any = None
+        self._before_taken = threading.Event()
+        if after is not None:
+            self._start()
 
     def update(self, data: bytes | memoryview) -> None:
         if self._finished:
@@ -174,14 +185,35 @@ class WholeHash:
             self._h.update(data)
             return
         if self._queue is None:
-            self._queue = queue.Queue(maxsize=self._depth)
-            self._thread = threading.Thread(target=self._run, args=(self._queue,), name="davserver-hash")
-            self._thread.start()
+            self._start()
+        assert self._queue is not None
         self._queue.put(data)
 
+    def _start(self) -> None:
+        self._queue = queue.Queue(maxsize=self._depth)
+        self._thread = threading.Thread(target=self._run, args=(self._queue,), name="davserver-hash")
+        self._thread.start()
+
     def _run(self, q: queue.Queue[bytes | memoryview | None]) -> None:
+        # Dropped once waited for: it holds the previous append's writer, and through that
+        # every earlier one's (a chain as long as the upload).
+        after, self._after = self._after, None
+        if after is not None:
+            try:
+                after()
+            finally:
+                # Taken whatever happened: a waiter in state_before() must not hang.
+                self._before = self._h.copy()
+                self._before_taken.set()
         while (data := q.get()) is not None:
             self._h.update(data)
+
+    def state_before(self) -> Any:
+        """A copy of the hasher as it was before this stream's first piece."""
+        if not self._continues:
+            raise RuntimeError("state_before() is kept only for a hash that continues another")
+        self._before_taken.wait()
+        return self._before
 
     def close(self) -> None:
         self.finish()
@@ -233,12 +265,15 @@ class BlockWriter:
         buffers: BufferPool | None = None,
         whole_hash: bool = True,
         hasher: Any = None,
+        hash_after: Callable[[], None] | None = None,
         unhashed: int = 0,
         keep_tail: bool = False,
     ) -> None:
         """``whole_hash=False``: the content is not hashed (``sha256`` stays empty).
         ``hasher``: a hashlib object the content continues (an upload session's), after
         the first ``unhashed`` bytes of the stream (its held-back tail, hashed before).
+        ``hash_after``: waits until ``hasher`` has seen everything before this write (see
+        :class:`WholeHash`; :meth:`hash_state_before` is then the hasher as of then).
 
         ``keep_tail=True``: the stream's last piece (after the last real cut point) is
         not stored but left in :attr:`tail`, for an upload that continues later.
@@ -246,6 +281,10 @@ class BlockWriter:
         self._ctx = ctx
         self._whole_hash = whole_hash
         self._hasher = hasher
+        self._hash_after = hash_after  # handed to the WholeHash by consume(), which drops it
+        self._continues_hash = hash_after is not None
+        #: The whole-file hash of :meth:`consume`, once it has started.
+        self._whole: WholeHash | None = None
         self._unhashed = unhashed
         self._keep_tail = keep_tail
         #: The held-back last piece (``keep_tail``), not part of ``refs`` or ``size``.
@@ -287,7 +326,10 @@ class BlockWriter:
         then; :meth:`hashed` waits for the hash (``sha256`` and the ``hasher`` passed in
         are complete only then).
         """
-        whole: WholeHash | _NoHash = WholeHash(self._depth, self._hasher) if self._whole_hash else _NoHash()
+        whole: WholeHash | _NoHash = _NoHash()
+        if self._whole_hash:
+            whole = self._whole = WholeHash(self._depth, self._hasher, self._hash_after)
+            self._hash_after = None
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
@@ -338,6 +380,17 @@ class BlockWriter:
         whole, self._hashing = self._hashing, None
         if whole is not None:
             self.sha256 = whole.digest()
+
+    def hash_state_before(self) -> Any:
+        """A copy of the ``hasher`` passed in with ``hash_after``, as it was before this
+        write's content (for an append that failed: the session's hash stays where it was)."""
+        if not self._continues_hash:
+            raise RuntimeError("without hash_after, copy the hasher before consume()")
+        if self._whole is not None:
+            return self._whole.state_before()
+        assert self._hash_after is not None  # consume() never started
+        self._hash_after()
+        return self._hasher.copy()
 
     def _hash(self, whole: WholeHash | _NoHash, data: bytes) -> None:
         if self._unhashed >= len(data):

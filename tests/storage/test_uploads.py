@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import itertools
@@ -9,6 +10,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -612,8 +614,8 @@ class _GatedHash:
 
 
 def test_a_pipelined_append_is_answered_before_its_whole_file_hash_is_done(vol: Volume) -> None:
-    """The hash of an append's last pieces finishes on its thread; the next append waits for
-    it when it takes the hasher over, so the file's SHA-256 is still that of every byte."""
+    """The hash of an append's last pieces finishes on its thread; the next append's hash
+    thread waits for it before going on, so the file's SHA-256 is still that of every byte."""
     data = _data(1_500_000, seed=11)
     up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
     gated = _GatedHash(hold_at=900_000)
@@ -632,3 +634,93 @@ def test_a_pipelined_append_is_answered_before_its_whole_file_hash_is_done(vol: 
         first.join()
     done = vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:]))
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+
+
+def _no_read_back(*_: object) -> bytes:
+    raise AssertionError("the session's hasher was lost: the file was read back to hash it")
+
+
+def test_the_next_append_does_not_wait_for_the_previous_ones_hash(
+    vol: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second append's hash thread waits for the first one's, not the request: a client
+    sending chunks back to back never waits for hashing between them (only, as before, when
+    more pieces than the pipeline's depth wait to be hashed)."""
+    monkeypatch.setattr(Uploads, "_read_back_hash", _no_read_back)
+    data = _data(1_500_000, seed=12)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    gated = _GatedHash(hold_at=900_000)
+    vol.uploads._hashers.keep(up.id, 0, gated)
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:900_000])).offset == 900_000
+    answered: list[int] = []
+    second = threading.Thread(
+        target=lambda: answered.append(
+            vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:1_100_000])).offset
+        )
+    )
+    second.start()
+    second.join(timeout=10)
+    try:
+        assert not second.is_alive(), "the second append waited for the first one's hash"
+        assert answered == [1_100_000]
+    finally:
+        gated.gate.set()
+        second.join()
+    done = vol.uploads.append(up.id, 1_100_000, io.BytesIO(data[1_100_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+
+
+def test_an_append_failing_while_the_previous_one_still_hashes_leaves_the_hash_between_them(
+    vol: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file's hash must come from the kept hasher: a read-back would hide a lost one.
+    monkeypatch.setattr(Uploads, "_read_back_hash", _no_read_back)
+    data = _data(1_800_000, seed=13)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    gated = _GatedHash(hold_at=900_000)
+    vol.uploads._hashers.keep(up.id, 0, gated)
+    vol.uploads.append(up.id, 0, io.BytesIO(data[:900_000]))
+    wrong = Checksum("sha256", hashlib.sha256(b"something else").digest())
+    failed: list[BaseException] = []
+
+    def bad_append() -> None:
+        try:
+            vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:]), checksum=wrong)
+        except BaseException as exc:  # handed to the test thread
+            failed.append(exc)
+
+    second = threading.Thread(target=bad_append)
+    second.start()
+    time.sleep(0.2)  # the failure is being handled while the first append's hash is held
+    gated.gate.set()
+    second.join(timeout=30)
+    assert not second.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], ChecksumMismatch)
+    # The kept hash is the one as of 900,000 bytes, not one that saw the refused piece.
+    done = vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+
+
+def test_an_append_holds_on_to_no_writer_but_the_one_before_it(
+    vol: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each append's hash thread waits for the previous append's: once it has, nothing may keep
+    that writer (its blocks' data, its tail) alive, or memory grows with every chunk."""
+    made: list[weakref.ref[BlockWriter]] = []
+    original = Uploads._writer
+
+    def recording(self: Uploads, *args: Any, **kwargs: Any) -> BlockWriter:
+        writer = original(self, *args, **kwargs)
+        made.append(weakref.ref(writer))
+        return writer
+
+    monkeypatch.setattr(Uploads, "_writer", recording)
+    data = _data(1_200_000, seed=14)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data) + 1)
+    offset = 0
+    for piece in _pieces(data, [200_000] * 6):
+        offset = vol.uploads.append(up.id, offset, io.BytesIO(piece)).offset
+    vol.uploads.get(up.id)  # the last answered append has committed
+    gc.collect()
+    alive = [i for i, ref in enumerate(made) if ref() is not None]
+    assert len(made) == 6 and alive == [5], alive  # the last one: its hash is the session's
