@@ -173,6 +173,7 @@ class WholeHash:
         self._continues = after is not None
         self._before: Any = None
         self._before_taken = threading.Event()
+        self._failed: BaseException | None = None
         if after is not None:
             self._start()
 
@@ -198,15 +199,21 @@ class WholeHash:
         # Dropped once waited for: it holds the previous append's writer, and through that
         # every earlier one's (a chain as long as the upload).
         after, self._after = self._after, None
-        if after is not None:
-            try:
-                after()
-            finally:
-                # Taken whatever happened: a waiter in state_before() must not hang.
-                self._before = self._h.copy()
-                self._before_taken.set()
-        while (data := q.get()) is not None:
-            self._h.update(data)
+        try:
+            if after is not None:
+                try:
+                    after()
+                finally:
+                    # Taken whatever happened: a waiter in state_before() must not hang.
+                    self._before = self._h.copy()
+                    self._before_taken.set()
+            while (data := q.get()) is not None:
+                self._h.update(data)
+        except BaseException as exc:
+            # Keep taking pieces, or the writer blocks on a full queue for ever; digest() raises.
+            self._failed = exc
+            while q.get() is not None:
+                pass
 
     def state_before(self) -> Any:
         """A copy of the hasher as it was before this stream's first piece."""
@@ -230,6 +237,8 @@ class WholeHash:
 
     def digest(self) -> bytes:
         self.close()
+        if self._failed is not None:
+            raise RuntimeError("the whole-file hash failed") from self._failed
         return self._h.digest()
 
 

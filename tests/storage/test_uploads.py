@@ -724,3 +724,35 @@ def test_an_append_holds_on_to_no_writer_but_the_one_before_it(
     gc.collect()
     alive = [i for i, ref in enumerate(made) if ref() is not None]
     assert len(made) == 6 and alive == [5], alive  # the last one: its hash is the session's
+
+
+class _BrokenHash(_GatedHash):
+    """Hashes the first piece (inline, on the writer's thread), then breaks (on the hash thread)."""
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._seen:
+            raise OSError("the hash broke")
+        self._seen += len(data)
+
+
+def test_a_hash_thread_that_fails_fails_the_file_and_never_blocks_the_writer(vol: Volume) -> None:
+    data = _data(1_500_000, seed=15)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    vol.uploads._hashers.keep(up.id, 0, _BrokenHash(hold_at=0))
+    finished = threading.Event()
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            offset = 0
+            for piece in _pieces(data, [500_000, 500_000, 500_000]):
+                offset = vol.uploads.append(up.id, offset, io.BytesIO(piece)).offset
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+        finished.set()
+
+    threading.Thread(target=upload, daemon=True).start()
+    assert finished.wait(30), "a writer blocked on the queue of a hash thread that had died"
+    assert errors
+    with pytest.raises(NotFound):
+        vol.stat("f.bin")
