@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/davserver serve --data-dir $(DATA_DIR)
 
 lint: $(STAMP)
-	$(BIN)/ruff check storage davserver sync_ext tests bench
-	$(BIN)/mypy storage davserver sync_ext
+	$(BIN)/ruff check storage davserver sync_ext webcommon tests bench
+	$(BIN)/mypy storage davserver sync_ext webcommon
 	$(BIN)/lint-imports
 
 # pytest-xdist workers for `make test` (0: one process). Each worker starts its own PostgreSQL,

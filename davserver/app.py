@@ -37,8 +37,8 @@ from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.engine import Engine
 from sync_ext.api import PREFIX as API_PREFIX
 from sync_ext.api import create_api
-from sync_ext.api.body import MalformedBody
-from sync_ext.api.routing import digits
+from webcommon.body import MalformedBody
+from webcommon.numbers import digits
 
 log = logging.getLogger("davserver")
 

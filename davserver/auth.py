@@ -42,8 +42,8 @@ from redis.retry import Retry
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, plain
 from storage.accounts import Accounts, is_token
 from storage.errors import AuthenticationFailed, BackendUnavailable
-from sync_ext.api.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
-from sync_ext.api.problems import Problem, bad_request, from_storage_error
+from webcommon.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from webcommon.problems import Problem, bad_request, from_storage_error
 
 ACCOUNT_NAME_KEY = "davserver.account_name"
 T = TypeVar("T")

@@ -24,8 +24,8 @@ from cheroot.server import ChunkedRFile, HeaderReader, HTTPConnection, HTTPReque
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.wsgi import WSGIApp
-from sync_ext.api.body import MalformedBody
-from sync_ext.api.changes import DETACH_KEY
+from webcommon.body import MalformedBody
+from webcommon.wsgi import DETACH_KEY
 
 log = logging.getLogger("davserver")
 

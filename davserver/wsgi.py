@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sync_ext.api.routing import MAX_EPOCH
+from webcommon.numbers import MAX_EPOCH
 
 #: environ key of the authenticated account's id, set by davserver.auth and read by
 #: the faces (the extension API, which may not import davserver, uses the same string).

@@ -31,7 +31,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.util import SubAppStartResponse
 
 from storage import errors as e
-from sync_ext.api.body import MalformedBody
+from webcommon.body import MalformedBody
 
 HTTP_INSUFFICIENT_STORAGE = 507
 

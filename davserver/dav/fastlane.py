@@ -46,7 +46,7 @@ from davserver.dav.resources import content_length, content_type_for, lock_key, 
 from davserver.wsgi import ACCOUNT_KEY, StartResponse, WSGIApp, http_date, plain
 from storage import errors as e
 from storage.reader import VersionReader
-from sync_ext.api.body import MalformedBody, RequestBody
+from webcommon.body import MalformedBody, RequestBody
 
 log = logging.getLogger("davserver.dav")
 

@@ -22,7 +22,7 @@ from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_NOT_FOUND, DAVError, get_ht
 
 from davserver.dav.resources import XML_DECL, FileResource, FolderResource
 from davserver.wsgi import http_date
-from sync_ext.api.routing import digits
+from webcommon.numbers import digits
 
 StartResponse = Callable[..., Any]
 Resource = FileResource | FolderResource

@@ -40,7 +40,7 @@ from storage.engine import Engine
 from storage.errors import Locked, NotFound, StorageError
 from storage.model import Entry
 from storage.volume import Volume
-from sync_ext.api.routing import clamp_numbers
+from webcommon.numbers import clamp_numbers
 
 log = logging.getLogger("davserver.dav")
 

@@ -39,7 +39,7 @@ from storage.errors import AlreadyExists, NotFound
 from storage.model import Entry, Quota
 from storage.reader import VersionReader
 from storage.volume import PendingWrite, Volume
-from sync_ext.api.routing import digits, epoch_in_range, epoch_seconds
+from webcommon.numbers import digits, epoch_in_range, epoch_seconds
 
 XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
 #: environ key of the request's path -> Entry look-ups (dropped on every change).

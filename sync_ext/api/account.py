@@ -15,8 +15,9 @@ from typing import Any
 
 from storage.accounts import Accounts
 from storage.model import TokenInfo
-from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response, digits
+from sync_ext.api.routing import Request, Response
+from webcommon.numbers import digits
+from webcommon.problems import bad_request
 
 MAX_LABEL = 100
 

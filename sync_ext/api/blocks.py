@@ -14,8 +14,9 @@ from typing import Any
 
 from storage import errors as e
 from sync_ext.api.files import entry_json
-from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, json_int, optional_mtime
+from sync_ext.api.routing import Request, Response, optional_mtime
+from webcommon.numbers import json_int
+from webcommon.problems import Problem, bad_request
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 #: Hashes one /blocks/missing request may ask about.

@@ -31,14 +31,13 @@ from typing import Any
 from storage import paths
 from storage.model import Change
 from storage.notify import Notifications
-from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, json_int
+from sync_ext.api.routing import Request, Response
+from webcommon.numbers import json_int
+from webcommon.problems import Problem, bad_request
+from webcommon.wsgi import DETACH_KEY
 
 log = logging.getLogger("davserver.api")
 
-#: environ key of a callable that takes the connection from the server: it returns the
-#: connected socket, and the server then writes nothing more on it and does not close it.
-DETACH_KEY = "davserver.detach"
 
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 30, 480, 30
 #: Jitter added to a long-poll's timeout, as a fraction of it, at most MAX_JITTER seconds.

@@ -9,8 +9,9 @@ from typing import Any
 from storage import errors as e
 from storage.model import Entry, Revision, UploadSession
 from storage.reader import VersionReader
-from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import PREFIX, Request, Response, clamp_numbers, digits, json_int, optional_mtime
+from sync_ext.api.routing import PREFIX, Request, Response, optional_mtime
+from webcommon.numbers import clamp_numbers, digits, json_int
+from webcommon.problems import Problem, bad_request
 
 #: list_revisions pages at most this many revisions.
 MAX_REVISIONS_PAGE = 1000

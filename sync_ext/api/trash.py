@@ -9,9 +9,10 @@ from storage import errors as e
 from storage.model import TrashItem
 from sync_ext.api.blocks import stale_parent
 from sync_ext.api.files import entry_json
-from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response, digits, json_int
+from sync_ext.api.routing import Request, Response
 from sync_ext.api.tree import optional_rev
+from webcommon.numbers import digits, json_int
+from webcommon.problems import bad_request
 
 MAX_PAGE = 1000
 

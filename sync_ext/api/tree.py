@@ -18,8 +18,9 @@ from storage import errors as e
 from sync_ext.api.blocks import stale_parent
 from sync_ext.api.changes import Cursor
 from sync_ext.api.files import entry_json
-from sync_ext.api.problems import bad_request
-from sync_ext.api.routing import Request, Response, json_int, optional_mtime
+from sync_ext.api.routing import Request, Response, optional_mtime
+from webcommon.numbers import json_int
+from webcommon.problems import bad_request
 
 DEFAULT_PAGE, MAX_PAGE = 2000, 10_000
 

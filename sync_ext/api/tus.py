@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 from storage import errors as e
 from storage.model import UploadSession
 from storage.uploads import Checksum
-from sync_ext.api import problems
-from sync_ext.api.problems import Problem, bad_request
-from sync_ext.api.routing import Request, Response, digits, optional_mtime
+from sync_ext.api.routing import Request, Response, optional_mtime
+from webcommon import problems
+from webcommon.numbers import digits
+from webcommon.problems import Problem, bad_request
 
 VERSION = "1.0.0"
 EXTENSIONS = (

@@ -16,7 +16,7 @@ from cheroot.makefile import StreamReader
 from cheroot.server import KnownLengthRFile
 
 from davserver.server import SocketBody, SocketReader
-from sync_ext.api.body import RequestBody
+from webcommon.body import RequestBody
 
 Reader = Callable[[socket.socket], Any]
 

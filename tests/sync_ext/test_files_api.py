@@ -173,7 +173,7 @@ def test_credentials_are_required_except_for_the_document(transport: httpx.WSGIT
 def test_every_storage_error_has_a_problem_type() -> None:
     """A new storage error must be given a status and a type, not fall through to 500."""
     from storage import errors
-    from sync_ext.api.problems import STORAGE_PROBLEMS, from_storage_error
+    from webcommon.problems import STORAGE_PROBLEMS, from_storage_error
 
     public = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.StorageError)]
     for cls in public:
