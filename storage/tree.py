@@ -324,16 +324,17 @@ def make_folders(change: Change, path: str) -> int:
         at = paths.parent_of(at)
     folder_id = int(folder_for_new(row, at).id)
     for folder in reversed(missing):
-        folder_id = insert_node(
-            change,
-            parent_id=folder_id,
-            path=folder,
-            name=paths.name_of(folder),
-            kind=t.KIND_DIR,
-            mtime=change.now,
-        )
-        change.journal("create", folder_id, t.KIND_DIR, folder, mtime=change.now)
+        folder_id = insert_folder(change, folder_id, folder, change.now)
     return folder_id
+
+
+def insert_folder(change: Change, parent_id: int, path: str, mtime: float) -> int:
+    """A new folder at ``path`` in the folder ``parent_id``, journaled as a create; its id."""
+    node_id = insert_node(
+        change, parent_id=parent_id, path=path, name=paths.name_of(path), kind=t.KIND_DIR, mtime=mtime
+    )
+    change.journal("create", node_id, t.KIND_DIR, path, mtime=mtime)
+    return node_id
 
 
 def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:

@@ -233,15 +233,7 @@ class Volume:
             parent = tree.live_folder(conn, self.account.id, paths.parent_of(path))
             if tree.live_node(conn, self.account.id, path) is not None:
                 raise AlreadyExists(f"{path!r} exists")
-            node_id = tree.insert_node(
-                change,
-                parent_id=parent.id,
-                path=path,
-                name=paths.name_of(path),
-                kind=t.KIND_DIR,
-                mtime=change.now if mtime is None else mtime,
-            )
-            change.journal("create", node_id, t.KIND_DIR, path, mtime=change.now if mtime is None else mtime)
+            tree.insert_folder(change, parent.id, path, change.now if mtime is None else mtime)
             committed = change.finish()
             entry = tree.to_entry(tree.live_node(conn, self.account.id, path))  # type: ignore[arg-type]
         self._s.notify(committed)

@@ -291,7 +291,6 @@ class BlockWriter:
         self._whole_hash = whole_hash
         self._hasher = hasher
         self._hash_after = hash_after  # handed to the WholeHash by consume(), which drops it
-        self._continues_hash = hash_after is not None
         #: The whole-file hash of :meth:`consume`, once it has started.
         self._whole: WholeHash | None = None
         self._unhashed = unhashed
@@ -393,12 +392,11 @@ class BlockWriter:
     def hash_state_before(self) -> Any:
         """A copy of the ``hasher`` passed in with ``hash_after``, as it was before this
         write's content (for an append that failed: the session's hash stays where it was)."""
-        if not self._continues_hash:
-            raise RuntimeError("without hash_after, copy the hasher before consume()")
         if self._whole is not None:
-            return self._whole.state_before()
-        assert self._hash_after is not None  # consume() never started
-        self._hash_after()
+            return self._whole.state_before()  # raises without hash_after
+        if self._hash_after is None:
+            raise RuntimeError("without hash_after, copy the hasher before consume()")
+        self._hash_after()  # consume() never started
         return self._hasher.copy()
 
     def _hash(self, whole: WholeHash | _NoHash, data: bytes) -> None:

@@ -179,9 +179,7 @@ def resume(req: Request) -> Response:
         response = _resumable_state(session)
         response.headers.append(("Connection", "close"))
         return response
-    if session.path is not None and (session.length is None or end >= session.length):
-        # Only the chunk that ends the upload writes the file (a check costs a query).
-        req.check_unlocked(session.path, parent=None)
+    req.check_unlocked_if_last(session.path, session.length, end)
     body = req.body()
     try:
         session = uploads.append(session_id, start, body)

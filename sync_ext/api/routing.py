@@ -85,6 +85,13 @@ class Request:
         if self._lock_check is not None:
             self._lock_check(self.environ, path, members, parent)
 
+    def check_unlocked_if_last(self, path: str | None, length: int | None, end: int | None) -> None:
+        """:meth:`check_unlocked` for an upload session's chunk ending at ``end`` (None: not
+        known yet): only the chunk that ends the upload writes the file, and a check costs a
+        query. ``path`` None: a partial upload, which writes no file."""
+        if path is not None and (length is None or end is None or end >= length):
+            self.check_unlocked(path, parent=None)
+
     def header(self, name: str) -> str | None:
         key = name.upper().replace("-", "_")
         # WSGI keeps these two without the HTTP_ prefix.

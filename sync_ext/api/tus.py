@@ -160,10 +160,9 @@ def make_handlers(prefix: str, max_size: int) -> dict[str, Callable[[Request], R
             uploads.declare_length(session_id, length)
         elif length is not None and length != current.length:
             raise bad_request(f"Upload-Length was set to {current.length}; it cannot change")
-        total, sent = length if length is not None else current.length, req.content_length()
-        if current.path is not None and (total is None or sent is None or offset + sent >= total):
-            # Only the PATCH that ends the upload writes the file (a check costs a query).
-            req.check_unlocked(current.path, parent=None)
+        sent = req.content_length()
+        total = length if length is not None else current.length
+        req.check_unlocked_if_last(current.path, total, None if sent is None else offset + sent)
         session = uploads.append(session_id, offset, req.body(), checksum=_checksum(req))
         return Response(204, [("Upload-Offset", str(session.offset)), *_expiry(session)])
 

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -613,6 +613,22 @@ class _GatedHash:
         return self._h.digest()
 
 
+def _answered_while_held(gated: _GatedHash, append: Callable[[], int], waited: str) -> int:
+    """Run ``append`` on a thread while ``gated`` holds the hash: it must answer anyway
+    (``waited``: the failure message). The gate opens afterwards, whatever happened."""
+    answered: list[int] = []
+    thread = threading.Thread(target=lambda: answered.append(append()))
+    thread.start()
+    thread.join(timeout=30)
+    try:
+        assert not thread.is_alive(), waited
+        assert len(answered) == 1
+        return answered[0]
+    finally:
+        gated.gate.set()
+        thread.join()
+
+
 def test_a_pipelined_append_is_answered_before_its_whole_file_hash_is_done(vol: Volume) -> None:
     """The hash of an append's last pieces finishes on its thread; the next append's hash
     thread waits for it before going on, so the file's SHA-256 is still that of every byte."""
@@ -620,18 +636,12 @@ def test_a_pipelined_append_is_answered_before_its_whole_file_hash_is_done(vol: 
     up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
     gated = _GatedHash(hold_at=900_000)
     vol.uploads._hashers.keep(up.id, 0, gated)
-    answered: list[int] = []
-    first = threading.Thread(
-        target=lambda: answered.append(vol.uploads.append(up.id, 0, io.BytesIO(data[:900_000])).offset)
+    offset = _answered_while_held(
+        gated,
+        lambda: vol.uploads.append(up.id, 0, io.BytesIO(data[:900_000])).offset,
+        "the append waited for its hash thread before answering",
     )
-    first.start()
-    first.join(timeout=30)
-    try:
-        assert not first.is_alive(), "the append waited for its hash thread before answering"
-        assert answered == [900_000]
-    finally:
-        gated.gate.set()
-        first.join()
+    assert offset == 900_000
     done = vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:]))
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
 
@@ -652,20 +662,12 @@ def test_the_next_append_does_not_wait_for_the_previous_ones_hash(
     gated = _GatedHash(hold_at=900_000)
     vol.uploads._hashers.keep(up.id, 0, gated)
     assert vol.uploads.append(up.id, 0, io.BytesIO(data[:900_000])).offset == 900_000
-    answered: list[int] = []
-    second = threading.Thread(
-        target=lambda: answered.append(
-            vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:1_100_000])).offset
-        )
+    offset = _answered_while_held(
+        gated,
+        lambda: vol.uploads.append(up.id, 900_000, io.BytesIO(data[900_000:1_100_000])).offset,
+        "the second append waited for the first one's hash",
     )
-    second.start()
-    second.join(timeout=10)
-    try:
-        assert not second.is_alive(), "the second append waited for the first one's hash"
-        assert answered == [1_100_000]
-    finally:
-        gated.gate.set()
-        second.join()
+    assert offset == 1_100_000
     done = vol.uploads.append(up.id, 1_100_000, io.BytesIO(data[1_100_000:]))
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
 
