@@ -72,6 +72,10 @@ class ServerConfig:
     #: Answer a resumable upload's chunk once stored and commit it while the next arrives
     #: (storage.uploads); None: on exactly when there is no Redis (a single node).
     pipelined_appends: bool | None = None
+    #: Pipelined chunks of one upload are synced and committed together once they hold this
+    #: many bytes, or this many seconds after the first was answered (0: each on its own).
+    append_commit_bytes: int = 64 << 20
+    append_commit_seconds: float = 1.0
     #: Change-feed history kept (cursors older than this get "cursor-reset"; "none": forever).
     journal_days: float | None = 90
     #: Blocks not read for this many days move to archive_url on `davserver tier`.
@@ -101,6 +105,8 @@ class ServerConfig:
             inline_block_bytes=self.inline_block_bytes,
             upload_session_seconds=self.upload_session_days * 86400,
             pipelined_appends=self.pipelined_appends,
+            append_commit_bytes=self.append_commit_bytes,
+            append_commit_seconds=self.append_commit_seconds,
             retention=RetentionPolicy(
                 keep_all_seconds=self.keep_all_minutes * 60,
                 max_versions=self.max_versions,
@@ -196,7 +202,7 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
     for key in ("master_key_file", "certfile", "keyfile"):
         if kwargs.get(key) is not None:
             kwargs[key] = Path(kwargs[key])
-    for key in ("max_file_size", "max_pending_block_bytes", "inline_block_bytes"):
+    for key in ("max_file_size", "max_pending_block_bytes", "inline_block_bytes", "append_commit_bytes"):
         if key in kwargs:
             kwargs[key] = parse_size(kwargs[key])
     for key in ("port", "threads", "zstd_level"):
@@ -209,6 +215,7 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
         "keep_all_minutes",
         "retention_interval_minutes",
         "upload_session_days",
+        "append_commit_seconds",
         "archive_after_days",
         "shutdown_seconds",
     )
@@ -229,6 +236,10 @@ def _build(root: Path, values: dict[str, Any]) -> ServerConfig:
         raise ConfigError("zstd_level must be 1..22")
     if not 0 <= cfg.inline_block_bytes <= 1 << 20:
         raise ConfigError("inline_block_bytes must be 0..1M")
+    if not 0 <= cfg.append_commit_bytes <= 1 << 30:
+        raise ConfigError("append_commit_bytes must be 0..1G")
+    if not 0 <= cfg.append_commit_seconds <= 60:
+        raise ConfigError("append_commit_seconds must be 0..60")
     if (cfg.certfile is None) != (cfg.keyfile is None):
         raise ConfigError("certfile and keyfile go together")
     return cfg

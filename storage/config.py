@@ -64,6 +64,13 @@ class StorageConfig:
     #: every request of a session to reach this process: None (the default) turns it on
     #: exactly when there is no Redis, i.e. no other node.
     pipelined_appends: bool | None = None
+    #: Pipelined appends of one session are made durable and committed together, one sync
+    #: and one transaction, once they hold this many bytes (or sooner: see the next field,
+    #: a status request, the last append, closing the engine). What a crash can lose of
+    #: the data answered: a client resends at most this much, from the offset it is told.
+    append_commit_bytes: int = 64 << 20
+    #: ... and at the latest this long after the first of them was answered.
+    append_commit_seconds: float = 1.0
     #: change-journal entries older than this are compacted by gc (older cursors reset).
     journal_seconds: float | None = 90 * 86400
     #: A second block store cold blocks move to (``davserver tier``); reads fall through to it.

@@ -113,7 +113,7 @@ class Engine:
     def close(self) -> None:
         self.notifications.close()
         # Appends already answered commit before the pool goes (a queued one would be cancelled).
-        self._services.pending.settle_all()
+        self._services.pending.close()
         self.flush_reads()
         self.cache.close()
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -26,11 +26,16 @@ collected). The offset check inside that transaction makes concurrent appends
 from one offset safe: the second one gets :class:`OffsetMismatch`.
 
 With pipelined appends (the default on a single node) that transaction runs on the
-pool after the append is answered, while the client sends the next one; the next
-append starts from the tail still in memory and commits only after it
-(:class:`PendingAppends`). The commit order, the offset check and the rule that a row
-names only durable objects are the same; what changes is that an answered offset
-becomes durable a little later, and a status request waits for it.
+pool after the append is answered, while the client sends on; the next append starts
+from the tail still in memory. Answered appends gather in a batch (:class:`_Batch`)
+that is synced and committed as one, with one tail object (the last one's), once it
+holds ``append_commit_bytes`` or ``append_commit_seconds`` after it opened, or when a
+status request, the last append or the engine's close needs it; a batch commits only
+after the one before it (:class:`PendingAppends`). The commit order, the offset check
+and the rule that a row names only durable objects are the same; what changes is that
+an answered offset becomes durable a little later, and a status request waits for it.
+(One transaction per 8 MiB PATCH, each with its tail object written, synced and
+deleted, measured 0.75-0.88x of a PUT's throughput; batches of 64 MiB 0.91-0.98x.)
 
 When the last byte is durable the session is *finalised*: one more transaction
 commits the file's version exactly like any write (journal entry, ETag,
@@ -52,10 +57,12 @@ import io
 import logging
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
+from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -145,20 +152,113 @@ class HasherCache:
 
 
 @dataclass(eq=False)
+class _Step:
+    """One answered append, to be committed: the session row it continued, its writer, the
+    file range its blocks cover (from ``start``, the tail it began with included) and when it
+    was answered."""
+
+    row: Any
+    writer: BlockWriter
+    start: int
+    end: int
+    accepted: float
+
+
+class _Batch:
+    """Answered appends of one session, committed together: one sync, one transaction.
+
+    Open while appends join it; :meth:`submit` closes it and hands ``commit`` (which gets
+    the steps, in order) to the pool, after the batch before it (``before``) has landed.
+    ``landed`` is done once committed, failed if not.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[list[_Step]], None],
+        executor: Executor,
+        before: Future[None] | None,
+        deadline: float,
+    ) -> None:
+        self._commit = commit
+        self._executor = executor
+        self._before = before
+        #: When the flusher submits it at the latest (``time.monotonic``).
+        self.deadline = deadline
+        self.steps: list[_Step] = []
+        self.bytes = 0
+        self.landed: Future[None] = Future()
+        self._open = True
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    def join(self, step: _Step) -> bool:
+        """Add an answered append; False once the batch is closed (start a new one)."""
+        with self._lock:
+            if not self._open:
+                return False
+            if self.steps:
+                # Only the last append's tail is stored; the next append starts from this one's.
+                self.steps[-1].writer.tail = b""
+            self.steps.append(step)
+            self.bytes += step.end - step.start
+            return True
+
+    def submit(self) -> None:
+        """Close the batch and commit it on the pool (here, if the pool is shut down)."""
+        with self._lock:
+            # Under the lock: once a join has failed, the batch is queued, so the batch after
+            # it (which waits for this one on the pool) cannot run first.
+            if not self._open:
+                return
+            self._open = False
+            try:
+                self._executor.submit(self._land)
+                return
+            except RuntimeError:
+                pass  # the engine is closing
+        self._land()
+
+    def _land(self) -> None:
+        self.landed.set_running_or_notify_cancel()
+        try:
+            if self._before is not None:
+                self._before.result()  # queued earlier on this FIFO pool: running or done
+            self._commit(self.steps)
+        except BaseException as exc:
+            self.landed.set_exception(exc)
+        else:
+            self.landed.set_result(None)
+        finally:
+            # Nothing keeps the writers (or the chain of batches before) alive after this.
+            self.steps, self._before = [], None
+
+
+@dataclass(eq=False)
 class _Pending:
     """An append answered before its commit: the session as it will be once that lands."""
 
     row: Any  # the session row with the append's offset, tail and expiry
     tail: bytes  # the piece held back after it, where the next append's chunker starts
-    landed: Future[None]  # the commit's job: done once committed; failed or cancelled if not
+    batch: _Batch  # the commit it is part of
+
+    @property
+    def landed(self) -> Future[None]:
+        return self.batch.landed
 
 
 class PendingAppends:
-    """session id -> its append answered but not committed yet, in this process."""
+    """session id -> its append answered but not committed yet, in this process; and the
+    thread that submits each batch by its deadline (running only while one is open)."""
 
     def __init__(self) -> None:
         self._items: dict[str, _Pending] = {}
         self._lock = threading.Lock()
+        self._watched: list[_Batch] = []
+        self._due = threading.Condition(threading.Lock())
+        self._flusher: threading.Thread | None = None
 
     def get(self, session_id: str) -> _Pending | None:
         with self._lock:
@@ -180,21 +280,57 @@ class PendingAppends:
         if pending is None:
             return None
         landed = pending.landed
-        if landed.done() and (landed.cancelled() or landed.exception() is not None):
+        if landed.done() and landed.exception() is not None:
             return None
         return pending
 
     def settle(self, session_id: str) -> None:
-        """Wait until the session's answered append has committed or failed."""
+        """Commit the session's answered appends now and wait until that has landed or failed."""
         pending = self.get(session_id)
         if pending is not None:
+            pending.batch.submit()
             _wait_quietly(pending.landed)
 
     def settle_all(self) -> None:
         with self._lock:
             waiting = list(self._items.values())
         for pending in waiting:
+            pending.batch.submit()
+        for pending in waiting:
             _wait_quietly(pending.landed)
+
+    def close(self) -> None:
+        """Commit what was answered and stop the deadline thread (the engine is closing)."""
+        self.settle_all()
+        with self._due:
+            self._watched.clear()
+            self._due.notify()
+
+    def watch(self, batch: _Batch) -> None:
+        """Submit ``batch`` by its deadline if nothing else has by then."""
+        with self._due:
+            self._watched.append(batch)
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._submit_when_due, name="davserver-append-commits", daemon=True
+                )
+                self._flusher.start()
+            self._due.notify()
+
+    def _submit_when_due(self) -> None:
+        while True:
+            with self._due:
+                self._watched = [batch for batch in self._watched if batch.open]
+                if not self._watched:
+                    self._flusher = None
+                    return
+                now = time.monotonic()
+                due = [batch for batch in self._watched if batch.deadline <= now]
+                if not due:
+                    self._due.wait(min(batch.deadline for batch in self._watched) - now)
+                    continue
+            for batch in due:
+                batch.submit()
 
 
 def _wait_quietly(landed: Future[None]) -> None:
@@ -393,13 +529,15 @@ class Uploads:
 
         An append that ends the upload returns once the file is committed. Any other
         returns once its data is stored when appends are pipelined (the config's
-        ``pipelined_appends``): its blocks are synced and its offset committed on the pool
-        while the client sends the next append, which starts from the held-back tail in
-        memory and commits only after this one has. Until then :meth:`get` waits, so a
-        status always reports a durable offset; if the commit fails (or the process dies
-        first), the session stays at its previous offset, the next append is refused
-        with :class:`OffsetMismatch` naming it, and the client resumes from there as
-        after any interruption.
+        ``pipelined_appends``): it joins the session's batch of answered appends, which is
+        synced and committed on the pool, in one transaction, once it holds
+        ``append_commit_bytes`` or ``append_commit_seconds`` after it opened, while the
+        client sends on; the next append starts from the held-back tail in memory. A status
+        request (:meth:`get`) commits the batch and waits for it, so a status always
+        reports a durable offset; if the commit fails (or the process dies first), the
+        session stays at the offset before the batch, the next append is refused with
+        :class:`OffsetMismatch` naming it, and the client resumes from there as after any
+        interruption.
         """
         row, prefix, before = self._resume_point(session_id, offset)
         limit = (row.length if row.length is not None else self._s.config.max_file_size) - offset
@@ -434,12 +572,16 @@ class Uploads:
                 keep_hash_as_before()
                 return self.get(session_id)
             new_offset = offset + body.count
-            if not ends and pipelined:
-                answered = self._commit_later(session_id, row, writer, start, new_offset, before, whole)
-                if answered is not None:
-                    return answered
+            step = _Step(row, writer, start, new_offset, self._clock())
+            if pipelined:
+                answered = self._answer_later(session_id, step, before, whole, last=ends)
+                if not ends:
+                    return self._to_session(answered.row)
+                # The last append commits with the batch it joined, then the file does.
+                self._await(session_id, answered)
+                return self.get(session_id)
             self._await(session_id, before)
-            self._commit(row, writer, start, new_offset)
+            self._commit([step])
         except BaseException:
             writer.abort()
             keep_hash_as_before()
@@ -449,12 +591,12 @@ class Uploads:
             self._hashers.keep(session_id, new_offset, whole, writer.hashed)
         return self.get(session_id)
 
-    def _resume_point(self, session_id: str, offset: int) -> tuple[Any, bytes, Future[None] | None]:
+    def _resume_point(self, session_id: str, offset: int) -> tuple[Any, bytes, _Pending | None]:
         """The session row an append at ``offset`` continues, the tail it starts with, and the
         answered append it follows (None: the row is the committed one)."""
         pending = self._s.pending.answered(session_id)
         if pending is not None and pending.row.offset == offset:
-            return pending.row, pending.tail, pending.landed
+            return pending.row, pending.tail, pending
         self._s.pending.settle(session_id)  # then the database has the truth
         with self._db.read() as conn:
             row = self._row(conn, session_id)
@@ -464,12 +606,14 @@ class Uploads:
             raise OffsetMismatch(f"the upload is at offset {row.offset}, not {offset}", int(row.offset))
         return row, self._open_tail(row), None
 
-    def _await(self, session_id: str, before: Future[None] | None) -> None:
-        """Wait for the answered append this one follows; if it did not commit, neither can this."""
+    def _await(self, session_id: str, before: _Pending | None) -> None:
+        """Commit and wait for the answered appends up to ``before``; if they did not commit,
+        neither can what follows them."""
         if before is None:
             return
+        before.batch.submit()
         try:
-            before.result()
+            before.landed.result()
         except BaseException:
             with self._db.read() as conn:
                 at = int(self._row(conn, session_id).offset)
@@ -477,70 +621,83 @@ class Uploads:
                 f"the data before offset {at} was not stored after all; resume from there", at
             ) from None
 
-    def _commit_later(
-        self,
-        session_id: str,
-        row: Any,
-        writer: BlockWriter,
-        start: int,
-        end: int,
-        before: Future[None] | None,
-        whole: Any,
-    ) -> UploadSession | None:
-        """Answer now and commit on the pool (see :meth:`append`); None if the pool is gone."""
-        # The commit runs later, but the session was live and extended as of now.
-        accepted = self._clock()
-        expires = accepted + self._s.config.upload_session_seconds
+    def _answer_later(
+        self, session_id: str, step: _Step, before: _Pending | None, whole: Any, *, last: bool
+    ) -> _Pending:
+        """Add the append to the session's open batch (or a new one after ``before``'s); the
+        session as answered. The batch is submitted now if it is full or ``last``. See
+        :meth:`append`."""
+        cfg = self._s.config
+        joined = before is not None and before.batch.join(step)
+        if before is not None and joined:
+            batch = before.batch
+        else:
+            batch = _Batch(
+                partial(self._land, session_id),
+                self._s.executor,
+                None if before is None else before.landed,
+                time.monotonic() + cfg.append_commit_seconds,
+            )
+            batch.join(step)
+        # The commit runs later, but the session was live and extended as of the answer.
         # block_count and the tail object are the commit's to decide; None here, so nothing
-        # trusts a stale one (the next append starts from ``writer.tail`` in memory).
-        after = _row_after(row, offset=end, tail_name=None, expires_at=expires, block_count=None)
+        # trusts a stale one (the next append starts from the tail in memory).
+        after = _row_after(
+            step.row,
+            offset=step.end,
+            tail_name=None,
+            expires_at=step.accepted + cfg.upload_session_seconds,
+            block_count=None,
+        )
+        writer = step.writer
         if whole is not None:
             # For the next append (a failure forgets it), whose hash thread waits for this one's.
-            self._hashers.keep(session_id, end, whole, writer.hashed)
-
-        def land() -> None:
-            # On the pool: this append's commit, after the one it follows.
-            try:
-                if before is not None:
-                    before.result()  # submitted earlier to this FIFO pool: running or done
-                self._commit(row, writer, start, end, accepted=accepted)
-            except BaseException as exc:
-                writer.abort()
-                self._hashers.forget(session_id)
-                log.warning("upload %s: data up to offset %d was not committed (%s)", session_id, end, exc)
-                raise
-            writer.committed()
-
-        try:
-            job = self._s.executor.submit(land)
-        except RuntimeError:  # the engine is closing: commit before answering instead
-            return None
-        pending = _Pending(after, writer.tail, job)
+            self._hashers.keep(session_id, step.end, whole, writer.hashed)
+        pending = _Pending(after, writer.tail, batch)
         self._s.pending.put(session_id, pending)
-        # Added after the put, so it runs after it even if the job is done already.
-        job.add_done_callback(lambda _: self._s.pending.drop(session_id, pending))
-        return self._to_session(after)
+        # Added after the put, so it runs after it even if the batch has landed already.
+        batch.landed.add_done_callback(lambda _: self._s.pending.drop(session_id, pending))
+        if last or batch.bytes >= cfg.append_commit_bytes:
+            batch.submit()
+        elif not joined:
+            self._s.pending.watch(batch)
+        return pending
 
-    def _commit(
-        self, row: Any, writer: BlockWriter, start: int, end: int, *, accepted: float | None = None
-    ) -> None:
-        """Commit blocks, tail and offset; the replaced tail object goes after.
-
-        ``accepted`` is when the append was answered (default: now); the session must have
-        been live then, and its expiry and its new blocks' age count from then, however late
-        the commit runs.
-
-        The new tail object is stored here, while the writer's last blocks are still on the
-        pool, and synced with them: a pipelined append is answered before this runs, so
-        sealing and writing up to a block is off the request's path. A failure deletes it.
-        """
-        tail = None
-        if writer.tail:
-            tail = self._store_tail_object(row.id, end - len(writer.tail), writer.tail)
+    def _land(self, session_id: str, steps: list[_Step]) -> None:
+        """On the pool: a batch of answered appends commits (see :meth:`append`)."""
         try:
-            writer.make_durable(also=() if tail is None else (tail,))
+            self._commit(steps)
+        except BaseException as exc:
+            for step in steps:
+                step.writer.abort()
+            self._hashers.forget(session_id)
+            log.warning(
+                "upload %s: data up to offset %d was not committed (%s)", session_id, steps[-1].end, exc
+            )
+            raise
+        for step in steps:
+            step.writer.committed()
+
+    def _commit(self, steps: list[_Step]) -> None:
+        """Commit appends in a row (blocks, the last one's tail, the offset); the replaced tail
+        object goes after.
+
+        The new tail object is stored here, while the writers' last blocks may still be on
+        the pool, and synced with them in one batch: a pipelined append is answered before
+        this runs, so sealing and writing up to a block is off the request's path. A failure
+        deletes it.
+        """
+        last = steps[-1]
+        tail = None
+        if last.writer.tail:
+            tail = self._store_tail_object(last.row.id, last.end - len(last.writer.tail), last.writer.tail)
+        try:
+            names = [] if tail is None else [tail]
+            for step in steps[:-1]:
+                names += step.writer.unsynced()
+            last.writer.make_durable(also=names)
             with self._db.write() as conn:
-                replaced = self._commit_append(conn, row, writer, start, end, tail, accepted)
+                replaced = self._commit_append(conn, steps, tail)
         except BaseException:
             self._drop_tail_object(tail)
             raise
@@ -549,42 +706,36 @@ class Uploads:
             # free); if the delete is lost, gc sweeps the object as an orphan.
             self._s.executor.submit(self._s.blocks.backend.delete, replaced)
 
-    def _commit_append(
-        self,
-        conn: Connection,
-        row: Row[Any],
-        writer: BlockWriter,
-        start: int,
-        end: int,
-        tail: str | None,
-        accepted: float | None,
-    ) -> str | None:
-        """Returns the tail object the session named before (this append started from it)."""
-        now = self._clock() if accepted is None else accepted
-        current = self._row(conn, row.id, lock=True, now=now)
-        if current.offset != row.offset or current.completed_at is not None:
+    def _commit_append(self, conn: Connection, steps: list[_Step], tail: str | None) -> str | None:
+        """Record the appends' blocks and advance the session past the last one, which must
+        have been live when the first was answered (the expiry counts from the last's answer).
+        Returns the tail object the session named before (the first append started from it)."""
+        first, last = steps[0], steps[-1]
+        current = self._row(conn, first.row.id, lock=True, now=first.accepted)
+        if current.offset != first.row.offset or current.completed_at is not None:
             raise OffsetMismatch("another request appended to this upload meanwhile", int(current.offset))
-        writer.finish_in(conn, at=now)  # its blocks were stored by then
-        first = current.block_count
-        _INSERT_UPLOAD_BLOCKS.execute_many(
-            conn,
-            (
-                {
-                    "upload_id": current.upload_id,
-                    "idx": first + i,
-                    "block_id": r.block_id,
-                    "offset": start + r.offset,
-                }
-                for i, r in enumerate(writer.refs)
-            ),
-        )
-        expires = now + self._s.config.upload_session_seconds
+        rows = []
+        count = current.block_count
+        for step in steps:
+            step.writer.finish_in(conn, at=step.accepted)  # its blocks were stored by then
+            for r in step.writer.refs:
+                rows.append(
+                    {
+                        "upload_id": current.upload_id,
+                        "idx": count,
+                        "block_id": r.block_id,
+                        "offset": step.start + r.offset,
+                    }
+                )
+                count += 1
+        _INSERT_UPLOAD_BLOCKS.execute_many(conn, rows)
+        expires = last.accepted + self._s.config.upload_session_seconds
         _ADVANCE.execute(
             conn,
             {
                 "b_id": current.id,
-                "b_offset": end,
-                "b_count": first + len(writer.refs),
+                "b_offset": last.end,
+                "b_count": count,
                 "b_tail": tail,
                 "b_expires": expires,
             },
@@ -622,7 +773,7 @@ class Uploads:
         writer = self._writer(row.path, keep_tail=False)
         try:
             writer.consume(io.BytesIO(data))
-            self._commit(row, writer, int(row.offset) - len(data), int(row.offset))
+            self._commit([_Step(row, writer, int(row.offset) - len(data), int(row.offset), self._clock())])
         except BaseException:
             writer.abort()
             raise

@@ -465,6 +465,15 @@ class BlockWriter:
         self._volatile.extend(also)
         self._sync_volatile()
 
+    def unsynced(self) -> list[str]:
+        """As :meth:`make_durable`, but hand over the objects still to sync instead of
+        syncing them: a caller committing several writes together syncs them in one batch
+        (passed to the last one's ``make_durable(also=...)``)."""
+        self.drain()
+        self._await_pin()
+        names, self._volatile = self._volatile, []
+        return names
+
     def drain(self) -> None:
         """Wait for the blocks ``consume(drain=False)`` left on the pool (any thread, the
         pool's included: nothing it waits for is queued after it)."""

@@ -94,3 +94,17 @@ def test_inline_block_bytes_reaches_the_storage_config(tmp_path: Path) -> None:
     (tmp_path / "davserver.toml").write_text('[storage]\ninline_block_bytes = "2M"\n')
     with pytest.raises(config.ConfigError, match="inline_block_bytes"):
         config.load(data_dir=tmp_path, env={})
+
+
+def test_the_append_commit_window_reaches_the_storage_config(tmp_path: Path) -> None:
+    MasterKey.generate().save(tmp_path / config.MASTER_KEY_NAME)
+    storage = config.load(data_dir=tmp_path, env={}).storage_config()
+    assert (storage.append_commit_bytes, storage.append_commit_seconds) == (64 << 20, 1.0)
+    (tmp_path / "davserver.toml").write_text(
+        '[storage]\nappend_commit_bytes = "8M"\nappend_commit_seconds = 0.5\n'
+    )
+    storage = config.load(data_dir=tmp_path, env={}).storage_config()
+    assert (storage.append_commit_bytes, storage.append_commit_seconds) == (8 << 20, 0.5)
+    (tmp_path / "davserver.toml").write_text("[storage]\nappend_commit_seconds = 600\n")
+    with pytest.raises(config.ConfigError, match="append_commit_seconds"):
+        config.load(data_dir=tmp_path, env={})

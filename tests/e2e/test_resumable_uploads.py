@@ -76,6 +76,10 @@ def test_tuspy_resumes_after_the_server_is_killed(make_server: Any, tmp_path: Pa
     worker = threading.Thread(target=run)
     worker.start()
     assert wait_until(lambda: uploader.offset >= 48 * MiB, timeout=120)
+    # A status request commits what was answered so far: that offset must survive the kill.
+    with srv.client("alice") as c:
+        durable = int(c.head(uploader.url, headers=TUS).headers["Upload-Offset"])
+    assert durable >= 48 * MiB
     srv.kill()
     worker.join(timeout=60)
     assert failure, "the upload should have failed when the server died"
@@ -91,7 +95,7 @@ def test_tuspy_resumes_after_the_server_is_killed(make_server: Any, tmp_path: Pa
         metadata=meta,
         upload_checksum=True,
     )
-    assert 0 < resumed.offset <= sent_before + 8 * MiB  # the server's durable offset
+    assert durable <= resumed.offset <= sent_before + 8 * MiB  # the server's durable offset
     assert resumed.offset % (8 * MiB) == 0  # whole PATCHes only: the killed one left nothing behind
     resumed.upload()
     stream.close()

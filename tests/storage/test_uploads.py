@@ -108,15 +108,18 @@ def test_each_append_syncs_its_blocks_and_tail_before_recording_them(
     seen: list[str] = []
     real = Uploads._commit_append
 
-    def commit_append(
-        self: Uploads, conn: Any, row: Any, writer: Any, start: int, end: int, tail: Any, accepted: Any
-    ) -> str | None:
-        names = [r.stored.name for r in writer.refs if r.stored is not None and r.stored.inline is None]
+    def commit_append(self: Uploads, conn: Any, steps: list[Any], tail: Any) -> str | None:
+        names = [
+            r.stored.name
+            for step in steps
+            for r in step.writer.refs
+            if r.stored is not None and r.stored.inline is None
+        ]
         names += [tail] if tail is not None else []
         with tracking._lock:
             assert not tracking.volatile & set(names), "recorded before it was durable"
         seen.extend(names)
-        return real(self, conn, row, writer, start, end, tail, accepted)
+        return real(self, conn, steps, tail)
 
     monkeypatch.setattr(Uploads, "_commit_append", commit_append)
     data = _data(1_500_000)
@@ -124,6 +127,7 @@ def test_each_append_syncs_its_blocks_and_tail_before_recording_them(
     offset = 0
     for piece in _pieces(data, [300_000, 400_000, 500_000]):
         vol.uploads.append(up.id, offset, io.BytesIO(piece))
+        vol.uploads.get(up.id)  # a status request: what was answered commits now
         offset += len(piece)
     with vol.open("big.bin") as r:
         assert r.read() == data
@@ -429,6 +433,32 @@ def _committed_offset(engine: Engine, session_id: str) -> int:
         )
 
 
+def _commits_to(engine: Engine, session_id: str, offset: int) -> bool:
+    """Whether the session's committed offset reaches ``offset`` within 10 s (no status
+    request: that would commit it)."""
+    deadline = time.monotonic() + 10
+    while _committed_offset(engine, session_id) != offset:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _commit_threads() -> set[threading.Thread]:
+    """The threads that commit answered appends by their deadline (of every engine)."""
+    return {th for th in threading.enumerate() if th.name == "davserver-append-commits"}
+
+
+def _no_commit_thread_but(earlier: set[threading.Thread]) -> bool:
+    """Whether, within 10 s, no such thread is left but ``earlier`` ones (other tests')."""
+    deadline = time.monotonic() + 10
+    while _commit_threads() - earlier:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @pytest.fixture
 def held(make_engine: EngineFactory, database_url: str) -> tuple[Engine, Volume, HeldSyncs]:
     engine = make_engine(database_url)
@@ -530,17 +560,72 @@ def test_a_session_keeps_one_tail_object_and_a_failed_commit_leaves_none(
 def test_closing_the_engine_commits_the_appends_it_answered(
     make_engine: EngineFactory, database_url: str
 ) -> None:
-    first = make_engine(database_url)
+    first = make_engine(database_url, append_commit_seconds=3600)
     first.accounts.create("alice", "alice-password")
     data = _data(900_000, seed=7)
     up = first.volume("alice").uploads.create(kind="tus", path="f.bin", length=len(data))
     uploads = first.volume("alice").uploads
+    earlier = _commit_threads()
     assert uploads.append(up.id, 0, io.BytesIO(data[:400_000])).offset == 400_000
+    time.sleep(0.2)  # its deadline thread is waiting (an hour) by now
     first.close()
+    assert _no_commit_thread_but(earlier), "a closed engine left its deadline thread waiting"
     again = make_engine(database_url, master_key=first.config.master_key, blocks_url=first.config.blocks_url)
     vol = again.volume("alice")
     assert vol.uploads.get(up.id).offset == 400_000
     done = vol.uploads.append(up.id, 400_000, io.BytesIO(data[400_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+
+
+def test_answered_appends_commit_together_once_they_hold_the_commit_size(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    engine = make_engine(database_url, append_commit_bytes=2_000_000, append_commit_seconds=3600)
+    backend = VolatileTracking(engine.blocks.backend)
+    engine.blocks.backend = backend
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    data = _data(4_000_000, seed=16)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:800_000])).offset == 800_000
+    assert vol.uploads.append(up.id, 800_000, io.BytesIO(data[800_000:1_600_000])).offset == 1_600_000
+    time.sleep(0.3)
+    assert _committed_offset(engine, up.id) == 0, "under the commit size, nothing commits yet"
+    assert backend.syncs == 0
+    assert vol.uploads.append(up.id, 1_600_000, io.BytesIO(data[1_600_000:2_400_000])).offset == 2_400_000
+    assert _commits_to(engine, up.id, 2_400_000), "a full batch commits without being asked"
+    assert backend.syncs == 1, "one sync for the three appends"
+    # A status request commits the open batch at once (its deadline is an hour away).
+    assert vol.uploads.append(up.id, 2_400_000, io.BytesIO(data[2_400_000:3_200_000])).offset == 3_200_000
+    assert vol.uploads.get(up.id).offset == 3_200_000
+    assert _committed_offset(engine, up.id) == 3_200_000 and backend.syncs == 2
+    # The last append joins the open batch, which commits (one more sync) before the file does.
+    assert vol.uploads.append(up.id, 3_200_000, io.BytesIO(data[3_200_000:3_600_000])).offset == 3_600_000
+    done = vol.uploads.append(up.id, 3_600_000, io.BytesIO(data[3_600_000:]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    assert backend.syncs == 3
+    with vol.open("f.bin") as r:
+        assert r.read() == data
+    assert len(vol.revisions("f.bin")) == 1
+    assert not backend.volatile
+    _assert_collected_and_clean(engine)
+
+
+def test_an_answered_append_commits_within_the_commit_seconds_unasked(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    engine = make_engine(database_url, append_commit_seconds=0.2)
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    data = _data(900_000, seed=17)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    earlier = _commit_threads()
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:300_000])).offset == 300_000
+    assert _commits_to(engine, up.id, 300_000), "an idle session's answered data must become durable"
+    assert _no_commit_thread_but(earlier), "the thread that commits by the deadline outlived its work"
+    assert vol.uploads.append(up.id, 300_000, io.BytesIO(data[300_000:600_000])).offset == 600_000
+    assert _commits_to(engine, up.id, 600_000), "the thread starts again for the next batch"
+    done = vol.uploads.append(up.id, 600_000, io.BytesIO(data[600_000:]))
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
 
 
