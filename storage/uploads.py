@@ -268,9 +268,11 @@ class PendingAppends:
         with self._lock:
             self._items[session_id] = pending
 
-    def drop(self, session_id: str, pending: _Pending) -> None:
+    def drop(self, session_id: str, batch: _Batch) -> None:
+        """Forget the session's answered append if it is part of ``batch`` (which has landed)."""
         with self._lock:
-            if self._items.get(session_id) is pending:
+            pending = self._items.get(session_id)
+            if pending is not None and pending.batch is batch:
                 del self._items[session_id]
 
     def answered(self, session_id: str) -> _Pending | None:
@@ -628,15 +630,17 @@ class Uploads:
         session as answered. The batch is submitted now if it is full or ``last``. See
         :meth:`append`."""
         cfg = self._s.config
-        joined = before is not None and before.batch.join(step)
-        if before is not None and joined:
-            batch = before.batch
+        if before is not None and before.batch.join(step):
+            batch, joined = before.batch, True
         else:
-            batch = _Batch(
-                partial(self._land, session_id),
-                self._s.executor,
-                None if before is None else before.landed,
-                time.monotonic() + cfg.append_commit_seconds,
+            batch, joined = (
+                _Batch(
+                    partial(self._land, session_id),
+                    self._s.executor,
+                    None if before is None else before.landed,
+                    time.monotonic() + cfg.append_commit_seconds,
+                ),
+                False,
             )
             batch.join(step)
         # The commit runs later, but the session was live and extended as of the answer.
@@ -655,8 +659,9 @@ class Uploads:
             self._hashers.keep(session_id, step.end, whole, writer.hashed)
         pending = _Pending(after, writer.tail, batch)
         self._s.pending.put(session_id, pending)
-        # Added after the put, so it runs after it even if the batch has landed already.
-        batch.landed.add_done_callback(lambda _: self._s.pending.drop(session_id, pending))
+        # Added after the put, so it runs after it even if the batch has landed already. It
+        # names the batch, not this append: an earlier append's tail is not kept alive.
+        batch.landed.add_done_callback(lambda _: self._s.pending.drop(session_id, batch))
         if last or batch.bytes >= cfg.append_commit_bytes:
             batch.submit()
         elif not joined:
