@@ -35,7 +35,8 @@ after the one before it (:class:`PendingAppends`). The commit order, the offset 
 and the rule that a row names only durable objects are the same; what changes is that
 an answered offset becomes durable a little later, and a status request waits for it.
 (One transaction per 8 MiB PATCH, each with its tail object written, synced and
-deleted, measured 0.75-0.88x of a PUT's throughput; batches of 64 MiB 0.91-0.98x.)
+deleted, measured 0.75-0.96x of a PUT's throughput in six alternating runs; batches of
+64 MiB 0.90-1.03x in the same runs. README, Performance.)
 
 When the last byte is durable the session is *finalised*: one more transaction
 commits the file's version exactly like any write (journal entry, ETag,
