@@ -196,9 +196,11 @@ class _Batch:
         return self._open
 
     def join(self, step: _Step) -> bool:
-        """Add an answered append; False once the batch is closed (start a new one)."""
+        """Add an answered append; False once the batch is closed, or if the append does not
+        continue the batch's last one (two raced from one offset: the one left out commits in
+        a batch of its own, whose offset check refuses it)."""
         with self._lock:
-            if not self._open:
+            if not self._open or (self.steps and step.row.offset != self.steps[-1].end):
                 return False
             if self.steps:
                 # Only the last append's tail is stored; the next append starts from this one's.
@@ -210,8 +212,8 @@ class _Batch:
     def submit(self) -> None:
         """Close the batch and commit it on the pool (here, if the pool is shut down)."""
         with self._lock:
-            # Under the lock: once a join has failed, the batch is queued, so the batch after
-            # it (which waits for this one on the pool) cannot run first.
+            # Under the lock: a join that finds the batch closed finds it queued, so the batch
+            # after it (which waits for this one on the pool) cannot run first.
             if not self._open:
                 return
             self._open = False
@@ -634,6 +636,8 @@ class Uploads:
         if before is not None and before.batch.join(step):
             batch, joined = before.batch, True
         else:
+            if before is not None:
+                before.batch.submit()  # queued ahead of the new batch, which waits for it
             batch, joined = (
                 _Batch(
                     partial(self._land, session_id),

@@ -629,6 +629,61 @@ def test_an_answered_append_commits_within_the_commit_seconds_unasked(
     assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
 
 
+class _Meeting:
+    """A body whose first read waits until the other racing append has started reading too."""
+
+    def __init__(self, data: bytes, barrier: threading.Barrier) -> None:
+        self._body = io.BytesIO(data)
+        self._barrier: threading.Barrier | None = barrier
+
+    def read(self, size: int = -1) -> bytes:
+        if self._barrier is not None:
+            self._barrier.wait(timeout=30)
+            self._barrier = None
+        return self._body.read(size)
+
+
+def test_two_appends_racing_from_one_offset_leave_a_consistent_session(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    """A client resending a chunk while the first copy is still arriving: both are answered
+    from the same offset, at most one of them is committed, and the session's durable offset
+    and data agree, so the upload completes from what a status reports."""
+    engine = make_engine(database_url, append_commit_seconds=3600, workers=1)
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    data = _data(1_000_000, seed=18)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:300_000])).offset == 300_000  # batch open
+    barrier = threading.Barrier(2)
+    answers: list[int | Exception] = []
+
+    def send(end: int) -> None:
+        try:
+            answers.append(vol.uploads.append(up.id, 300_000, _Meeting(data[300_000:end], barrier)).offset)
+        except OffsetMismatch as exc:
+            answers.append(exc)
+
+    racers = [threading.Thread(target=send, args=(end,)) for end in (600_000, 500_000)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+    assert not any(racer.is_alive() for racer in racers) and len(answers) == 2
+    statuses: list[Any] = []
+    asking = threading.Thread(target=lambda: statuses.append(vol.uploads.get(up.id)), daemon=True)
+    asking.start()  # a status commits what can be committed
+    asking.join(30)
+    assert statuses, "the status hung: a batch waits on the pool for one never queued"
+    status = statuses[0]
+    assert status.offset in (500_000, 600_000)
+    assert _committed_offset(engine, up.id) == status.offset
+    done = vol.uploads.append(up.id, status.offset, io.BytesIO(data[status.offset :]))
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    with vol.open("f.bin") as r:
+        assert r.read() == data
+
+
 def test_without_pipelining_an_append_is_committed_when_answered(
     make_engine: EngineFactory, database_url: str
 ) -> None:
