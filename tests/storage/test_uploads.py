@@ -33,6 +33,7 @@ from storage.errors import (
 )
 from storage.keys import MasterKey
 from storage.metadata import schema as t
+from storage.model import UploadSession
 from storage.uploads import Checksum, Uploads
 from storage.volume import Volume
 from storage.writer import BlockWriter
@@ -68,6 +69,13 @@ def _block_hashes(engine: Engine, vol: Volume, path: str) -> list[bytes]:
             .order_by(t.version_blocks.c.idx)
         )
         return [bytes(r.sha256) for r in rows]
+
+
+def _assert_completed_as(done: UploadSession, vol: Volume, data: bytes, path: str = "f.bin") -> None:
+    """The append that ended the upload reports the file committed, and ``path`` reads ``data``."""
+    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
+    with vol.open(path) as r:
+        assert r.read() == data
 
 
 def _assert_collected_and_clean(engine: Engine) -> None:
@@ -491,9 +499,7 @@ def test_an_append_is_answered_before_its_commit_and_a_status_waits_for_it(
     assert status == [700_000]
     assert _committed_offset(engine, up.id) == 700_000
     done = vol.uploads.append(up.id, 700_000, io.BytesIO(data[700_000:]))
-    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
-    with vol.open("f.bin") as r:
-        assert r.read() == data
+    _assert_completed_as(done, vol, data)
     assert len(vol.revisions("f.bin")) == 1
     assert not backend.volatile
     _assert_collected_and_clean(engine)
@@ -519,9 +525,7 @@ def test_an_answered_append_that_cannot_commit_makes_the_client_resume_from_the_
     with pytest.raises(NotFound):
         vol.stat("f.bin")
     done = vol.uploads.append(up.id, 200_000, io.BytesIO(data[200_000:]))
-    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
-    with vol.open("f.bin") as r:
-        assert r.read() == data
+    _assert_completed_as(done, vol, data)
     _assert_collected_and_clean(engine)
 
 
@@ -679,9 +683,7 @@ def test_two_appends_racing_from_one_offset_leave_a_consistent_session(
     assert status.offset in (500_000, 600_000)
     assert _committed_offset(engine, up.id) == status.offset
     done = vol.uploads.append(up.id, status.offset, io.BytesIO(data[status.offset :]))
-    assert done.completed is not None and done.completed.sha256 == hashlib.sha256(data).digest()
-    with vol.open("f.bin") as r:
-        assert r.read() == data
+    _assert_completed_as(done, vol, data)
 
 
 def test_without_pipelining_an_append_is_committed_when_answered(
