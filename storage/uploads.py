@@ -168,14 +168,14 @@ class _Step:
 class _Batch:
     """Answered appends of one session, committed together: one sync, one transaction.
 
-    Open while appends join it; :meth:`submit` closes it and hands ``commit`` (which gets
-    the steps, in order) to the pool, after the batch before it (``before``) has landed.
-    ``landed`` is done once committed, failed if not.
+    Open while appends join it; :meth:`submit` closes it and hands ``commit`` to the pool,
+    which gets the steps, in order, and ``before`` (the batch before's ``landed``: it must
+    wait for it). ``landed`` is done once committed, failed if not.
     """
 
     def __init__(
         self,
-        commit: Callable[[list[_Step]], None],
+        commit: Callable[[list[_Step], Future[None] | None], None],
         executor: Executor,
         before: Future[None] | None,
         deadline: float,
@@ -206,7 +206,7 @@ class _Batch:
                 # Only the last append's tail is stored; the next append starts from this one's.
                 self.steps[-1].writer.tail = b""
             self.steps.append(step)
-            self.bytes += step.end - step.start
+            self.bytes += step.end - step.row.offset
             return True
 
     def submit(self) -> None:
@@ -227,9 +227,7 @@ class _Batch:
     def _land(self) -> None:
         self.landed.set_running_or_notify_cancel()
         try:
-            if self._before is not None:
-                self._before.result()  # queued earlier on this FIFO pool: running or done
-            self._commit(self.steps)
+            self._commit(self.steps, self._before)
         except BaseException as exc:
             self.landed.set_exception(exc)
         else:
@@ -673,9 +671,11 @@ class Uploads:
             self._s.pending.watch(batch)
         return pending
 
-    def _land(self, session_id: str, steps: list[_Step]) -> None:
-        """On the pool: a batch of answered appends commits (see :meth:`append`)."""
+    def _land(self, session_id: str, steps: list[_Step], before: Future[None] | None) -> None:
+        """On the pool: a batch of answered appends commits, after ``before`` (see :meth:`append`)."""
         try:
+            if before is not None:
+                before.result()  # queued earlier on this FIFO pool: running or done
             self._commit(steps)
         except BaseException as exc:
             for step in steps:

@@ -529,6 +529,44 @@ def test_an_answered_append_that_cannot_commit_makes_the_client_resume_from_the_
     _assert_collected_and_clean(engine)
 
 
+def test_a_batch_queued_behind_one_that_fails_fails_too_and_drops_its_pins(
+    make_engine: EngineFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each append its own batch (commit size 0), pinned as it is written (64 KiB pins).
+    engine = make_engine(database_url, append_commit_bytes=0, pin_every_bytes=64 << 10, workers=4)
+    engine.accounts.create("alice", "alice-password")
+    vol = engine.volume("alice")
+    gate = threading.Event()
+    failed: list[bool] = []
+    real = Uploads._commit_append
+
+    def first_fails(self: Uploads, conn: Any, steps: list[Any], tail: Any) -> str | None:
+        if not failed:
+            failed.append(True)
+            assert gate.wait(30)
+            raise BackendUnavailable("the database went away (injected)")
+        return real(self, conn, steps, tail)
+
+    monkeypatch.setattr(Uploads, "_commit_append", first_fails)
+    data = _data(1_200_000, seed=19)
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    assert vol.uploads.append(up.id, 0, io.BytesIO(data[:400_000])).offset == 400_000
+    # Answered while the first batch is still committing: its batch waits for that one.
+    assert vol.uploads.append(up.id, 400_000, io.BytesIO(data[400_000:800_000])).offset == 800_000
+    gate.set()
+    assert vol.uploads.get(up.id).offset == 0
+    for _ in range(50):  # and keep none: a pin still under way must be dropped too
+        with engine.db.read() as conn:
+            pins = conn.execute(
+                select(func.count()).select_from(t.uploads).where(t.uploads.c.kind == "stream")
+            ).scalar_one()
+        assert pins == 0, "the failed appends' writers must drop their pins"
+        time.sleep(0.02)
+    done = vol.uploads.append(up.id, 0, io.BytesIO(data))
+    _assert_completed_as(done, vol, data)
+    _assert_collected_and_clean(engine)
+
+
 def _tail_objects(engine: Engine, expected: int) -> list[str]:
     """The session tails in the store, once there are ``expected`` of them (replaced tails
     are deleted on the pool, after the commit) or after 10 s."""
