@@ -636,16 +636,11 @@ class Uploads:
         else:
             if before is not None:
                 before.batch.submit()  # queued ahead of the new batch, which waits for it
-            batch, joined = (
-                _Batch(
-                    partial(self._land, session_id),
-                    self._s.executor,
-                    None if before is None else before.landed,
-                    time.monotonic() + cfg.append_commit_seconds,
-                ),
-                False,
-            )
+            landed_before = None if before is None else before.landed
+            deadline = time.monotonic() + cfg.append_commit_seconds
+            batch = _Batch(partial(self._land, session_id), self._s.executor, landed_before, deadline)
             batch.join(step)
+            joined = False
         # The commit runs later, but the session was live and extended as of the answer.
         # block_count and the tail object are the commit's to decide; None here, so nothing
         # trusts a stale one (the next append starts from the tail in memory).
