@@ -77,13 +77,25 @@ class Chunker:
         )
 
     def split(self, stream: Readable | ReadableInto, buffers: BufferPool | None = None) -> Iterator[bytes]:
-        """Yield the blocks of ``stream`` as independent ``bytes`` objects.
+        """Yield the blocks of ``stream`` as independent ``bytes`` objects (see :meth:`split_marked`)."""
+        for block, _ in self.split_marked(stream, buffers):
+            yield block
+
+    def split_marked(
+        self, stream: Readable | ReadableInto, buffers: BufferPool | None = None
+    ) -> Iterator[tuple[bytes, bool]]:
+        """Yield the blocks of ``stream`` as independent ``bytes`` objects, each with whether
+        it ends the stream (known as it is yielded: nothing waits for the next block).
 
         A block is cut as soon as its end is certain: once ``max_size`` bytes past its
         start have arrived (FastCDC never looks further) or the stream has ended. The
-        cuts are those of :meth:`split_bytes` over the whole stream, however the reads
-        fall. The stream is read in pieces of at most ``READ_SIZE``, so the first blocks
-        go to the pipeline while the rest of a body is still arriving. ``buffers`` lends
+        first block is also cut as soon as its cut shows in what has arrived (looked for
+        from ``avg_size`` on, then once per ``READ_SIZE`` more): the pipeline gets work
+        after about one block, not ``max_size``, which each append of a resumable upload
+        would wait for again. Later blocks have earlier ones in flight, and each look
+        costs a scan. The cuts are those of :meth:`split_bytes` over the whole stream,
+        however the reads fall. The stream is read in pieces of at most ``READ_SIZE``, so
+        the first blocks go to the pipeline while the rest of a body is still arriving. ``buffers`` lends
         the working buffer (a fresh one per write costs a page fault per 4 KiB).
         """
         p = self.params
@@ -91,7 +103,7 @@ class Chunker:
         head = _read_up_to(stream, p.min_size)
         if len(head) < p.min_size:
             if head:
-                yield head
+                yield head, True
             return
         size = 2 * p.max_size + READ_SIZE
         buf = buffers.take(size) if buffers is not None else bytearray(size)
@@ -100,8 +112,16 @@ class Chunker:
                 view[: len(head)] = head
                 start, end, eof = 0, len(head), False
                 del head
+                # The first block is cut as soon as its cut shows (see above).
+                early: int | None = p.avg_size
                 while True:
+                    cut = 0
                     while not eof and end - start < p.max_size:
+                        if early is not None and end - start >= early:
+                            cut = self._first_cut(view[start:end])
+                            if cut < end - start:
+                                break
+                            cut, early = 0, end - start + READ_SIZE
                         if len(view) - end < READ_SIZE:
                             # Less than max_size is left here: move it to the front.
                             view[: end - start] = view[start:end]
@@ -113,12 +133,19 @@ class Chunker:
                             eof = True
                     if start == end:
                         return
-                    cut = int(next(self._cdc.cut_buf(view[start:end])).length)
-                    yield bytes(view[start : start + cut])
+                    early = None
+                    cut = cut or self._first_cut(view[start:end])
+                    yield bytes(view[start : start + cut]), eof and start + cut == end
                     start += cut
         finally:
             if buffers is not None:
                 buffers.give(buf)
+
+    def _first_cut(self, data: memoryview) -> int:
+        """The length of the first block of ``data``; if it is all of ``data``, that block's end
+        is certain only at the stream's end or at ``max_size`` (a cut short of the end is
+        certain at once: FastCDC looks at no byte past it)."""
+        return int(next(self._cdc.cut_buf(data)).length)
 
     def split_bytes(self, data: bytes) -> Iterator[bytes]:
         for chunk in self._cdc.cut_buf(data):

@@ -117,6 +117,7 @@ class Engine:
         self.flush_reads()
         self.cache.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self._services.hash_threads.close()
         self.backend.close()
         self.db.dispose()
 

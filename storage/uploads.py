@@ -874,6 +874,7 @@ class Uploads:
             lease_seconds=cfg.write_lease_seconds,
             clock=self._clock,
             buffers=self._s.buffers,
+            hash_threads=self._s.hash_threads,
             whole_hash=hasher is not None,
             hasher=hasher,
             hash_after=hash_after,

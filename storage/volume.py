@@ -53,7 +53,7 @@ from storage.metadata.prepared import Prepared
 from storage.model import Change, Committed, Entry, Quota, Revision, TrashItem, TreePage
 from storage.reader import BlockLocation, VersionReader
 from storage.uploads import HasherCache, PendingAppends, Uploads
-from storage.writer import BlockWriter, LimitedReader, VanishedBlocks
+from storage.writer import BlockWriter, HashThreads, LimitedReader, VanishedBlocks
 
 n = t.nodes.c
 v = t.versions.c
@@ -99,6 +99,7 @@ class Services:
     hashers: HasherCache = field(default_factory=HasherCache)
     pending: PendingAppends = field(default_factory=PendingAppends)
     buffers: BufferPool = field(default_factory=BufferPool)
+    hash_threads: HashThreads = field(default_factory=HashThreads)
 
 
 class Volume:
@@ -297,6 +298,7 @@ class Volume:
             lease_seconds=cfg.write_lease_seconds,
             clock=self._clock,
             buffers=self._s.buffers,
+            hash_threads=self._s.hash_threads,
         )
         return PendingWrite(self, path, writer, room, _WriteOptions(if_match, if_none_match, mtime, device))
 

@@ -30,9 +30,10 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
@@ -147,6 +148,47 @@ class LimitedReader:
         return n
 
 
+class HashThreads:
+    """Threads for whole-file hashes (:class:`WholeHash`), kept between writes.
+
+    Starting a thread makes the starter wait until the new thread runs: under load on a
+    small machine about a millisecond, which every append of a resumable upload would
+    pay on its request's path. A task never waits for a free thread (one more starts,
+    as a write's own thread did); at most ``keep`` idle ones are kept.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self._keep = keep
+        self._idle: list[queue.SimpleQueue[Callable[[], None] | None]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on an idle thread or a new one; it must catch its own errors."""
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="davserver-hash", daemon=True).start()
+        inbox.put(task)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        while (task := inbox.get()) is not None:
+            task()
+            with self._lock:
+                if self._closed or len(self._idle) >= self._keep:
+                    return
+                self._idle.append(inbox)
+
+    def close(self) -> None:
+        """Let the idle threads go (tasks under way finish; later ones get a thread each)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
+
+
 class WholeHash:
     """SHA-256 of the whole stream, from the second piece on computed on its own thread.
 
@@ -162,11 +204,20 @@ class WholeHash:
     :meth:`state_before` is the hasher as it was between the two.
     """
 
-    def __init__(self, depth: int, hasher: Any = None, after: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        hasher: Any = None,
+        after: Callable[[], None] | None = None,
+        threads: HashThreads | None = None,
+    ) -> None:
+        """``threads``: where the thread comes from (default: one started for this hash)."""
         self._h = hasher if hasher is not None else hashlib.sha256()
         self._depth = depth
+        self._threads = threads if threads is not None else HashThreads(keep=0)
         self._queue: queue.Queue[bytes | memoryview | None] | None = None
-        self._thread: threading.Thread | None = None
+        #: Set once the thread has hashed everything (None: no thread started).
+        self._done: threading.Event | None = None
         self._first = after is None  # inline only when nothing is still hashing before us
         self._finished = False
         self._after = after
@@ -191,11 +242,18 @@ class WholeHash:
         self._queue.put(data)
 
     def _start(self) -> None:
-        self._queue = queue.Queue(maxsize=self._depth)
-        self._thread = threading.Thread(target=self._run, args=(self._queue,), name="davserver-hash")
-        self._thread.start()
+        q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=self._depth)
+        done = threading.Event()
+        self._queue, self._done = q, done
+        self._threads.run(partial(self._run, q, done))
 
-    def _run(self, q: queue.Queue[bytes | memoryview | None]) -> None:
+    def _run(self, q: queue.Queue[bytes | memoryview | None], done: threading.Event) -> None:
+        try:
+            self._hash_all(q)
+        finally:
+            done.set()
+
+    def _hash_all(self, q: queue.Queue[bytes | memoryview | None]) -> None:
         # Dropped once waited for: it holds the previous append's writer, and through that
         # every earlier one's (a chain as long as the upload).
         after, self._after = self._after, None
@@ -224,9 +282,9 @@ class WholeHash:
 
     def close(self) -> None:
         self.finish()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._done is not None:
+            self._done.wait()
+            self._done = None
 
     def finish(self) -> None:
         """No more pieces: the thread ends once it has hashed those queued (see :meth:`close`)."""
@@ -272,6 +330,7 @@ class BlockWriter:
         lease_seconds: float,
         clock: Callable[[], float],
         buffers: BufferPool | None = None,
+        hash_threads: HashThreads | None = None,
         whole_hash: bool = True,
         hasher: Any = None,
         hash_after: Callable[[], None] | None = None,
@@ -286,6 +345,8 @@ class BlockWriter:
 
         ``keep_tail=True``: the stream's last piece (after the last real cut point) is
         not stored but left in :attr:`tail`, for an upload that continues later.
+        ``buffers`` and ``hash_threads`` lend the chunker's buffer and the whole-file
+        hash's thread, kept between writes.
         """
         self._ctx = ctx
         self._whole_hash = whole_hash
@@ -306,6 +367,7 @@ class BlockWriter:
         self._lease = lease_seconds
         self._clock = clock
         self._buffers = buffers
+        self._hash_threads = hash_threads
         self.refs: list[BlockRef] = []
         self._unpinned: list[BlockRef] = []
         self._unpinned_bytes = 0
@@ -336,34 +398,28 @@ class BlockWriter:
         """
         whole: WholeHash | _NoHash = _NoHash()
         if self._whole_hash:
-            whole = self._whole = WholeHash(self._depth, self._hasher, self._hash_after)
+            whole = self._whole = WholeHash(self._depth, self._hasher, self._hash_after, self._hash_threads)
             self._hash_after = None
         pending: deque[Future[BlockRef]] = deque()
         chunker = Chunker(self._ctx.chunker, self._ctx.keys.chunker_seed)
         offset = 0
-        held: tuple[bytes, int] | None = None
-        chunks = chunker.split(stream, self._buffers)
+        chunks = chunker.split_marked(stream, self._buffers)
         try:
-            for data in self._all_but_last(chunks) if self._keep_tail else chunks:
+            for data, last in chunks:
+                if last and self._keep_tail:
+                    self.tail = data
+                    continue
                 self._hash(whole, data)
-                if held is None and not pending:
-                    # Hold the first block: if it is the only one, it is stored on
-                    # this thread, sparing small files the hand-off to the pool.
-                    held = (data, offset)
+                if last and offset == 0 and drain:
+                    # The only block: stored on this thread, sparing small files the hand-off.
+                    self._accept(self._prepare(data, offset))
                 else:
-                    if held is not None:
-                        pending.append(self._executor.submit(self._prepare, *held))
-                        held = None
                     pending.append(self._executor.submit(self._prepare, data, offset))
                 offset += len(data)
                 while len(pending) >= self._depth:
                     self._accept(pending.popleft().result())
             if self.tail:
                 self._hash(whole, self.tail)
-            if held is not None and drain:
-                self._accept(self._prepare(*held))  # the only block: stored on this thread
-            elif held is not None:
-                pending.append(self._executor.submit(self._prepare, *held))
             if drain:
                 while pending:
                     self._accept(pending.popleft().result())
@@ -407,14 +463,6 @@ class BlockWriter:
             self._unhashed = 0
         else:
             whole.update(data)
-
-    def _all_but_last(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        previous: bytes | None = None
-        for data in chunks:
-            if previous is not None:
-                yield previous
-            previous = data
-        self.tail = previous or b""
 
     def store_tail(self) -> None:
         """The held-back tail turns out to be the end of the file: store it as the last block."""

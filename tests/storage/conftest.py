@@ -39,6 +39,39 @@ def fresh_pg_database(server_url: str) -> str:
 EngineFactory = Callable[..., Engine]
 
 
+class CountingReader:
+    """A body that hands out at most ``step`` bytes per read (like a socket) and counts them."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._step = step
+        self.count = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        n = self._step if n < 0 else min(n, self._step)
+        piece = bytes(self._data[self.count : self.count + n])
+        self.count += len(piece)
+        return piece
+
+
+class HandOffs:
+    """The blocks writes hand to the engine's pool, each as (offset in its write's stream,
+    size, bytes of ``body`` read by then)."""
+
+    def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.body: CountingReader | None = None
+        self.blocks: list[tuple[int, int, int]] = []
+        real = engine.executor.submit
+
+        def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            if getattr(fn, "__name__", None) == "_prepare" and self.body is not None:
+                data, offset = args
+                self.blocks.append((offset, len(data), self.body.count))
+            return real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(engine.executor, "submit", submit)
+
+
 class VolatileTracking:
     """A backend wrapper that knows which objects were put without sync and not synced since."""
 

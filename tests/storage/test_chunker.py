@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.chunker import ALGORITHM, BufferPool, Chunker, ChunkerParams
+from storage.chunker import ALGORITHM, READ_SIZE, BufferPool, Chunker, ChunkerParams
 from storage.keys import AccountKeys
+from tests.storage.conftest import CountingReader
 
 GOLDEN_DIR = Path(__file__).parents[1] / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "chunks_v1.json").read_text(encoding="utf-8"))
@@ -122,8 +123,25 @@ def test_join_of_split_is_identity_and_sizes_are_bounded(data: bytes, seed: int)
 @given(data=any_bytes, seed=seeds, step=st.integers(1, 5000))
 def test_stream_split_equals_buffer_split(data: bytes, seed: int, step: int) -> None:
     chunker = Chunker(SMALL, seed)
-    streamed = list(chunker.split(ShortReads(data, step)))
-    assert streamed == list(chunker.split_bytes(data))
+    marked = list(chunker.split_marked(ShortReads(data, step)))
+    assert [block for block, _ in marked] == list(chunker.split_bytes(data))
+    # Only the last block is marked as ending the stream.
+    assert [last for _, last in marked] == [False] * (len(marked) - 1) + [True] * bool(marked)
+
+
+def test_the_first_block_is_cut_as_soon_as_its_cut_shows() -> None:
+    """Not once max_size bytes past it have arrived: each append of a resumable upload
+    would leave the pool idle until then."""
+    params = ChunkerParams()
+    chunker = Chunker(params, seed=0x5EED)
+    data = random.Random(8).randbytes(12 * MiB)
+    step = 64 << 10
+    body = CountingReader(data, step)
+    first, last = next(chunker.split_marked(body))
+    assert not last and first == next(chunker.split_bytes(data))
+    # Looked for from avg_size on, then once per READ_SIZE more.
+    bound = max(params.avg_size, len(first)) + READ_SIZE + step
+    assert body.count <= bound < params.max_size
 
 
 @settings(max_examples=100, deadline=None)

@@ -37,7 +37,7 @@ from storage.model import UploadSession
 from storage.uploads import Checksum, Uploads
 from storage.volume import Volume
 from storage.writer import BlockWriter
-from tests.storage.conftest import EngineFactory, VolatileTracking
+from tests.storage.conftest import SMALL_CHUNKS, CountingReader, EngineFactory, HandOffs, VolatileTracking
 
 
 @pytest.fixture
@@ -83,6 +83,31 @@ def _assert_collected_and_clean(engine: Engine) -> None:
     engine.gc(grace_seconds=0)
     check = engine.fsck(deep=True)
     assert check.clean and check.leak_free, check
+
+
+def test_an_append_hands_each_block_to_the_pool_once_it_is_cut(
+    engine: Engine, vol: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one or two blocks later (the held-back tail, a first block held in case it is
+    the only one): each append would start with the pool idle until it had read two more
+    blocks past its first."""
+    hand_offs = HandOffs(engine, monkeypatch)
+    data = _data(3_000_000)
+    step = 4096
+    first = 1_000_000
+    up = vol.uploads.create(kind="tus", path="f.bin", length=len(data))
+    prefix = 0  # the tail the second append starts from
+    for at, piece in ((0, data[:first]), (first, data[first:])):
+        hand_offs.blocks.clear()
+        hand_offs.body = CountingReader(piece, step)
+        state = vol.uploads.append(up.id, at, hand_offs.body)
+        assert len(hand_offs.blocks) > 5
+        for start, _, read in hand_offs.blocks:
+            assert prefix + read <= start + SMALL_CHUNKS.max_size + step
+        # What the pool did not get: the tail (of the last append: stored on this thread).
+        prefix += len(piece) - sum(size for _, size, _ in hand_offs.blocks)
+        assert 0 < prefix <= SMALL_CHUNKS.max_size
+    _assert_completed_as(state, vol, data)
 
 
 def test_appends_in_pieces_make_the_same_blocks_as_one_write(engine: Engine, vol: Volume) -> None:

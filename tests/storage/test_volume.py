@@ -29,8 +29,9 @@ from storage.errors import (
 )
 from storage.metadata import schema as t
 from storage.volume import Volume
-from storage.writer import BlockWriter, WholeHash
-from tests.storage.conftest import EngineFactory, VolatileTracking
+from storage.writer import BlockWriter, HashThreads, WholeHash
+from tests.e2e.harness import wait_until
+from tests.storage.conftest import SMALL_CHUNKS, CountingReader, EngineFactory, HandOffs, VolatileTracking
 
 
 @pytest.fixture
@@ -601,6 +602,65 @@ def test_read1_stops_at_block_boundaries_and_covers_the_file(vol: Volume) -> Non
             pieces.append(piece)
         assert b"".join(pieces) == data[12345:]
         assert len(pieces) > 7  # blocks end reads early
+
+
+def test_a_write_hands_each_block_to_the_pool_once_it_is_cut(
+    engine: Engine, vol: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a block later (a first block held back in case it is the only one): the pool
+    works on the first block while the rest arrives."""
+    hand_offs = HandOffs(engine, monkeypatch)
+    data = random.Random(5).randbytes(2_000_000)
+    step = 4096
+    hand_offs.body = CountingReader(data, step)
+    vol.write("f.bin", hand_offs.body)
+    assert len(hand_offs.blocks) > 5
+    for start, _, read in hand_offs.blocks:
+        # A cut is certain once max_size bytes past the block's start have arrived.
+        assert read <= start + SMALL_CHUNKS.max_size + step
+    with vol.open("f.bin") as r:
+        assert r.read() == data
+
+
+def test_hash_threads_are_kept_between_hashes_and_never_waited_for() -> None:
+    threads = HashThreads(keep=1)
+    ran: list[int] = []
+    started = threading.Semaphore(0)
+    release = threading.Event()
+
+    def task() -> None:
+        ran.append(threading.get_ident())
+        started.release()
+        release.wait(10)
+
+    def alive() -> set[int]:
+        return {th.ident for th in threading.enumerate() if th.ident is not None} & set(ran)
+
+    threads.run(task)
+    threads.run(task)  # while the first still runs: a second thread, no wait
+    assert started.acquire(timeout=5) and started.acquire(timeout=5)
+    assert len(set(ran)) == 2
+    release.set()
+    assert wait_until(lambda: len(alive()) == 1)  # keep=1: one stays, idle
+    kept = alive()
+    threads.run(task)
+    assert started.acquire(timeout=5)
+    assert {ran[-1]} == kept  # the kept thread ran it: nothing was started
+    threads.close()
+    assert wait_until(lambda: not alive())
+
+
+def test_a_whole_file_hash_on_kept_threads_equals_hashlib() -> None:
+    threads = HashThreads()
+    try:
+        for n in range(3):
+            pieces = [bytes([n, i]) * 150_000 for i in range(4)]
+            whole = WholeHash(depth=2, threads=threads)
+            for piece in pieces:
+                whole.update(piece)
+            assert whole.digest() == hashlib.sha256(b"".join(pieces)).digest()
+    finally:
+        threads.close()
 
 
 def test_the_whole_file_hash_takes_no_piece_after_finish() -> None:
