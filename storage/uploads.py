@@ -36,7 +36,7 @@ and the rule that a row names only durable objects are the same; what changes is
 an answered offset becomes durable a little later, and a status request waits for it.
 (One transaction per 8 MiB PATCH, each with its tail object written, synced and
 deleted, measured 0.75-0.96x of a PUT's throughput in six alternating runs; batches of
-64 MiB 0.90-1.03x in the same runs. README, Performance.)
+64 MiB 0.90-1.03x in the same runs; docs/performance.md.)
 
 When the last byte is durable the session is *finalised*: one more transaction
 commits the file's version exactly like any write (journal entry, ETag,
