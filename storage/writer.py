@@ -508,9 +508,7 @@ class BlockWriter:
 
         Call it before opening the transaction that records the rest (the commit).
         """
-        self.drain()
-        self._await_pin()
-        self._volatile.extend(also)
+        self._volatile = [*self.unsynced(), *also]
         self._sync_volatile()
 
     def unsynced(self) -> list[str]:
